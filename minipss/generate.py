@@ -1,0 +1,78 @@
+"""Batched decoding with a KV cache on left-padded prompts; the value-vector mask applies at every step.
+
+Greedy by default (the paper's MCQ and open-ended protocols, Appendix B.1); sampling with a temperature
+and a seeded `torch.Generator` for semantic entropy (§5.2). A row stops at EOS, at `max_new_tokens`, or
+when `stop_when(tokens)` says its answer is decided; finished rows leave the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .layers import KVCache
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device="cpu"):
+    """`(ids, attention_mask, position_ids)` for prompts padded on the left; positions count real tokens
+    from 0 in every row, as HF generate does."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device), positions(mask).to(device)
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.inference_mode()
+def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Sequence[int] = (),
+             pad_id: int = 0, mlp_mask: torch.Tensor | None = None, temperature: float = 0.0,
+             generator: torch.Generator | None = None,
+             stop_when: Callable[[list[int]], bool] | None = None, return_logprobs: bool = False):
+    """New tokens per prompt (EOS excluded); with `return_logprobs`, also the log-prob of each.
+
+    `mlp_mask` is `[L, d_ff]` (every row) or `[B, L, d_ff]` (one mask per row)."""
+    device = model.device
+    ids, attn, pos = left_pad(prompts, pad_id, device)
+    B = len(prompts)
+    rows = torch.arange(B, device=device)  # which original rows are still in the batch
+    per_row = mlp_mask is not None and mlp_mask.dim() == 3
+    out = [[] for _ in range(B)]
+    logps = [[] for _ in range(B)]
+    cache = KVCache(model.config.num_layers)
+    eos = torch.tensor(list(eos_ids) or [-1], device=device)
+    step_input = ids
+    for _ in range(max_new_tokens):
+        mask = mlp_mask[rows] if per_row else mlp_mask
+        logits = model(step_input, attention_mask=attn, position_ids=pos, mlp_mask=mask, cache=cache,
+                       logits_to_keep=1).logits[:, -1].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        if temperature > 0:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            nxt = logits.argmax(-1)
+        finished = torch.isin(nxt, eos)
+        nxt_list, lp_list = nxt.tolist(), logprobs.gather(1, nxt[:, None]).squeeze(1).tolist()
+        for j, r in enumerate(rows.tolist()):
+            if not finished[j]:
+                out[r].append(nxt_list[j])
+                logps[r].append(lp_list[j])
+                if stop_when is not None and stop_when(out[r]):
+                    finished[j] = True
+        keep = ~finished
+        if not keep.any():
+            break
+        if not keep.all():
+            rows, nxt, attn, pos = rows[keep], nxt[keep], attn[keep], pos[keep]
+            cache.select(keep)
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        pos = pos[:, -1:] + 1
+        step_input = nxt[:, None]
+    return (out, logps) if return_logprobs else out

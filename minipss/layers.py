@@ -1,0 +1,192 @@
+"""What the decoder families share: norms, RoPE, attention with causal/sliding masks, and the MLP
+with its coefficient tap and mask (the value-vector view of the paper's §3.1, Eq. 1-2).
+
+Every family file in `minipss/models/` builds its blocks from these pieces.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACT = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm normalised in fp32. LLaMA style: cast back, then `* w`. Gemma style (`offset=True`):
+    `* (1 + w)` in fp32, then cast; the stored weight is an offset around 0."""
+
+    def __init__(self, dim: int, eps: float, offset: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
+        self.eps, self.offset = eps, offset
+
+    def forward(self, x):
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.offset:
+            return (y * (1.0 + self.weight.float())).to(x.dtype)
+        return self.weight * y.to(x.dtype)
+
+
+# ---------------------------------------------------------------- rotary position embeddings
+
+
+def inv_freq(dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
+    """RoPE frequencies in fp32, with `linear` or `llama3` scaling (Llama 3.1's wavelength bands)."""
+    freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    if scaling is None:
+        return freq
+    factor = float(scaling["factor"])
+    if scaling["rope_type"] == "linear":
+        return freq / factor
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_len = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / freq
+    scaled = torch.where(wavelen > old_len / low, freq / factor, freq)  # long waves: slowed down
+    smooth = (old_len / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    middle = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(middle, blended, scaled)
+
+
+class Rotary:
+    """cos/sin tables for one forward pass, applied to `[B, H, T, D]` tensors.
+
+    `interleaved=False`: rotate_half over the whole head (LLaMA, Qwen, Gemma).
+    `interleaved=True`: pairs (0,1), (2,3), ... over the first `rotary_dim` dims only (GPT-J)."""
+
+    def __init__(self, freq: torch.Tensor, positions: torch.Tensor, dtype, interleaved: bool = False):
+        angles = positions[:, None, :, None].float() * freq.to(positions.device)  # [B, 1, T, D/2]
+        if interleaved:
+            angles = angles.repeat_interleave(2, dim=-1)
+        else:
+            angles = torch.cat([angles, angles], dim=-1)
+        self.cos, self.sin = angles.cos().to(dtype), angles.sin().to(dtype)
+        self.interleaved, self.dim = interleaved, angles.shape[-1]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rot, rest = x[..., : self.dim], x[..., self.dim:]
+        if self.interleaved:
+            turned = torch.stack([-rot[..., 1::2], rot[..., ::2]], dim=-1).flatten(-2)
+        else:
+            half = rot.shape[-1] // 2
+            turned = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
+        out = rot * self.cos.to(x.dtype) + turned * self.sin.to(x.dtype)
+        return torch.cat([out, rest], dim=-1) if rest.shape[-1] else out
+
+
+# ---------------------------------------------------------------- attention
+
+
+def allowed_keys(attention_mask: torch.Tensor, n_query: int, window: int | None) -> torch.Tensor:
+    """Boolean `[B, 1, Tq, Tk]`: query i (the last `n_query` of the Tk positions) sees key j iff
+    j <= i, j is not padding, and (with a sliding window W) i - W < j."""
+    n_key = attention_mask.shape[1]
+    device = attention_mask.device
+    q = torch.arange(n_key - n_query, n_key, device=device)[:, None]
+    k = torch.arange(n_key, device=device)[None, :]
+    ok = k <= q
+    if window is not None:
+        ok = ok & (k > q - window)
+    return ok[None, None] & attention_mask[:, None, None, :].bool()
+
+
+def attend(q, k, v, allowed, scale: float, softcap: float | None = None):
+    """Eager attention as in HF: scores in the compute dtype, optional tanh softcap, masked, softmax in
+    fp32, cast back. GQA: query head h reads kv head h // (n_heads / n_kv)."""
+    rep = q.shape[1] // k.shape[1]
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype) @ v
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, `[B, n_kv, T, head_dim]`."""
+
+    def __init__(self, n_layers: int):
+        self.k: list[torch.Tensor | None] = [None] * n_layers
+        self.v: list[torch.Tensor | None] = [None] * n_layers
+
+    def update(self, layer: int, k, v):
+        if self.k[layer] is not None:
+            k, v = torch.cat([self.k[layer], k], dim=2), torch.cat([self.v[layer], v], dim=2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (generation drops finished rows)."""
+        self.k = [None if t is None else t[rows] for t in self.k]
+        self.v = [None if t is None else t[rows] for t in self.v]
+
+
+class SelfAttention(nn.Module):
+    """q/k/v/o projections (optional biases), optional per-head q/k norms before RoPE, GQA."""
+
+    def __init__(self, cfg, norm=None):
+        super().__init__()
+        d, hd = cfg.hidden_size, cfg.head_dim
+        self.q_proj = nn.Linear(d, cfg.num_heads * hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=cfg.o_bias)
+        if cfg.qk_norm:
+            self.q_norm, self.k_norm = norm(hd), norm(hd)
+        self.qk_norm, self.head_dim, self.scale, self.softcap = cfg.qk_norm, hd, cfg.scale, cfg.attn_softcap
+
+    def forward(self, x, rotary: Rotary, allowed, cache: KVCache | None, layer: int):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, -1, self.head_dim)
+        k = self.k_proj(x).view(B, T, -1, self.head_dim)
+        v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotary(q.transpose(1, 2)), rotary(k.transpose(1, 2))
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        out = attend(q, k, v, allowed, self.scale, self.softcap)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+# ---------------------------------------------------------------- the MLP: value vectors, tap and mask
+
+
+def tap(m: torch.Tensor, mask: torch.Tensor | None, taps: list | None) -> torch.Tensor:
+    """Apply the value-vector mask to the coefficients m (`[B, T, d_ff]`) and record the result.
+
+    `mask` is `[d_ff]` or `[B, d_ff]` (one row per batch row): m_j is multiplied by mask_j at every
+    position, so a 0 removes value vector j's contribution (the paper's zero-masking, §4.1). `taps` is a
+    list to append m to, or None."""
+    if mask is not None:
+        m = m * (mask[:, None, :] if mask.dim() == 2 else mask).to(m.dtype)
+    if taps is not None:
+        taps.append(m)
+    return m
+
+
+class GatedMLP(nn.Module):
+    """`down_proj(act(gate_proj(h)) * up_proj(h))`: m is the coefficient vector, the columns of
+    down_proj the value vectors (§3.1)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        d, f, bias = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj = nn.Linear(d, f, bias=bias)
+        self.up_proj = nn.Linear(d, f, bias=bias)
+        self.down_proj = nn.Linear(f, d, bias=bias)
+        self.act = ACT[cfg.activation]
+
+    def forward(self, h, mask=None, taps=None):
+        m = self.act(self.gate_proj(h)) * self.up_proj(h)
+        return self.down_proj(tap(m, mask, taps))

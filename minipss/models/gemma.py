@@ -1,0 +1,65 @@
+"""Gemma 1, Gemma 2 and Gemma 3 (text).
+
+All three: RMSNorm with `(1 + w)`, embeddings scaled by sqrt(hidden) (cast to the compute dtype first),
+a gated GELU-tanh MLP, tied head. Gemma 2/3 add sandwich norms (note: `post_attention_layernorm` is a
+post-norm on the attention output; the pre-MLP norm is `pre_feedforward_layernorm`), the
+`query_pre_attn_scalar` scaling, softcaps and sliding layers; Gemma 3 adds q/k norms and a local RoPE base.
+"""
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from ..decoder import Decoder
+from ..layers import GatedMLP, RMSNorm, SelfAttention
+
+
+class GemmaBlock(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        norm = partial(RMSNorm, eps=cfg.norm_eps, offset=True)
+        d = cfg.hidden_size
+        self.sandwich = cfg.model_type != "gemma"
+        self.input_layernorm = norm(d)
+        self.self_attn = SelfAttention(cfg, norm)
+        self.post_attention_layernorm = norm(d)
+        if self.sandwich:
+            self.pre_feedforward_layernorm = norm(d)
+            self.post_feedforward_layernorm = norm(d)
+        self.mlp = GatedMLP(cfg)
+
+    def forward(self, x, rotary, allowed, cache, layer, mlp_mask, taps):
+        attn = self.self_attn(self.input_layernorm(x), rotary, allowed, cache, layer)
+        if not self.sandwich:  # Gemma 1: LLaMA's block
+            x = x + attn
+            return x + self.mlp(self.post_attention_layernorm(x), mlp_mask, taps)
+        x = x + self.post_attention_layernorm(attn)
+        mlp = self.mlp(self.pre_feedforward_layernorm(x), mlp_mask, taps)
+        return x + self.post_feedforward_layernorm(mlp)
+
+
+class GemmaModel(Decoder):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.model.layers = nn.ModuleList(GemmaBlock(cfg) for _ in range(cfg.num_layers))
+        self.model.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, offset=True)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def embed(self, input_ids):
+        x = self.model.embed_tokens(input_ids)
+        return x * torch.tensor(self.config.hidden_size ** 0.5, dtype=x.dtype)
+
+    def blocks(self):
+        return self.model.layers
+
+    def head(self, x):
+        logits = self.lm_head(self.model.norm(x))
+        cap = self.config.final_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
+    def tie_weights(self):
+        self.lm_head.weight = self.model.embed_tokens.weight

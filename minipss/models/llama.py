@@ -1,0 +1,49 @@
+"""LLaMA 1/2/3, Mistral, Yi, Qwen2/1.5/2.5 and Qwen3: pre-norm blocks with a gated SiLU MLP.
+
+Differences are config fields: biases (LLaMA `attention_bias` also on o_proj; Qwen2 q/k/v always),
+sliding windows (Mistral, Qwen2 with `use_sliding_window`), Qwen3's q/k norms, rope scaling.
+"""
+
+from functools import partial
+
+from torch import nn
+
+from ..decoder import Decoder
+from ..layers import GatedMLP, RMSNorm, SelfAttention
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        norm = partial(RMSNorm, eps=cfg.norm_eps)
+        self.input_layernorm = norm(cfg.hidden_size)
+        self.self_attn = SelfAttention(cfg, norm)
+        self.post_attention_layernorm = norm(cfg.hidden_size)
+        self.mlp = GatedMLP(cfg)
+
+    def forward(self, x, rotary, allowed, cache, layer, mlp_mask, taps):
+        x = x + self.self_attn(self.input_layernorm(x), rotary, allowed, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x), mlp_mask, taps)
+
+
+class LlamaModel(Decoder):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.model.layers = nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.num_layers))
+        self.model.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def embed(self, input_ids):
+        return self.model.embed_tokens(input_ids)
+
+    def blocks(self):
+        return self.model.layers
+
+    def head(self, x):
+        return self.lm_head(self.model.norm(x))
+
+    def tie_weights(self):
+        self.lm_head.weight = self.model.embed_tokens.weight

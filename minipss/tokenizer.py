@@ -1,0 +1,57 @@
+"""`minipss.load_tokenizer(path)`: `tokenizer.json` through the `tokenizers` package.
+
+BOS is added by us, not by the file's post-processor, so every family behaves the same way: LLaMA,
+Mistral, Yi and Gemma prepend it; Qwen and GPT-J do not (`add_bos_token` in tokenizer_config.json wins).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer as _HFTokenizer
+
+from .config import read_config
+
+ADDS_BOS = {"llama": True, "mistral": True, "gemma": True, "gemma2": True, "gemma3_text": True,
+            "qwen2": False, "qwen3": False, "gptj": False}
+
+
+class Tokenizer:
+    def __init__(self, tokenizer: _HFTokenizer, bos_id: int | None, eos_ids: list[int], pad_id: int | None,
+                 add_bos: bool):
+        self.tok = tokenizer
+        self.bos_id, self.eos_ids, self.add_bos = bos_id, eos_ids, add_bos and bos_id is not None
+        self.pad_id = pad_id if pad_id is not None else (eos_ids[0] if eos_ids else 0)
+        self.special_ids = {i for i in (bos_id, pad_id, *eos_ids) if i is not None}
+        self.special_ids |= {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+
+    def encode(self, text: str, bos: bool | None = None) -> list[int]:
+        """Token ids of `text`, with BOS first when the model expects it (or when `bos` says so)."""
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        return [self.bos_id] + ids if (self.add_bos if bos is None else bos) else ids
+
+    def decode(self, ids) -> str:
+        """Text of `ids`, special tokens left out."""
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+
+def load_tokenizer(path) -> Tokenizer:
+    folder = Path(path)
+    file = folder / "tokenizer.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no tokenizer.json in the model folder")
+    try:
+        tok = _HFTokenizer.from_file(str(file))
+    except Exception as e:  # the tokenizers package raises a plain Exception on bad files
+        raise ValueError(f"{file}: not a valid tokenizer.json ({e})") from None
+    cfg = read_config(folder)
+    add_bos = ADDS_BOS[cfg.model_type]
+    extra = folder / "tokenizer_config.json"
+    if extra.is_file():
+        add_bos = json.loads(extra.read_text()).get("add_bos_token", add_bos)
+    return Tokenizer(tok, cfg.bos_token_id, cfg.eos_token_ids, cfg.pad_token_id, bool(add_bos))

@@ -1,0 +1,89 @@
+"""Tiny random Hugging Face models for parity tests: every family with the parts that are easy to get
+wrong switched on (GQA, head_dim != hidden/heads, windows shorter than the sequence, biases, softcaps,
+rope scaling, random norm weights)."""
+
+import torch
+
+WINDOW = 6  # sliding windows in the fixtures; test sequences are longer
+
+CONFIGS = {
+    "llama3_bias": ("LlamaConfig", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=24, vocab_size=128, attention_bias=True, mlp_bias=True,
+        rope_theta=500000.0, max_position_embeddings=64, tie_word_embeddings=False,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+    "llama_linear_tied": ("LlamaConfig", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, vocab_size=128, tie_word_embeddings=True,
+        rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    "mistral": ("MistralConfig", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=16, vocab_size=128, sliding_window=WINDOW)),
+    "qwen2_sliding": ("Qwen2Config", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=128, use_sliding_window=True, sliding_window=WINDOW,
+        max_window_layers=1, tie_word_embeddings=True)),
+    "qwen3": ("Qwen3Config", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, vocab_size=128, tie_word_embeddings=False)),
+    "gptj": ("GPTJConfig", dict(
+        n_embd=64, n_head=4, n_layer=2, rotary_dim=8, vocab_size=128, n_positions=64)),
+    "gemma": ("GemmaConfig", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=32, vocab_size=128, hidden_act="gelu_pytorch_tanh",
+        hidden_activation="gelu_pytorch_tanh")),
+    "gemma2": ("Gemma2Config", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, vocab_size=128, sliding_window=WINDOW,
+        query_pre_attn_scalar=24, attn_logit_softcapping=5.0, final_logit_softcapping=3.0)),
+    "gemma3": ("Gemma3TextConfig", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=32, vocab_size=128, sliding_window=WINDOW,
+        sliding_window_pattern=2, query_pre_attn_scalar=32,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
+}
+
+
+def make_hf_model(name: str, folder, seed: int = 0):
+    """Build the named tiny model in transformers with random weights (norms included), save it as
+    safetensors in `folder`, and return it in eval mode (eager attention, fp32)."""
+    import transformers
+
+    cls_name, kwargs = CONFIGS[name]
+    config = getattr(transformers, cls_name)(**kwargs)
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname or "ln_" in pname:  # HF initialises these to 0 or 1: hide nothing
+                p.copy_(torch.randn_like(p) * 0.5 + (0.0 if "gemma" in name else 1.0))
+            if pname.endswith(".bias"):
+                p.copy_(torch.randn_like(p) * 0.1)
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    return model
+
+
+class Recorder(torch.nn.Module):
+    """Wraps HF's down_proj / fc_out and records its input (the coefficients m), without hooks."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, x):
+        self.seen.append(x.detach())
+        return self.inner(x)
+
+
+def record_coefficients(model):
+    recs = []
+    for layer in (model.transformer.h if hasattr(model, "transformer") else model.model.layers):
+        name = "fc_out" if hasattr(layer.mlp, "fc_out") else "down_proj"
+        rec = Recorder(getattr(layer.mlp, name))
+        setattr(layer.mlp, name, rec)
+        recs.append(rec)
+    return recs
