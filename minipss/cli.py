@@ -1,0 +1,83 @@
+"""The command line: `minipss pss`, `minipss sweep`, `minipss compare`, `minipss train`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _pss_args(p: argparse.ArgumentParser, ratios: str) -> None:
+    p.add_argument("--model", required=True, help="Hugging Face layout folder")
+    p.add_argument("--bench", required=True, help="benchmark JSONL (see minipss.benchmark_path)")
+    p.add_argument("--out", required=True, help="result JSON (a CSV and a .work folder go beside it)")
+    p.add_argument("--mode", default="generate", choices=["generate", "logits", "cloze"])
+    p.add_argument("--ratios", type=_floats, default=_floats(ratios), help=f"mask ratios (default {ratios})")
+    p.add_argument("--skip-layers", type=int, default=5, help="layers never masked (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--concepts", type=int, default=None, help="keep the first N concepts")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--token-rule", default="content", choices=["content", "all", "last"],
+                   help="tokens the coefficient mean covers (default: all but special tokens)")
+    p.add_argument("--cloze-mean", action="store_true", help="cloze: mean log-prob per token, not the sum")
+    p.add_argument("--no-early-stop", action="store_true", help="generate: always decode all 30 tokens")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _settings(a, control: bool):
+    from .pipeline import Settings
+
+    for r in a.ratios:
+        if not 0 <= r <= 1:
+            raise SystemExit(f"minipss: error: ratio {r} is outside [0, 1]")
+    return Settings(mode=a.mode, ratios=a.ratios, skip_layers=a.skip_layers, seed=a.seed, concepts=a.concepts,
+                    control=control, token_rule=a.token_rule, cloze_mean=a.cloze_mean,
+                    early_stop=not a.no_early_stop, batch_size=a.batch_size, device=a.device, dtype=a.dtype)
+
+
+def cmd_pss(a, control=None) -> None:
+    from .pipeline import run_pss
+    from .report import summary
+
+    result = run_pss(a.model, a.bench, a.out, _settings(a, a.control if control is None else control), a.quiet)
+    print(summary(result))
+    print(f"\nresults: {a.out} and {Path(a.out).with_suffix('.csv')}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="minipss", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pss", help="locate, mask and score: the Parameter Specialization Score")
+    _pss_args(p, "0.1,0.2,0.3,0.4,0.5")
+    p.add_argument("--control", action="store_true", help="also mask random vectors (same count per layer)")
+    p.set_defaults(func=cmd_pss)
+
+    p = sub.add_parser("sweep", help="PSS over many ratios (Figure 3) with the random-vector control")
+    _pss_args(p, "0.001,0.002,0.005,0.01,0.02,0.05,0.1,0.2,0.3,0.4,0.5")
+    p.set_defaults(func=lambda a: cmd_pss(a, control=True))
+
+    p = sub.add_parser("compare", help="compare result files: table, correlations, figures")
+    p.add_argument("results", nargs="+")
+    p.add_argument("--plots", default=None, help="folder for PNG figures (needs the plot extra)")
+    p.set_defaults(func=lambda a: __import__("minipss.compare", fromlist=["main"]).main(a))
+
+    a = parser.parse_args(argv)
+    try:
+        a.func(a)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"minipss: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

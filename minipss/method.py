@@ -1,0 +1,135 @@
+"""The paper's method, step by step: collect coefficients, locate value vectors, build masks, score PSS.
+
+Section and equation numbers refer to the paper; decisions where it is silent are in
+spec/pss-method.md and are switchable arguments here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .benchmark import Concept
+from .generate import left_pad
+from .prompts import coefficient_prompt
+
+TOKEN_RULES = ("content", "all", "last")
+
+
+@torch.inference_mode()
+def question_coefficients(model, tok, texts: list[str], token_rule: str = "content",
+                          batch_size: int = 32) -> torch.Tensor:
+    """Mean |m| over each text's tokens, per layer: `[N, L, d_ff]` in fp32 (§3.2, Appendix B.1).
+
+    token_rule: `content` leaves out special tokens such as BOS (default), `all` keeps them, `last` uses
+    the last token only."""
+    if token_rule not in TOKEN_RULES:
+        raise ValueError(f"unknown token rule {token_rule!r}; choose one of {', '.join(TOKEN_RULES)}")
+    out = []
+    for start in range(0, len(texts), batch_size):
+        seqs = [tok.encode(t) for t in texts[start:start + batch_size]]
+        ids, attn, pos = left_pad(seqs, tok.pad_id, model.device)
+        weights = attn.clone()
+        if token_rule == "content":
+            special = torch.tensor(sorted(tok.special_ids), device=ids.device)
+            weights = weights * ~torch.isin(ids, special)
+        elif token_rule == "last":
+            weights = torch.zeros_like(attn)
+            weights[:, -1] = 1
+        res = model(ids, attention_mask=attn, position_ids=pos, return_coefficients=True,
+                    coefficient_pool=weights, return_logits=False)
+        out.append(torch.stack(res.coefficients, 1).cpu())
+    return torch.cat(out)
+
+
+def collect_coefficients(model, tok, concepts: list[Concept], token_rule: str = "content",
+                         batch_size: int = 32) -> torch.Tensor:
+    """Per concept, the mean over its questions of the per-question coefficients: `[C, L, d_ff]`.
+    Each question is read as `Question: {q} Answer: {correct option}` (§3.2)."""
+    texts = [coefficient_prompt(q) for c in concepts for q in c.mcq]
+    per_q = question_coefficients(model, tok, texts, token_rule, batch_size)
+    out, start = [], 0
+    for c in concepts:
+        out.append(per_q[start:start + len(c.mcq)].mean(0))
+        start += len(c.mcq)
+    return torch.stack(out)
+
+
+def unrelated_mean(coefficients: torch.Tensor, counts: list[int], others: list[int]) -> torch.Tensor:
+    """m*: the mean over the unrelated questions, i.e. the question-weighted mean of those concepts."""
+    w = torch.tensor([counts[j] for j in others], dtype=coefficients.dtype)
+    return (coefficients[others] * w[:, None, None]).sum(0) / w.sum()
+
+
+def locate(m_concept: torch.Tensor, m_unrelated: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: the specificity score S^l_j = |m^l_j - m*^l_j| of every value vector, `[L, d_ff]`."""
+    return (m_concept - m_unrelated).abs()
+
+
+def top_k(d_ff: int, ratio: float) -> int:
+    """round(r * d_ff) vectors per layer (half up, so 0.5 rounds to 1)."""
+    return int(math.floor(ratio * d_ff + 0.5))
+
+
+def ranking(scores: torch.Tensor) -> torch.Tensor:
+    """Per layer, value-vector indices from highest score down; ties go to the lower index."""
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices
+
+
+def random_ranking(shape, seed: int) -> torch.Tensor:
+    """The random-vector control: a seeded random order per layer (so the sets nest across ratios)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(shape[1], generator=g) for _ in range(shape[0])])
+
+
+def mask_for(order: torch.Tensor, ratio: float, skip: int) -> torch.Tensor:
+    """Zero-masking (§4.1, Eq. 4): 1 everywhere except the first `round(r * d_ff)` indices of `order`
+    in every layer l >= skip (layers below skip are never touched). `[L, d_ff]` float."""
+    L, d_ff = order.shape
+    if skip >= L:
+        raise ValueError(f"skip_layers={skip} leaves nothing to mask in a model of {L} layers")
+    mask = torch.ones(L, d_ff)
+    k = top_k(d_ff, ratio)
+    if k:
+        mask[skip:].scatter_(1, order[skip:, :k], 0.0)
+    return mask
+
+
+def accuracy(correct: list[bool]) -> float | None:
+    return sum(correct) / len(correct) if correct else None
+
+
+def ratio_of(a: float | None, b: float | None) -> float | None:
+    """a / b, or None (null in the result file) when either is missing or b is 0."""
+    return None if a is None or not b else a / b
+
+
+def concept_cell(before_c: float, before_g: float, after_c: float, after_g: float, acc_before: float,
+                 ratio: float) -> dict:
+    """Every score of one concept at one ratio (Eq. 6 and the reviewers' raw parts, §6 of our spec)."""
+    diff = after_g - after_c
+    cell = {
+        "concept_after": after_c, "general_after": after_g, "g_minus_c": diff,
+        "pss": ratio_of(abs(diff), before_g),  # per-concept denominator: General_before(c)
+        "pss_acc_before": ratio_of(abs(diff), acc_before),
+        "pss_raw": abs(diff),
+        "excess_drop": (before_c - after_c) - (before_g - after_g),
+    }
+    if ratio == 0:  # nothing masked: PSS is 0 by definition (Figure 3's origin)
+        cell.update(pss=0.0, pss_acc_before=0.0, pss_raw=0.0)
+    return cell
+
+
+def model_pss(concept_after: list[float], general_after: list[float], acc_before: float,
+              ratio: float) -> float | None:
+    """PSS(r) = |mean_c General_after(c, r) - mean_c Concept_after(c, r)| / Acc_before (Eq. 6)."""
+    if ratio == 0:
+        return 0.0
+    gap = abs(sum(general_after) / len(general_after) - sum(concept_after) / len(concept_after))
+    return ratio_of(gap, acc_before)
+
+
+def mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None

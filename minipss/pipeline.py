@@ -1,0 +1,159 @@
+"""`minipss pss` end to end: benchmark -> coefficients -> masks -> masked scoring -> PSS -> result file.
+
+Work is saved as it goes in `<out>.work/` (the coefficients, then one line per finished cell), so an
+interrupted run resumes where it stopped and gives the result an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .benchmark import Concept, load_benchmark, unrelated_sets
+from .method import collect_coefficients, locate, mask_for, random_ranking, ranking, unrelated_mean
+from .report import build_result, write_result
+from .scoring import mcq_answers
+
+PAPER_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
+SWEEP_RATIOS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+@dataclass
+class Settings:
+    """Every choice the result depends on; all are written into the result file."""
+    mode: str = "generate"  # generate | logits | cloze (spec §5)
+    ratios: list[float] = field(default_factory=lambda: list(PAPER_RATIOS))
+    skip_layers: int = 5  # layers 0..skip-1 are never masked (§4.1)
+    seed: int = 0  # draws the unrelated concepts and the random-control vectors
+    concepts: int | None = None  # keep the first N concepts of the file
+    n_unrelated: int = 5  # concepts whose questions form t* (§3.2)
+    control: bool = False  # also mask random vectors, same count per layer (the reviewers' control)
+    token_rule: str = "content"  # which tokens the coefficient mean covers (spec §3)
+    cloze_mean: bool = False  # cloze: mean instead of sum of option-token log-probs
+    early_stop: bool = True  # generate: stop a row once its letter is decided (same answers)
+    batch_size: int = 32
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def fingerprint(self, model: str, bench: Path) -> str:
+        """What a resumed run must share with the saved work (ratios and control may grow)."""
+        keep = {k: v for k, v in asdict(self).items() if k not in ("ratios", "control", "batch_size", "device")}
+        keep.update(model=str(Path(model).resolve()), bench=hashlib.sha256(bench.read_bytes()).hexdigest())
+        return json.dumps(keep, sort_keys=True)
+
+
+class Progress:
+    """One line per step on stderr with the elapsed and remaining time."""
+
+    def __init__(self, total: int, what: str, quiet: bool = False):
+        self.total, self.what, self.quiet, self.done, self.start = total, what, quiet, 0, time.time()
+
+    def step(self, label: str = "") -> None:
+        self.done += 1
+        if self.quiet:
+            return
+        spent = time.time() - self.start
+        left = spent / self.done * (self.total - self.done)
+        print(f"[{self.what} {self.done}/{self.total}] {label} {spent:.0f}s elapsed, ~{left:.0f}s left",
+              file=sys.stderr, flush=True)
+
+
+class WorkDir:
+    """`<out>.work/`: settings, coefficients (safetensors) and finished cells (JSON lines)."""
+
+    def __init__(self, out: Path, fingerprint: str):
+        self.path = out.parent / (out.name + ".work")
+        self.path.mkdir(parents=True, exist_ok=True)
+        stamp = self.path / "settings.json"
+        if stamp.exists() and stamp.read_text() != fingerprint:
+            raise ValueError(f"{self.path} holds work made with other settings; remove it or choose another --out")
+        stamp.write_text(fingerprint)
+        self.cells_file = self.path / "cells.jsonl"
+        self.cells = {}
+        if self.cells_file.exists():
+            for line in self.cells_file.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut off by an interruption
+                    continue
+                self.cells[row["key"]] = row["correct"]
+
+    def coefficients(self, compute) -> torch.Tensor:
+        file = self.path / "coefficients.safetensors"
+        if file.exists():
+            return load_file(str(file))["coefficients"]
+        value = compute()
+        save_file({"coefficients": value.contiguous()}, str(file) + ".tmp")
+        os.replace(str(file) + ".tmp", file)
+        return value
+
+    def save_cell(self, key: str, correct: list[bool]) -> None:
+        with open(self.cells_file, "a") as f:
+            f.write(json.dumps({"key": key, "correct": correct}) + "\n")
+        self.cells[key] = correct
+
+
+def questions_of(concepts: list[Concept], i: int, others: list[int]):
+    """t (concept i's MCQs) followed by t* (the MCQs of its unrelated concepts)."""
+    return concepts[i].mcq + [q for j in others for q in concepts[j].mcq]
+
+
+def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool = False) -> dict:
+    """Run the whole method and write `out` (JSON) and `out` with .csv; returns the result dict."""
+    from . import load_model, load_tokenizer
+
+    s = settings or Settings()
+    t0 = time.time()
+    bench, out = Path(bench), Path(out)
+    concepts = load_benchmark(bench)
+    if s.concepts:
+        concepts = concepts[: s.concepts]
+        if len(concepts) < s.n_unrelated + 1:
+            raise ValueError(f"--concepts {s.concepts}: need at least {s.n_unrelated + 1} concepts")
+    others = unrelated_sets(concepts, s.n_unrelated, s.seed)
+    model = load_model(model_dir, dtype=getattr(torch, s.dtype), device=s.device)
+    tok = load_tokenizer(model_dir)
+    L = model.config.num_layers
+    if s.skip_layers >= L:
+        raise ValueError(f"--skip-layers {s.skip_layers} leaves nothing to mask in a model of {L} layers")
+    work = WorkDir(out, s.fingerprint(model_dir, bench))
+    score = lambda qs, mask=None: [a == q.answer for a, q in zip(
+        mcq_answers(model, tok, qs, s.mode, mask, s.batch_size, s.early_stop, s.cloze_mean), qs)]
+
+    coeffs = work.coefficients(lambda: collect_coefficients(model, tok, concepts, s.token_rule, s.batch_size))
+    timing = {"coefficients": time.time() - t0}
+
+    t1 = time.time()
+    if "baseline" not in work.cells:
+        work.save_cell("baseline", score([q for c in concepts for q in c.mcq]))
+    timing["baseline"] = time.time() - t1
+
+    counts = [len(c.mcq) for c in concepts]
+    kinds = ["located"] + (["random"] if s.control else [])
+    todo = [(k, i, r) for i in range(len(concepts)) for r in s.ratios for k in kinds
+            if f"{k}|{i}|{r}" not in work.cells]
+    progress = Progress(len(todo), "masked", quiet)
+    t2 = time.time()
+    orders = {}
+    for kind, i, r in todo:
+        if (kind, i) not in orders:
+            scores = locate(coeffs[i], unrelated_mean(coeffs, counts, others[i]))
+            orders[kind, i] = ranking(scores) if kind == "located" else random_ranking(
+                scores.shape, s.seed * 1_000_003 + i)
+        mask = mask_for(orders[kind, i], r, s.skip_layers).to(device=model.device, dtype=model.dtype)
+        work.save_cell(f"{kind}|{i}|{r}", score(questions_of(concepts, i, others[i]), mask))
+        progress.step(f"{concepts[i].name} r={r} {kind}")
+    timing["masked"] = time.time() - t2
+    timing["total"] = time.time() - t0
+
+    result = build_result(str(model_dir), str(bench), asdict(s), concepts, others, work.cells, timing)
+    write_result(result, out)
+    return result

@@ -1,0 +1,145 @@
+"""From per-question correctness to the result file: accuracies, PSS in every form, breakdowns (§6)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+from .benchmark import TIERS, Concept
+from .method import accuracy, concept_cell, mean, model_pss
+
+CHANCE = 0.25
+
+
+def near_chance(acc: float, n: int) -> bool:
+    """Accuracy within two binomial standard deviations of 25%."""
+    return acc < CHANCE + 2 * math.sqrt(CHANCE * (1 - CHANCE) / max(n, 1))
+
+
+def _split(correct: list[bool], n_own: int):
+    return accuracy(correct[:n_own]), accuracy(correct[n_own:])
+
+
+def summarise(rows: list[dict], ratios: list[float], acc_before: float, key: str) -> dict:
+    """Model-level scores over a group of concept rows, for the cells under `key` (by_ratio/control)."""
+    out = {"pss_by_ratio": {}, "excess_by_ratio": {}, "g_minus_c_by_ratio": {},
+           "concept_after_by_ratio": {}, "general_after_by_ratio": {}}
+    for r in ratios:
+        cells = [row[key][str(r)] for row in rows]
+        ca, ga = [c["concept_after"] for c in cells], [c["general_after"] for c in cells]
+        out["pss_by_ratio"][str(r)] = model_pss(ca, ga, acc_before, r)
+        out["excess_by_ratio"][str(r)] = mean(c["excess_drop"] for c in cells)
+        out["g_minus_c_by_ratio"][str(r)] = mean(ga) - mean(ca)
+        out["concept_after_by_ratio"][str(r)] = mean(ca)
+        out["general_after_by_ratio"][str(r)] = mean(ga)
+    out["pss"] = mean(out["pss_by_ratio"].values())
+    out["excess_drop"] = mean(out["excess_by_ratio"].values())
+    return out
+
+
+def build_result(model: str, bench: str, settings: dict, concepts: list[Concept], others: list[list[int]],
+                 cells: dict, timing: dict) -> dict:
+    ratios = settings["ratios"]
+    base = cells["baseline"]
+    starts, pos = [], 0
+    for c in concepts:
+        starts.append(pos)
+        pos += len(c.mcq)
+    own = lambda j: base[starts[j]:starts[j] + len(concepts[j].mcq)]
+    acc_before = accuracy(base)
+    rows = []
+    for i, c in enumerate(concepts):
+        n = len(c.mcq)
+        before_c = accuracy(own(i))
+        before_g = accuracy([x for j in others[i] for x in own(j)])
+        row = {"concept": c.name, "tier": c.tier, "category": c.category,
+               "concept_before": before_c, "general_before": before_g,
+               "unrelated": [concepts[j].name for j in others[i]], "by_ratio": {}}
+        for kind, key in (("located", "by_ratio"), ("random", "control_by_ratio")):
+            if all(f"{kind}|{i}|{r}" in cells for r in ratios):
+                row[key] = {str(r): concept_cell(before_c, before_g, *_split(cells[f"{kind}|{i}|{r}"], n),
+                                                 acc_before, r) for r in ratios}
+        row["pss"] = mean(cell["pss"] for cell in row["by_ratio"].values())
+        row["excess_drop"] = mean(cell["excess_drop"] for cell in row["by_ratio"].values())
+        rows.append(row)
+    located = summarise(rows, ratios, acc_before, "by_ratio")
+    result = {"model": model, "bench": bench, "settings": settings, "acc_before": acc_before,
+              "pss": located["pss"], "pss_by_ratio": located["pss_by_ratio"], **{
+                  k: v for k, v in located.items() if k not in ("pss", "pss_by_ratio")}}
+    result["pss_concept_mean"] = mean(r["pss"] for r in rows)
+    if all("control_by_ratio" in r for r in rows) and settings.get("control"):
+        result["control"] = summarise(rows, ratios, acc_before, "control_by_ratio")
+    result["tiers"] = {}
+    for tier in TIERS:
+        group = [r for r in rows if r["tier"] == tier]
+        if group:
+            idx = [i for i, c in enumerate(concepts) if c.tier == tier]
+            acc = accuracy([x for i in idx for x in own(i)])
+            result["tiers"][tier] = {"concepts": len(group), "acc_before": acc,
+                                     **summarise(group, ratios, acc, "by_ratio")}
+    result["categories"] = {}
+    for cat in sorted({c.category for c in concepts}):
+        group = [r for r in rows if r["category"] == cat]
+        result["categories"][cat] = {"concepts": len(group), "pss": mean(r["pss"] for r in group),
+                                     "excess_drop": mean(r["excess_drop"] for r in group)}
+    if near_chance(acc_before, len(base)):
+        result["warning"] = (f"accuracy before masking ({acc_before:.3f}) is within chance of 25%: the model "
+                             f"does not answer in the '{settings['mode']}' format and PSS is then noise; "
+                             "try the other modes (generate, logits, cloze)")
+    result["concepts"] = rows
+    result["timing_s"] = {k: round(v, 3) for k, v in timing.items()}
+    return result
+
+
+def write_result(result: dict, out: Path) -> None:
+    """The JSON result and a CSV of per-concept rows, each written whole (temp file, then rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out)
+    csv_path = out.with_suffix(".csv")
+    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    fields = ["concept", "tier", "category", "kind", "ratio", "concept_before", "general_before",
+              "concept_after", "general_after", "g_minus_c", "pss", "pss_acc_before", "pss_raw", "excess_drop"]
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for row in result["concepts"]:
+            for kind, key in (("located", "by_ratio"), ("random", "control_by_ratio")):
+                for r, cell in row.get(key, {}).items():
+                    w.writerow({"concept": row["concept"], "tier": row["tier"], "category": row["category"],
+                                "kind": kind, "ratio": r, "concept_before": row["concept_before"],
+                                "general_before": row["general_before"], **cell})
+    os.replace(tmp, csv_path)
+
+
+def _fmt(x) -> str:
+    return "  null" if x is None else f"{x:+.3f}" if x < 0 else f"{x:6.3f}"
+
+
+def summary(result: dict) -> str:
+    """A readable summary for the terminal."""
+    s = result["settings"]
+    lines = [f"model {result['model']}  bench {result['bench']}  mode {s['mode']}  "
+             f"concepts {len(result['concepts'])}  skip {s['skip_layers']}",
+             f"accuracy before masking: {result['acc_before']:.3f}",
+             f"PSS (mean over ratios): {_fmt(result['pss'])}   excess drop: {_fmt(result['excess_drop'])}"]
+    if "warning" in result:
+        lines.append("WARNING: " + result["warning"])
+    ctrl = result.get("control")
+    lines.append("")
+    lines.append("ratio    PSS  concept_after general_after excess_drop" + ("  | random: PSS excess" if ctrl else ""))
+    for r in result["pss_by_ratio"]:
+        line = (f"{float(r):<6g} {_fmt(result['pss_by_ratio'][r])}  {_fmt(result['concept_after_by_ratio'][r])}"
+                f"        {_fmt(result['general_after_by_ratio'][r])}       {_fmt(result['excess_by_ratio'][r])}")
+        if ctrl:
+            line += f"  |   {_fmt(ctrl['pss_by_ratio'][r])} {_fmt(ctrl['excess_by_ratio'][r])}"
+        lines.append(line)
+    lines.append("")
+    lines.append("tier    concepts acc_before   PSS  excess_drop")
+    for tier, t in result["tiers"].items():
+        lines.append(f"{tier:<7} {t['concepts']:>8} {_fmt(t['acc_before'])}   {_fmt(t['pss'])} {_fmt(t['excess_drop'])}")
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""Scoring multiple-choice and open questions under a value-vector mask (spec/pss-method.md §5).
+
+Three MCQ modes: `generate` (the paper's: 3-shot prompt, greedy up to 30 tokens, first standalone
+letter), `logits` (argmax over the letter tokens at the first generated position) and `cloze` (the
+option with the highest summed log-prob after `Question: ...\\nAnswer:`). Every function takes the mask
+as `None`, one `[L, d_ff]` mask for all questions, or `[N, L, d_ff]`, one per question, so one batch can
+mix concepts and ratios.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .benchmark import MCQ
+from .generate import generate, left_pad
+from .layers import KVCache
+from .prompts import cloze_context, letter_decided, letter_in, mcq_prompt, open_correct, open_prompt
+
+MODES = ("generate", "logits", "cloze")
+GENERATE_TOKENS = 30
+OPEN_TOKENS = 150
+
+
+def _rows(masks, idx):
+    """The masks of these questions: a shared `[L, d_ff]` mask (or None) serves every row."""
+    return masks if masks is None or masks.dim() == 2 else masks[idx]
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield list(range(start, min(n, start + size)))
+
+
+def letter_token_ids(tok) -> dict[str, list[int]]:
+    """Single-token spellings of each letter, with and without a leading space."""
+    out = {}
+    for letter in "ABCD":
+        ids = {tuple(tok.encode(s, bos=False)) for s in (f" {letter}", letter)}
+        out[letter] = sorted(t[0] for t in ids if len(t) == 1)
+        if not out[letter]:
+            raise ValueError(f"the tokenizer has no single token for {letter!r}; use --mode cloze or generate")
+    return out
+
+
+@torch.inference_mode()
+def mcq_answers(model, tok, questions: list[MCQ], mode: str = "generate", masks=None,
+                batch_size: int = 32, early_stop: bool = True, cloze_mean: bool = False) -> list[str | None]:
+    """The model's answer letter (or None) for each question under `masks`."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "cloze":
+        return cloze_answers(model, tok, questions, masks, batch_size, cloze_mean)
+    answers: list[str | None] = []
+    letters = letter_token_ids(tok) if mode == "logits" else None
+    for idx in _chunks(len(questions), batch_size):
+        prompts = [tok.encode(mcq_prompt(questions[i])) for i in idx]
+        mask = _rows(masks, idx)
+        if mode == "logits":
+            ids, attn, pos = left_pad(prompts, tok.pad_id, model.device)
+            logits = model(ids, attention_mask=attn, position_ids=pos, mlp_mask=mask, logits_to_keep=1).logits[:, -1]
+            best = torch.stack([logits[:, letters[L]].max(-1).values for L in "ABCD"], -1).argmax(-1)
+            answers += ["ABCD"[b] for b in best.tolist()]
+        else:
+            stop = (lambda ids: letter_decided(tok.decode(ids))) if early_stop else None
+            outs = generate(model, prompts, GENERATE_TOKENS, tok.eos_ids, tok.pad_id, mlp_mask=mask, stop_when=stop)
+            answers += [letter_in(tok.decode(o)) for o in outs]
+    return answers
+
+
+def cloze_tokens(tok, q: MCQ) -> tuple[list[int], list[list[int]]]:
+    """Context ids and each option's ids: the tokens of `context + " " + option` after the context's own
+    tokens, which must be their prefix."""
+    context = cloze_context(q.question)
+    ctx = tok.encode(context)
+    options = []
+    for text in q.options.values():
+        full = tok.encode(f"{context} {text}")
+        if full[: len(ctx)] != ctx or len(full) == len(ctx):
+            raise ValueError(f"cloze: the tokens of {context!r} are not a prefix of those with option {text!r}")
+        options.append(full[len(ctx):])
+    return ctx, options
+
+
+def cloze_scores(model, contexts: list[list[int]], options: list[list[list[int]]], masks=None,
+                 mean: bool = False) -> list[list[float]]:
+    """Summed (or mean) log-prob of each option after its context. The context runs once into a KV
+    cache; the options of all questions then run as one right-padded batch reading that cache."""
+    device = model.device
+    ids, attn, pos = left_pad(contexts, 0, device)
+    cache = KVCache(model.config.num_layers)
+    first = model(ids, attention_mask=attn, position_ids=pos, mlp_mask=masks, cache=cache,
+                  logits_to_keep=1).logits[:, -1].float().log_softmax(-1)  # predicts each option's 1st token
+    per_q = [len(o) for o in options]
+    owner = torch.tensor([i for i, n in enumerate(per_q) for _ in range(n)], device=device)
+    flat = [opt for opts in options for opt in opts]
+    width = max(len(o) for o in flat)
+    opt_ids = torch.zeros(len(flat), width, dtype=torch.long)
+    opt_mask = torch.zeros(len(flat), width, dtype=torch.long)
+    for r, o in enumerate(flat):
+        opt_ids[r, : len(o)], opt_mask[r, : len(o)] = torch.tensor(o), 1
+    opt_ids, opt_mask = opt_ids.to(device), opt_mask.to(device)
+    cache.select(owner)
+    opt_pos = pos[owner, -1:] + 1 + torch.arange(width, device=device)
+    row_masks = masks[owner] if masks is not None and masks.dim() == 3 else masks
+    logits = model(opt_ids, attention_mask=torch.cat([attn[owner], opt_mask], 1), position_ids=opt_pos,
+                   mlp_mask=row_masks, cache=cache).logits.float().log_softmax(-1)
+    # token t of an option is predicted by the context's last position (t = 0) or by option token t - 1
+    lp = torch.cat([first[owner].gather(1, opt_ids[:, :1]),
+                    logits[:, :-1].gather(2, opt_ids[:, 1:, None]).squeeze(2)], 1) * opt_mask
+    totals = lp.sum(1) / (opt_mask.sum(1) if mean else 1)
+    out, start = [], 0
+    for n in per_q:
+        out.append(totals[start:start + n].tolist())
+        start += n
+    return out
+
+
+@torch.inference_mode()
+def cloze_answers(model, tok, questions: list[MCQ], masks=None, batch_size: int = 32,
+                  mean: bool = False) -> list[str]:
+    answers = []
+    for idx in _chunks(len(questions), batch_size):
+        ctx, opts = zip(*(cloze_tokens(tok, questions[i]) for i in idx))
+        mask = _rows(masks, idx)
+        for i, scores in zip(idx, cloze_scores(model, list(ctx), list(opts), mask, mean)):
+            letters = list(questions[i].options)
+            answers.append(letters[max(range(len(scores)), key=scores.__getitem__)])
+    return answers
+
+
+@torch.inference_mode()
+def open_answers(model, tok, questions: list[dict], masks=None, batch_size: int = 16,
+                 max_new_tokens: int = OPEN_TOKENS) -> list[bool]:
+    """Zero-shot open questions, greedy; correct when the normalised gold occurs in the generation."""
+    correct = []
+    for idx in _chunks(len(questions), batch_size):
+        prompts = [tok.encode(open_prompt(questions[i]["question"])) for i in idx]
+        mask = _rows(masks, idx)
+        outs = generate(model, prompts, max_new_tokens, tok.eos_ids, tok.pad_id, mlp_mask=mask)
+        correct += [open_correct(tok.decode(o), questions[i]["answer"]) for i, o in zip(idx, outs)]
+    return correct

@@ -1,0 +1,130 @@
+"""Loading: both config dialects, shards, prefixes; clear errors naming the file for bad input."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import minipss
+from minipss.config import from_hf
+from hf_models import make_hf_model
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gemma3")
+    make_hf_model("gemma3", path)
+    return path
+
+
+@pytest.fixture
+def copy(folder, tmp_path):
+    dst = tmp_path / "m"
+    shutil.copytree(folder, dst)
+    return dst
+
+
+def reference_logits(path):
+    ids = torch.arange(1, 20)[None]
+    return minipss.load_model(path)(ids).logits
+
+
+def edit_state(path, fn):
+    state = load_file(path / "model.safetensors")
+    fn(state)
+    save_file(state, path / "model.safetensors")
+
+
+def edit_config(path, fn):
+    cfg = json.loads((path / "config.json").read_text())
+    fn(cfg)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def test_v4_hub_dialect_parses_like_v5(folder):
+    v5 = json.loads((folder / "config.json").read_text())
+    v4 = {k: v for k, v in v5.items() if k not in ("rope_parameters", "layer_types")}
+    v4.update(rope_theta=1e6, rope_local_base_freq=1e4, sliding_window_pattern=2,
+              rope_scaling={"type": "linear", "factor": 2.0})
+    a, b = from_hf(v5), from_hf(v4)
+    for field in ("layer_types", "rope_theta", "rope_scaling", "local_rope_theta", "head_dim", "attn_scale"):
+        assert getattr(a, field) == getattr(b, field), field
+
+
+def test_sharded_checkpoint_loads_like_single_file(copy, folder):
+    state = load_file(copy / "model.safetensors")
+    keys = sorted(state)
+    half = len(keys) // 2
+    save_file({k: state[k] for k in keys[:half]}, copy / "model-00001-of-00002.safetensors")
+    save_file({k: state[k] for k in keys[half:]}, copy / "model-00002-of-00002.safetensors")
+    index = {"weight_map": {k: f"model-0000{1 + (i >= half)}-of-00002.safetensors" for i, k in enumerate(keys)}}
+    (copy / "model.safetensors.index.json").write_text(json.dumps(index))
+    (copy / "model.safetensors").unlink()
+    assert torch.equal(reference_logits(copy), reference_logits(folder))
+
+
+def test_multimodal_gemma3_prefix_loads(copy, folder):
+    def prefix(state):
+        for k in list(state):
+            state["language_model." + k] = state.pop(k)
+        state["vision_tower.patch.weight"] = torch.zeros(2)
+    edit_state(copy, prefix)
+    edit_config(copy, lambda c: c.update({"model_type": "gemma3", "text_config": dict(c)}))
+    assert torch.equal(reference_logits(copy), reference_logits(folder))
+
+
+def test_bf16_load_has_no_fp32_parameters(folder):
+    model = minipss.load_model(folder, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_missing_key_is_named(copy):
+    edit_state(copy, lambda s: s.pop("model.layers.1.mlp.down_proj.weight"))
+    with pytest.raises(ValueError, match="missing keys.*layers.1.mlp.down_proj.weight"):
+        minipss.load_model(copy)
+
+
+def test_unexpected_key_is_named_with_its_file(copy):
+    edit_state(copy, lambda s: s.update({"model.layers.0.mlp.extra.weight": torch.zeros(3)}))
+    with pytest.raises(ValueError, match=r"model.safetensors: unexpected key 'model.layers.0.mlp.extra.weight'"):
+        minipss.load_model(copy)
+
+
+def test_shape_mismatch_is_named(copy):
+    edit_state(copy, lambda s: s.update({"model.norm.weight": torch.zeros(7)}))
+    with pytest.raises(ValueError, match=r"'model.norm.weight' has shape \(7,\)"):
+        minipss.load_model(copy)
+
+
+def test_unsupported_model_type(copy):
+    edit_config(copy, lambda c: c.update(model_type="mamba"))
+    with pytest.raises(ValueError, match=r"config.json: unsupported model_type 'mamba'"):
+        minipss.load_model(copy)
+
+
+def test_missing_config(copy):
+    (copy / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        minipss.load_model(copy)
+
+
+def test_invalid_config_json(copy):
+    (copy / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json: invalid JSON"):
+        minipss.load_model(copy)
+
+
+def test_pickled_checkpoint_is_refused(copy):
+    (copy / "model.safetensors").unlink()
+    (copy / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(ValueError, match="pytorch_model.bin.*never unpickles"):
+        minipss.load_model(copy)
+
+
+def test_missing_tokenizer(copy):
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        minipss.load_tokenizer(copy)

@@ -1,0 +1,64 @@
+"""Tiny random models written to disk in Hugging Face layout, with a byte-level tokenizer: for testing
+the method without transformers or real weights."""
+
+import json
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+from minipss.config import from_hf
+from minipss.load import build_model
+
+SPECIALS = ["<pad>", "<eos>", "<bos>"]
+
+
+def byte_tokenizer() -> Tokenizer:
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {t: i for i, t in enumerate(SPECIALS + sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    return tok
+
+
+def tiny_config(model_type="llama", layers=4, d_ff=32, **extra):
+    cfg = {"model_type": model_type, "vocab_size": 259, "hidden_size": 32, "intermediate_size": d_ff,
+           "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "head_dim": 8, "max_position_embeddings": 1024, "pad_token_id": 0, "eos_token_id": 1,
+           "bos_token_id": 2, "tie_word_embeddings": False}
+    cfg.update(extra)
+    return cfg
+
+
+def make_tiny_model(folder, seed=0, **cfg_kwargs):
+    """Write config.json, model.safetensors and tokenizer.json for a random model; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = tiny_config(**cfg_kwargs)
+    torch.manual_seed(seed)
+    model = build_model(from_hf(raw))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.2)
+            else:
+                p.normal_(0.0, 0.3)
+    (folder / "config.json").write_text(json.dumps(raw))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    byte_tokenizer().save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def make_bench(path, n_concepts=8, n_mcq=4, tiers=("high", "medium", "low")):
+    """A synthetic benchmark: real format, nonsense content."""
+    lines = []
+    for c in range(n_concepts):
+        mcq = []
+        for q in range(n_mcq):
+            opts = {L: f"{L.lower()}{c}{q} thing" for L in "ABCD"}
+            mcq.append({"question": f"What is fact {q} of concept {c}?", "options": opts, "answer": "ABCD"[(c + q) % 4]})
+        lines.append(json.dumps({"concept": f"Concept {c}", "tier": tiers[c % len(tiers)], "category": "Test",
+                                 "mcq": mcq, "open": [{"question": f"Name concept {c}?", "answer": f"c{c}"}]}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
