@@ -91,6 +91,11 @@ def main(argv=None) -> None:
     p.add_argument("--plots", default=None, help="folder for PNG figures (needs the plot extra)")
     p.set_defaults(func=lambda a: __import__("minipss.compare", fromlist=["main"]).main(a))
 
+    p = sub.add_parser("train", help="fine-tune only chosen value vectors (FT-FV/PV/CV/RV, §5)")
+    from .train import add_arguments, main as train_main
+    add_arguments(p)
+    p.set_defaults(func=train_main)
+
     a = parser.parse_args(argv)
     try:
         a.func(a)

@@ -1,0 +1,332 @@
+"""Fine-tune only chosen MLP value vectors (§5, Table 2): FT-FV, FT-PV, FT-CV, FT-RV.
+
+The choice is a 0/1 column mask per layer over `down_proj` / `fc_out`, applied explicitly in the step:
+the gradient is multiplied by it after backward, and the optimizer (AdamW) updates only those columns, so
+frozen columns stay bit-identical (no decay, momentum or other drift reaches them). Everything else in the
+model is frozen. Checkpoints are Hugging Face layout folders; a run resumes from its last one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+VARIANTS = ("fv", "pv", "cv", "rv")
+
+
+@dataclass
+class TrainSettings:
+    variant: str = "pv"
+    steps: int = 100
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    batch_size: int = 4
+    accum: int = 1  # gradient accumulation: micro-batches per optimizer step
+    seq_len: int = 128
+    clip: float = 1.0  # max gradient norm over the trainable columns (0: off)
+    warmup: int = 10  # linear warm-up steps, then cosine decay to 10% of lr
+    r_pv: float = 0.5 / 8  # PV: top ceil(d_ff * r_pv) per layer (spec §7: k/8 of the 50% ratio)
+    seed: int = 0
+    save_every: int = 0  # 0: only at the end
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+# ---------------------------------------------------------------- which value vectors train
+
+
+def value_vector_sets(variant: str, num_layers: int, d_ff: int, scores: torch.Tensor | None = None,
+                      r_pv: float = 0.5 / 8, seed: int = 0) -> dict[int, list[int]]:
+    """Column indices per layer (spec §7). `scores` `[L, d_ff]` is the locator score S for the union of
+    the fine-tuned concepts; PV takes its top ceil(d_ff * r_pv) per layer, every layer included."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if variant == "fv":
+        return {l: list(range(d_ff)) for l in range(num_layers)}
+    if scores is None:
+        raise ValueError(f"variant {variant!r} needs concepts to locate (--bench and --concepts)")
+    k = math.ceil(d_ff * r_pv)
+    pv = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
+    if variant == "pv":
+        return {l: sorted(pv[l].tolist()) for l in range(num_layers)}
+    if variant == "cv":
+        return {l: sorted(set(range(d_ff)) - set(pv[l].tolist())) for l in range(num_layers)}
+    g = torch.Generator().manual_seed(seed)
+    return {l: sorted(torch.randperm(d_ff, generator=g)[:k].tolist()) for l in range(num_layers)}
+
+
+def value_matrices(model) -> list[torch.nn.Parameter]:
+    """The `[d, d_ff]` matrices whose columns are the value vectors, one per layer."""
+    mlps = [block.mlp for block in model.blocks()]
+    return [m.down_proj.weight if hasattr(m, "down_proj") else m.fc_out.weight for m in mlps]
+
+
+def column_masks(sets: dict[int, list[int]], num_layers: int, d_ff: int, device) -> list[torch.Tensor]:
+    masks = []
+    for l in range(num_layers):
+        m = torch.zeros(d_ff, dtype=torch.bool, device=device)
+        m[sets.get(l, [])] = True
+        masks.append(m)
+    return masks
+
+
+# ---------------------------------------------------------------- the optimizer
+
+
+class ColumnAdamW:
+    """AdamW whose every effect (moments, decay, step) is confined to the masked columns."""
+
+    def __init__(self, params, masks, lr, betas, eps, weight_decay):
+        self.params, self.masks = params, masks
+        self.lr, self.betas, self.eps, self.wd = lr, betas, eps, weight_decay
+        self.m = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        self.v = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self, lr: float) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        for p, mask, m, v in zip(self.params, self.masks, self.m, self.v):
+            g = p.grad.float() * mask  # the column-wise gradient mask
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            update = (m / (1 - b1 ** self.t)) / ((v / (1 - b2 ** self.t)).sqrt() + self.eps)
+            new = p.float() * (1 - lr * self.wd) - lr * update
+            p.copy_(torch.where(mask, new.to(p.dtype), p))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {f"m.{i}": m for i, m in enumerate(self.m)}
+        out.update({f"v.{i}": v for i, v in enumerate(self.v)})
+        return out
+
+    def load(self, state: dict[str, torch.Tensor], t: int) -> None:
+        for i in range(len(self.m)):
+            self.m[i].copy_(state[f"m.{i}"])
+            self.v[i].copy_(state[f"v.{i}"])
+        self.t = t
+
+
+def learning_rate(step: int, s: TrainSettings) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    done = (step - s.warmup) / max(1, s.steps - s.warmup)
+    return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
+
+
+# ---------------------------------------------------------------- data
+
+
+def read_documents(path) -> list[str]:
+    """A JSONL file of {"text": ...} (one per line), or plain text split on blank lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: training data not found")
+    raw = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        docs = []
+        for n, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            if not isinstance(doc, dict) or not isinstance(doc.get("text"), str) or not doc["text"].strip():
+                raise ValueError(f"{path}:{n}: needs a non-empty string field 'text'")
+            docs.append(doc["text"])
+    else:
+        docs = [p.strip() for p in raw.split("\n\n") if p.strip()]
+    if not docs:
+        raise ValueError(f"{path}: no documents")
+    return docs
+
+
+def windows(tok, docs: list[str], seq_len: int) -> list[list[int]]:
+    """Each document's tokens (BOS first, as the model expects) cut into windows of at most seq_len."""
+    out = []
+    for d in docs:
+        ids = tok.encode(d)
+        out += [ids[i:i + seq_len] for i in range(0, len(ids), seq_len) if len(ids[i:i + seq_len]) > 1]
+    return out
+
+
+def batch_order(n: int, batch_size: int, batches: int, seed: int) -> list[list[int]]:
+    """Seeded shuffles, epoch after epoch, cut into batches: the same seed gives the same order."""
+    g = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    while len(order) < batches * batch_size:
+        order += torch.randperm(n, generator=g).tolist()
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(batches)]
+
+
+def lm_loss(model, seqs: list[list[int]], device) -> torch.Tensor:
+    """Next-token cross-entropy over right-padded sequences (padding ignored)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
+    ids, mask = ids.to(device), mask.to(device)
+    logits = model(ids, attention_mask=mask).logits[:, :-1].float()
+    target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                             ignore_index=-100)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(model, source: Path, out: Path, sets: dict, variant: str, opt: ColumnAdamW | None = None,
+                    step: int | None = None) -> None:
+    """An HF layout folder (config.json, model.safetensors, tokenizer.json) + value_vectors.json, and
+    the optimizer state for resuming. Written to a temporary folder, then moved into place."""
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (source / name).is_file():
+            shutil.copy(source / name, tmp / name)
+    (tmp / "value_vectors.json").write_text(json.dumps(
+        {"variant": variant, "layers": {str(l): cols for l, cols in sets.items()}}))
+    if opt is not None:
+        save_file(opt.state(), str(tmp / "optimizer.safetensors"))
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "t": opt.t}))
+    out.mkdir(parents=True, exist_ok=True)
+    for f in tmp.iterdir():
+        os.replace(f, out / f.name)
+    tmp.rmdir()
+
+
+def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[int]], quiet=False):
+    """Train and write `out`; resumes when `out` holds a checkpoint of an unfinished run."""
+    from . import load_model, load_tokenizer
+
+    s, source, out = settings, Path(model_dir), Path(out)
+    resume = (out / "trainer_state.json").is_file()
+    model = load_model(out if resume else source, dtype=torch.float32, device=s.device)
+    tok = load_tokenizer(source)
+    c = model.config
+    params = value_matrices(model)
+    for p in params:
+        p.requires_grad_(True)
+    masks = [m[None, :] for m in column_masks(sets, c.num_layers, c.intermediate_size, s.device)]
+    opt = ColumnAdamW(params, masks, s.lr, s.betas, s.eps, s.weight_decay)
+    start = 0
+    if resume:
+        st = json.loads((out / "trainer_state.json").read_text())
+        opt.load(load_file(str(out / "optimizer.safetensors"), device=str(s.device)), st["t"])
+        start = st["step"]
+    docs = windows(tok, read_documents(data), s.seq_len)
+    order = batch_order(len(docs), s.batch_size, s.steps * s.accum, s.seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if s.device.startswith("cuda") and \
+        s.dtype == "bfloat16" else torch.autocast("cpu", enabled=False)
+    model.train()
+    t0 = time.time()
+    for step in range(start, s.steps):
+        for p in params:
+            p.grad = None
+        total = 0.0
+        for micro in range(s.accum):
+            with autocast:
+                loss = lm_loss(model, [docs[i] for i in order[step * s.accum + micro]], s.device) / s.accum
+            loss.backward()
+            total += loss.item()
+        for p, m in zip(params, masks):
+            p.grad.mul_(m)  # column-wise gradient mask
+        if s.clip:
+            torch.nn.utils.clip_grad_norm_(params, s.clip)
+        lr = learning_rate(step, s)
+        opt.step(lr)
+        if not quiet:
+            left = (time.time() - t0) / (step + 1 - start) * (s.steps - step - 1)
+            print(f"[train {step + 1}/{s.steps}] loss {total:.4f} lr {lr:.2e} ~{left:.0f}s left",
+                  file=sys.stderr, flush=True)
+        if s.save_every and (step + 1) % s.save_every == 0 and step + 1 < s.steps:
+            save_checkpoint(model, source, out, sets, s.variant, opt, step + 1)
+    model.eval()
+    save_checkpoint(model, source, out, sets, s.variant)
+    for f in ("trainer_state.json", "optimizer.safetensors"):
+        (out / f).unlink(missing_ok=True)
+    (out / "train_settings.json").write_text(json.dumps(asdict(s)))
+    return model
+
+
+def located_scores(model, tok, bench, names: list[str], seed: int = 0) -> torch.Tensor:
+    """S = |m_t - m_t*| (Eq. 5) with t the questions of the named concepts together and t* the questions
+    of their unrelated concepts (drawn as in the PSS run with the same seed), chosen concepts left out."""
+    from .benchmark import load_benchmark, unrelated_sets
+    from .method import collect_coefficients, locate, unrelated_mean
+
+    concepts = load_benchmark(bench)
+    index = {c.name: i for i, c in enumerate(concepts)}
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        raise ValueError(f"{bench}: no concept named {', '.join(map(repr, unknown))}")
+    chosen = [index[n] for n in names]
+    others = sorted({j for i in chosen for j in unrelated_sets(concepts, 5, seed)[i]} - set(chosen))
+    coeffs = collect_coefficients(model, tok, [concepts[i] for i in chosen + others])
+    counts = [len(concepts[i].mcq) for i in chosen + others]
+    m_t = unrelated_mean(coeffs, counts, list(range(len(chosen))))
+    m_star = unrelated_mean(coeffs, counts, list(range(len(chosen), len(chosen) + len(others))))
+    return locate(m_t, m_star)
+
+
+def main(a) -> None:
+    """`minipss train` (spec/interfaces.md)."""
+    from . import load_model, load_tokenizer
+
+    s = TrainSettings(variant=a.variant, steps=a.steps, lr=a.lr, seed=a.seed, device=a.device, dtype=a.dtype,
+                      batch_size=a.batch_size, accum=a.accum, seq_len=a.seq_len, warmup=a.warmup,
+                      weight_decay=a.weight_decay, r_pv=a.r_pv, save_every=a.save_every)
+    scores = None
+    if a.variant != "fv":
+        if not a.bench or not a.concepts:
+            raise ValueError(f"--variant {a.variant} needs --bench and --concepts to locate the vectors")
+        model = load_model(a.model, device=a.device)
+        scores = located_scores(model, load_tokenizer(a.model), a.bench,
+                                [n.strip() for n in a.concepts.split(";") if n.strip()], a.seed)
+        del model
+    from .config import read_config
+    c = read_config(a.model)
+    sets = value_vector_sets(a.variant, c.num_layers, c.intermediate_size, scores, s.r_pv, s.seed)
+    train(a.model, a.data, a.out, s, sets, quiet=a.quiet)
+    print(a.out)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="text file (documents split on blank lines) or JSONL {text}")
+    p.add_argument("--out", required=True, help="output HF layout folder")
+    p.add_argument("--variant", required=True, choices=VARIANTS)
+    p.add_argument("--bench", default=None)
+    p.add_argument("--concepts", default=None, help='concept names separated by ";"')
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--accum", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--r-pv", type=float, default=0.5 / 8)
+    p.add_argument("--save-every", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")

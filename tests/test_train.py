@@ -1,0 +1,123 @@
+"""The trainer: only the chosen value vectors move, bit for bit; checkpoints reload; resume is exact."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import minipss
+from minipss.cli import main
+from minipss.train import TrainSettings, train, value_matrices, value_vector_sets
+from tiny import make_bench, make_tiny_model
+
+DOCS = "\n\n".join(f"Concept {i} is known for fact number {i * 7}, said the record." for i in range(12))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    data = d / "data.txt"
+    data.write_text(DOCS)
+    return make_tiny_model(d / "m"), data, make_bench(d / "bench.jsonl", n_concepts=8, n_mcq=2)
+
+
+def settings(**kw):
+    base = dict(steps=4, lr=1e-2, weight_decay=0.1, batch_size=3, seq_len=24, warmup=1)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def test_variant_sets_follow_the_spec():
+    scores = torch.rand(3, 64, generator=torch.Generator().manual_seed(0))
+    pv = value_vector_sets("pv", 3, 64, scores, r_pv=0.1)
+    assert all(len(v) == 7 for v in pv.values())  # ceil(6.4)
+    assert pv[0] == sorted(scores[0].topk(7).indices.tolist())
+    cv = value_vector_sets("cv", 3, 64, scores, r_pv=0.1)
+    assert all(set(cv[l]) == set(range(64)) - set(pv[l]) for l in range(3))
+    rv = value_vector_sets("rv", 3, 64, scores, r_pv=0.1, seed=1)
+    assert [len(v) for v in rv.values()] == [7, 7, 7] and rv != pv
+    assert value_vector_sets("fv", 3, 64) == {l: list(range(64)) for l in range(3)}
+
+
+def test_only_chosen_columns_change_and_the_rest_is_bit_identical(setup, tmp_path):
+    model_dir, data, _ = setup
+    before = minipss.load_model(model_dir).state_dict()
+    sets = {0: [1, 5], 2: [0, 3, 31], 3: []}
+    trained = train(model_dir, data, tmp_path / "out", settings(), sets, quiet=True).state_dict()
+    changed = 0
+    for name, w in before.items():
+        new = trained[name]
+        if name.endswith("mlp.down_proj.weight"):
+            layer = int(name.split(".")[2])
+            cols = torch.zeros(w.shape[1], dtype=torch.bool)
+            cols[sets.get(layer, [])] = True
+            assert torch.equal(new[:, ~cols], w[:, ~cols]), name
+            if cols.any():
+                assert not torch.equal(new[:, cols], w[:, cols]), name
+                changed += 1
+        else:
+            assert torch.equal(new, w), name
+    assert changed == 2
+
+
+def test_checkpoint_reloads_to_identical_logits_here_and_in_transformers(setup, tmp_path):
+    model_dir, data, _ = setup
+    out = tmp_path / "out"
+    trained = train(model_dir, data, out, settings(), {1: [2, 4]}, quiet=True)
+    ids = torch.tensor([[2, 50, 60, 70, 80]])
+    with torch.no_grad():
+        expect = trained(ids).logits
+    assert torch.equal(minipss.load_model(out)(ids).logits, expect)
+    assert json.loads((out / "value_vectors.json").read_text()) == {"variant": "pv", "layers": {"1": [2, 4]}}
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager")
+    with torch.no_grad():
+        assert (hf(ids).logits - expect).abs().max() < 1e-5
+
+
+def test_resume_equals_uninterrupted(setup, tmp_path, monkeypatch):
+    model_dir, data, _ = setup
+    sets = {l: list(range(0, 32, 3)) for l in range(4)}
+    whole = train(model_dir, data, tmp_path / "a", settings(steps=6, save_every=3), sets, quiet=True)
+    assert not (tmp_path / "a" / "trainer_state.json").exists()  # a finished run leaves no resume state
+    import minipss.train as tr
+
+    real = tr.learning_rate
+
+    def dies_in_step_5(step, s):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(step, s)
+
+    monkeypatch.setattr(tr, "learning_rate", dies_in_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(model_dir, data, tmp_path / "b", settings(steps=6, save_every=3), sets, quiet=True)
+    assert json.loads((tmp_path / "b" / "trainer_state.json").read_text())["step"] == 3
+    monkeypatch.setattr(tr, "learning_rate", real)
+    resumed = train(model_dir, data, tmp_path / "b", settings(steps=6, save_every=3), sets, quiet=True)
+    for name, w in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], w), name
+
+
+def test_train_command_locates_pv_from_concepts(setup, tmp_path):
+    model_dir, data, bench = setup
+    out = tmp_path / "pv"
+    main(["train", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--variant", "pv",
+          "--bench", str(bench), "--concepts", "Concept 1;Concept 2", "--steps", "2", "--quiet", "--r-pv", "0.25"])
+    vv = json.loads((out / "value_vectors.json").read_text())
+    assert vv["variant"] == "pv" and [len(v) for v in vv["layers"].values()] == [8, 8, 8, 8]
+    assert load_file(out / "model.safetensors").keys() == load_file(model_dir / "model.safetensors").keys()
+
+
+def test_unknown_concept_and_bad_data_are_clear_errors(setup, tmp_path, capsys):
+    model_dir, data, bench = setup
+    with pytest.raises(SystemExit):
+        main(["train", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "x"),
+              "--variant", "pv", "--bench", str(bench), "--concepts", "Nope"])
+    assert "no concept named 'Nope'" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"txt": 1}\n')
+    with pytest.raises(SystemExit):
+        main(["train", "--model", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "y"), "--variant", "fv"])
+    assert "bad.jsonl:2: needs a non-empty string field 'text'" in capsys.readouterr().err
