@@ -96,6 +96,11 @@ def main(argv=None) -> None:
     add_arguments(p)
     p.set_defaults(func=train_main)
 
+    p = sub.add_parser("experiment", help="the §5 experiment: four fine-tuning variants, before and after")
+    from .experiment import add_arguments as experiment_arguments, run as experiment_run
+    experiment_arguments(p)
+    p.set_defaults(func=experiment_run)
+
     a = parser.parse_args(argv)
     try:
         a.func(a)

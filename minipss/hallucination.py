@@ -157,7 +157,8 @@ def lid_for_questions(model, tok, questions: list[dict], answers: list[str], lay
         raise ValueError(f"LID needs at least 3 questions, got {len(questions)}")
     prompts = [open_prompt(q["question"]) for q in questions]
     points = hidden_at_last_token(model, tok, [p + " " + a for p, a in zip(prompts, answers)], layer)
-    gold = hidden_at_last_token(model, tok, [p + " " + q["answer"] for p, q in zip(prompts, questions)], layer)
+    golds = [p + " " + q["answer"] for p, q in zip(prompts, questions)]
+    gold = hidden_at_last_token(model, tok, golds, layer)
     lids = []
     for i in range(len(questions)):
         reference = torch.cat([gold[:i], gold[i + 1:]])

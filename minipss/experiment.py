@@ -1,0 +1,160 @@
+"""The causal experiment of §5 (Table 2): fine-tune FT-FV, FT-PV, FT-CV and FT-RV from the same start with
+the same data, steps and seed, then compare knowledge and hallucination metrics before and after.
+
+    minipss experiment --model DIR --out DIR [--concepts "A;B"] [--steps N] [--mode cloze]
+
+Writes `OUT/table.json`, `OUT/table.md` and, with the plot extra, `OUT/table.png`. Each variant's
+checkpoint is kept in `OUT/<variant>/`; finished evaluations are saved, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .train import VARIANTS, TrainSettings, located_scores, train, value_vector_sets
+
+METRICS = ("mcq_acc", "open_acc", "pss", "semantic_entropy", "semantic_entropy_weighted", "lid")
+
+
+def passages_path() -> Path:
+    return Path(__file__).parent / "data" / "passages.jsonl"
+
+
+def evaluate(model_dir, bench, names: list[str], s, work: Path) -> dict:
+    """MCQ and open accuracy on the chosen concepts, PSS with the chosen concepts as the benchmark,
+    semantic entropy and LID on their open questions."""
+    from . import load_model, load_tokenizer
+    from .benchmark import load_benchmark
+    from .hallucination import lid_for_questions, sample_answers, semantic_entropy
+    from .method import mean
+    from .pipeline import Settings, run_pss
+    from .scoring import mcq_answers, open_answers
+
+    model = load_model(model_dir, dtype=getattr(torch, s.dtype), device=s.device)
+    tok = load_tokenizer(model_dir)
+    concepts = [c for c in load_benchmark(bench) if c.name in names]
+    mcq = [q for c in concepts for q in c.mcq]
+    opens = [q for c in concepts for q in c.open]
+    answers = mcq_answers(model, tok, mcq, s.mode)
+    open_ok = open_answers(model, tok, opens, max_new_tokens=s.open_tokens)
+    entropies, weighted, greedy = [], [], []
+    for i, q in enumerate(opens):
+        texts, logps = sample_answers(model, tok, q["question"], n=s.samples, seed=s.seed + i)
+        se = semantic_entropy(texts, logps)
+        entropies.append(se["discrete"])
+        weighted.append(se["weighted"])
+        greedy.append(texts[0])
+    lids = lid_for_questions(model, tok, opens, greedy)
+    sub = work / "bench.jsonl"
+    sub.write_text("".join(line + "\n" for line in Path(bench).read_text(encoding="utf-8").splitlines()
+                           if line.strip() and json.loads(line)["concept"] in names))
+    del model
+    pss = run_pss(model_dir, sub, work / "pss.json", Settings(mode=s.mode, ratios=s.ratios, dtype=s.dtype,
+                                                                 device=s.device, seed=s.seed,
+                                                                 skip_layers=s.skip_layers), quiet=True)
+    return {"mcq_acc": sum(a == q.answer for a, q in zip(answers, mcq)) / len(mcq),
+            "open_acc": sum(open_ok) / len(open_ok), "pss": pss["pss"],
+            "semantic_entropy": mean(entropies), "semantic_entropy_weighted": mean(weighted),
+            "lid": mean(lids)}
+
+
+def markdown(table: dict) -> str:
+    head = "| model | " + " | ".join(METRICS) + " |"
+    lines = [head, "|" + "---|" * (len(METRICS) + 1)]
+    for name, row in table.items():
+        cells = ["-" if row.get(m) is None else f"{row[m]:.3f}" for m in METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run(a) -> dict:
+    from . import benchmark_path, load_model, load_tokenizer
+    from .config import read_config
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bench = Path(a.bench or benchmark_path("minispecwiki"))
+    data = Path(a.data or passages_path())
+    names = [n.strip() for n in a.concepts.split(";")] if a.concepts else sorted(
+        {json.loads(l)["concept"] for l in data.read_text(encoding="utf-8").splitlines() if l.strip()})[:10]
+    if len(names) < 6:
+        raise ValueError("the experiment needs at least 6 concepts (PSS compares each with 5 others)")
+    saved = out / "table.json"
+    table = json.loads(saved.read_text())["table"] if saved.exists() else {}
+
+    def record(name, model_dir):
+        if name not in table:
+            work = out / f"eval-{name}"
+            work.mkdir(exist_ok=True)
+            print(f"[experiment] evaluating {name}", file=sys.stderr, flush=True)
+            table[name] = evaluate(model_dir, bench, names, a, work)
+            saved.write_text(json.dumps({"concepts": names, "settings": vars_of(a), "table": table}, indent=1))
+
+    record("before", a.model)
+    c = read_config(a.model)
+    model = load_model(a.model, device=a.device)
+    scores = located_scores(model, load_tokenizer(a.model), bench, names, a.seed)
+    del model
+    s = TrainSettings(steps=a.steps, lr=a.lr, seed=a.seed, device=a.device, batch_size=a.batch_size,
+                      seq_len=a.seq_len, warmup=max(1, a.steps // 10))
+    for variant in VARIANTS:
+        name = f"FT-{variant.upper()}"
+        if name not in table:
+            sets = value_vector_sets(variant, c.num_layers, c.intermediate_size, scores, s.r_pv, a.seed)
+            print(f"[experiment] training {name}", file=sys.stderr, flush=True)
+            s.variant = variant
+            train(a.model, data, out / variant, s, sets, quiet=a.quiet)
+        record(name, out / variant)
+    (out / "table.md").write_text(markdown(table))
+    try:
+        plot(table, out / "table.png")
+    except ModuleNotFoundError:
+        pass
+    print(markdown(table))
+    return table
+
+
+def vars_of(a) -> dict:
+    return {k: v for k, v in vars(a).items() if k != "func"}
+
+
+def plot(table: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(3 * len(METRICS), 3))
+    for ax, metric in zip(axes, METRICS):
+        names = [n for n in table if table[n].get(metric) is not None]
+        ax.bar(names, [table[n][metric] for n in names])
+        ax.set_title(metric, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--bench", default=None, help="default: the bundled minispecwiki")
+    p.add_argument("--data", default=None, help="default: the bundled knowledge passages")
+    p.add_argument("--concepts", default=None, help='";"-separated; default: the first 10 passage concepts')
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--mode", default="cloze", choices=["generate", "logits", "cloze"])
+    p.add_argument("--ratios", type=lambda t: [float(x) for x in t.split(",")], default=[0.01])
+    p.add_argument("--skip-layers", type=int, default=5)
+    p.add_argument("--samples", type=int, default=10, help="sampled answers per open question")
+    p.add_argument("--open-tokens", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--quiet", action="store_true")
