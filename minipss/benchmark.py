@@ -39,12 +39,16 @@ class Concept:
     popularity: float | None = None
 
 
-def _mcq(raw, where: str) -> MCQ:
+def _require(raw, keys, where: str) -> None:
     if not isinstance(raw, dict):
-        raise BenchmarkError(f"{where}: must be an object")
-    for key in ("question", "options", "answer"):
+        raise BenchmarkError(f"{where}: must be a JSON object")
+    for key in keys:
         if key not in raw:
             raise BenchmarkError(f"{where}: missing field {key!r}")
+
+
+def _mcq(raw, where: str) -> MCQ:
+    _require(raw, ("question", "options", "answer"), where)
     options = raw["options"]
     if not isinstance(options, dict) or len(options) < 4:
         raise BenchmarkError(f"{where}.options: needs at least 4 options, got "
@@ -72,11 +76,7 @@ def load_benchmark(path) -> list[Concept]:
             raw = json.loads(line)
         except json.JSONDecodeError as e:
             raise BenchmarkError(f"{at}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(raw, dict):
-            raise BenchmarkError(f"{at}: a line must hold one JSON object")
-        for key in ("concept", "tier", "mcq"):
-            if key not in raw:
-                raise BenchmarkError(f"{at}: missing field {key!r}")
+        _require(raw, ("concept", "tier", "mcq"), at)
         name = raw["concept"]
         if name in seen:
             raise BenchmarkError(f"{at}: concept: duplicate name {name!r} (first on line {seen[name]})")

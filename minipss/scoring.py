@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .benchmark import MCQ
-from .generate import generate, left_pad
+from .generate import generate, left_pad, right_pad
 from .layers import KVCache
 from .prompts import cloze_context, letter_decided, letter_in, mcq_prompt, open_correct, open_prompt
 
@@ -104,12 +104,8 @@ def cloze_scores(model, contexts: list[list[int]], options: list[list[list[int]]
     per_q = [len(o) for o in options]
     owner = torch.tensor([i for i, n in enumerate(per_q) for _ in range(n)], device=device)
     flat = [opt for opts in options for opt in opts]
-    width = max(len(o) for o in flat)
-    opt_ids = torch.zeros(len(flat), width, dtype=torch.long)
-    opt_mask = torch.zeros(len(flat), width, dtype=torch.long)
-    for r, o in enumerate(flat):
-        opt_ids[r, : len(o)], opt_mask[r, : len(o)] = torch.tensor(o), 1
-    opt_ids, opt_mask = opt_ids.to(device), opt_mask.to(device)
+    opt_ids, opt_mask = right_pad(flat, 0, device)
+    width = opt_ids.shape[1]
     cache.select(owner)
     opt_pos = pos[owner, -1:] + 1 + torch.arange(width, device=device)
     row_masks = masks[owner] if masks is not None and masks.dim() == 3 else masks

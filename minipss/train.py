@@ -174,12 +174,9 @@ def batch_order(n: int, batch_size: int, batches: int, seed: int) -> list[list[i
 
 def lm_loss(model, seqs: list[list[int]], device) -> torch.Tensor:
     """Next-token cross-entropy over right-padded sequences (padding ignored)."""
-    width = max(len(s) for s in seqs)
-    ids = torch.zeros(len(seqs), width, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
-    ids, mask = ids.to(device), mask.to(device)
+    from .generate import right_pad
+
+    ids, mask = right_pad(seqs, 0, device)
     logits = model(ids, attention_mask=mask).logits[:, :-1].float()
     target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
