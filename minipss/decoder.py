@@ -39,8 +39,8 @@ class CoefficientTap(list):
 
 
 class Decoder(nn.Module):
-    """Base of every family model. A family defines its modules (named as in the HF checkpoint) and
-    three methods: `embed(ids)`, `blocks()` (the layer list) and `head(x)` (final norm -> logits)."""
+    """Base of every family model. A family defines its modules (named as in the HF checkpoint), among
+    them `lm_head`, and `embed(ids)`, `blocks()` (the layer list) and `final_norm(x)`."""
 
     config: ModelConfig
 
@@ -50,8 +50,18 @@ class Decoder(nn.Module):
     def blocks(self) -> nn.ModuleList:
         raise NotImplementedError
 
-    def head(self, x: torch.Tensor) -> torch.Tensor:
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def head(self, x: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
+        """Final norm, then logits (softcapped where the family does). `vocab` restricts the logits to
+        those token ids, e.g. the four answer letters, without the full-vocabulary matmul."""
+        w, b = self.lm_head.weight, self.lm_head.bias
+        if vocab is not None:
+            w, b = w[vocab], None if b is None else b[vocab]
+        logits = torch.nn.functional.linear(self.final_norm(x), w, b)
+        cap = self.config.final_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def tie_weights(self) -> None:
         """Tied checkpoints have no lm_head: the head reads the embedding matrix."""
@@ -77,13 +87,19 @@ class Decoder(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, mlp_mask=None,
                 return_coefficients=False, cache: KVCache | None = None, logits_to_keep: int = 0,
-                return_hidden_states=False, coefficient_pool=None, return_logits=True) -> Output:
-        """input_ids `[B, T]`; attention_mask `[B, past + T]` (1 real, 0 left padding); position_ids
+                return_hidden_states=False, coefficient_pool=None, return_logits=True,
+                layers: tuple[int, int] | None = None, hidden: torch.Tensor | None = None) -> Output:
+        """input_ids `[B, T]`; attention_mask `[B, past + T]` (1 real, 0 padding); position_ids
         `[B, T]` (default arange); mlp_mask broadcastable to `[B, L, d_ff]`, multiplies m at every
-        position of layer l; logits_to_keep > 0 keeps only the last positions' logits."""
+        position of layer l; logits_to_keep > 0 keeps only the last positions' logits.
+
+        `layers=(start, stop)` runs only blocks start..stop-1, reading the residual stream `hidden`
+        when start > 0 and returning it (as `hidden_states[-1]`, no logits) when stop < L: work that
+        a mask cannot change (blocks below the first masked layer) is then done once for many masks."""
         c = self.config
+        start, stop = layers or (0, c.num_layers)
         B, T = input_ids.shape
-        past = 0 if cache is None or cache.k[0] is None else cache.k[0].shape[2]
+        past = 0 if cache is None or cache.k[start] is None else cache.k[start].shape[2]
         if attention_mask is None:
             attention_mask = torch.ones(B, past + T, dtype=torch.long, device=input_ids.device)
         if attention_mask.shape != (B, past + T):
@@ -93,19 +109,21 @@ class Decoder(nn.Module):
         if mlp_mask is not None and mlp_mask.shape[-2:] != (c.num_layers, c.intermediate_size):
             raise ValueError(f"mlp_mask has shape {tuple(mlp_mask.shape)}; its last two dims must be "
                              f"(layers, d_ff) = {(c.num_layers, c.intermediate_size)}")
-        x = self.embed(input_ids)
+        x = self.embed(input_ids) if start == 0 else hidden
         rotary = self.rotaries(position_ids, x.dtype)
         allowed = {kind: allowed_keys(attention_mask, T, c.sliding_window if kind == "sliding" else None)
                    for kind in set(c.layer_types)}
         taps = CoefficientTap(coefficient_pool) if return_coefficients else None
-        hidden = [x] if return_hidden_states else None
-        for i, block in enumerate(self.blocks()):
+        states = [x] if return_hidden_states or stop < c.num_layers else None
+        for i in range(start, stop):
             kind = c.layer_types[i]
             mask = None if mlp_mask is None else mlp_mask[..., i, :]
-            x = block(x, rotary[kind], allowed[kind], cache, i, mask, taps)
-            if hidden is not None:
-                hidden.append(x)
+            x = self.blocks()[i](x, rotary[kind], allowed[kind], cache, i, mask, taps)
+            if states is not None:
+                states.append(x)
+        if stop < c.num_layers:
+            return Output(None, list(taps) if taps is not None else None, states, cache)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = self.head(x) if return_logits else None
-        return Output(logits, list(taps) if taps is not None else None, hidden, cache)
+        return Output(logits, list(taps) if taps is not None else None, states, cache)

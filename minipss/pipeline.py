@@ -12,12 +12,14 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .benchmark import Concept, load_benchmark, unrelated_sets
+from . import engine
 from .method import collect_coefficients, locate, mask_for, random_ranking, ranking, unrelated_mean
 from .report import build_result, write_result
 from .scoring import mcq_answers
@@ -39,13 +41,15 @@ class Settings:
     token_rule: str = "content"  # which tokens the coefficient mean covers (spec §3)
     cloze_mean: bool = False  # cloze: mean instead of sum of option-token log-probs
     early_stop: bool = True  # generate: stop a row once its letter is decided (same answers)
+    engine: bool = True  # logits/cloze: score all of a concept's masks together, sharing work (same answers)
     batch_size: int = 32
     device: str = "cpu"
     dtype: str = "float32"
 
     def fingerprint(self, model: str, bench: Path) -> str:
         """What a resumed run must share with the saved work (ratios and control may grow)."""
-        keep = {k: v for k, v in asdict(self).items() if k not in ("ratios", "control", "batch_size", "device")}
+        keep = {k: v for k, v in asdict(self).items()
+                if k not in ("ratios", "control", "batch_size", "device", "engine", "early_stop")}
         keep.update(model=str(Path(model).resolve()), bench=hashlib.sha256(bench.read_bytes()).hexdigest())
         return json.dumps(keep, sort_keys=True)
 
@@ -142,15 +146,22 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
             if f"{k}|{i}|{r}" not in work.cells]
     progress = Progress(len(todo), "masked", quiet)
     t2 = time.time()
-    orders = {}
-    for kind, i, r in todo:
-        if (kind, i) not in orders:
-            scores = locate(coeffs[i], unrelated_mean(coeffs, counts, others[i]))
-            orders[kind, i] = ranking(scores) if kind == "located" else random_ranking(
-                scores.shape, s.seed * 1_000_003 + i)
-        mask = mask_for(orders[kind, i], r, s.skip_layers).to(device=model.device, dtype=model.dtype)
-        work.save_cell(f"{kind}|{i}|{r}", score(questions_of(concepts, i, others[i]), mask))
-        progress.step(f"{concepts[i].name} r={r} {kind}")
+    for i in sorted({i for _, i, _ in todo}):
+        cells = [(k, r) for k, j, r in todo if j == i]
+        scores = locate(coeffs[i], unrelated_mean(coeffs, counts, others[i]))
+        orders = {"located": ranking(scores), "random": random_ranking(scores.shape, s.seed * 1_000_003 + i)}
+        masks = torch.stack([mask_for(orders[k], r, s.skip_layers) for k, r in cells])
+        masks = masks.to(device=model.device, dtype=model.dtype)
+        qs = questions_of(concepts, i, others[i])
+        if s.engine and s.mode in ("logits", "cloze"):  # all of this concept's masks at once
+            fn = engine.letter_answers if s.mode == "logits" else partial(engine.cloze_answers, mean=s.cloze_mean)
+            answers = fn(model, tok, qs, masks, s.skip_layers)
+            results = [[a == q.answer for a, q in zip(ans, qs)] for ans in answers]
+        else:
+            results = [score(qs, m) for m in masks]
+        for (k, r), correct in zip(cells, results):
+            work.save_cell(f"{k}|{i}|{r}", correct)
+            progress.step(f"{concepts[i].name} r={r} {k}")
     timing["masked"] = time.time() - t2
     timing["total"] = time.time() - t0
 

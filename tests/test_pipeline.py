@@ -127,3 +127,12 @@ def test_too_few_concepts(setup, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["pss", "--model", str(setup[0]), "--bench", str(bench), "--out", str(tmp_path / "r.json")])
     assert "at least 6" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["cloze", "logits"])
+def test_shared_work_engine_gives_the_plain_result(setup, tmp_path, mode):
+    kw = dict(mode=mode, ratios=[0.1, 0.5], skip_layers=1, control=True)
+    fast = run_pss(*setup, tmp_path / "a.json", Settings(engine=True, **kw), quiet=True)
+    plain = run_pss(*setup, tmp_path / "b.json", Settings(engine=False, **kw), quiet=True)
+    assert strip_timing(fast)["concepts"] == strip_timing(plain)["concepts"]
+    assert fast["settings"]["engine"] and not plain["settings"]["engine"]

@@ -56,10 +56,8 @@ class GemmaModel(Decoder):
     def blocks(self):
         return self.model.layers
 
-    def head(self, x):
-        logits = self.lm_head(self.model.norm(x))
-        cap = self.config.final_softcap
-        return logits if cap is None else torch.tanh(logits / cap) * cap
+    def final_norm(self, x):
+        return self.model.norm(x)
 
     def tie_weights(self):
         self.lm_head.weight = self.model.embed_tokens.weight

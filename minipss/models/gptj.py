@@ -71,8 +71,8 @@ class GPTJModel(Decoder):
     def blocks(self):
         return self.transformer.h
 
-    def head(self, x):
-        return self.lm_head(self.transformer.ln_f(x)).float()
+    def final_norm(self, x):
+        return self.transformer.ln_f(x)
 
     def tie_weights(self):
         self.lm_head.weight = self.transformer.wte.weight

@@ -42,8 +42,8 @@ class LlamaModel(Decoder):
     def blocks(self):
         return self.model.layers
 
-    def head(self, x):
-        return self.lm_head(self.model.norm(x))
+    def final_norm(self, x):
+        return self.model.norm(x)
 
     def tie_weights(self):
         self.lm_head.weight = self.model.embed_tokens.weight

@@ -1,0 +1,139 @@
+"""Masked evaluation of many masks over one question set, sharing what a mask cannot change.
+
+For a concept, every (ratio, control) mask scores the same questions (its own and the unrelated ones).
+Blocks below `skip` see no mask (§4.1), so they run once for all masks; the prompts' common prefix (the
+3-shot examples in `logits` mode, each question's context in `cloze` mode) runs once per mask; the rest
+runs as one batch whose rows carry their own masks. Answers equal scoring each mask alone (tested).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .benchmark import MCQ
+from .generate import left_pad, right_pad
+from .layers import KVCache
+from .prompts import mcq_prompt
+from .scoring import cloze_tokens, letter_token_ids, target_logprobs
+
+
+def common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the token prefix every sequence shares, leaving each at least one token of its own."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for s in seqs[1:]:
+        n = next((i for i in range(n) if s[i] != first[i]), n)
+    return max(n, 0)
+
+
+def _repeat(cache: KVCache, rows: torch.Tensor) -> KVCache:
+    out = KVCache(len(cache.k))
+    out.k = [None if k is None else k[rows] for k in cache.k]
+    out.v = [None if v is None else v[rows] for v in cache.v]
+    return out
+
+
+def _chunks(masks: torch.Tensor, rows_per_mask: int, max_rows: int, skip: int):
+    if not bool((masks[:, :skip] == 1).all()):
+        raise ValueError(f"the engine shares blocks below {skip}: masks must be all ones there")
+    per = max(1, max_rows // max(rows_per_mask, 1))
+    for start in range(0, masks.shape[0], per):
+        yield masks[start:start + per]
+
+
+@torch.inference_mode()
+def letter_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int,
+                   max_rows: int = 512) -> list[list[str]]:
+    """`logits` mode for every mask in `masks` `[M, L, d_ff]`: answers `[M][Q]`. Only the four letter
+    rows of the output matrix are multiplied (their argmax is all the mode reads)."""
+    dev, L = model.device, model.config.num_layers
+    letters = letter_token_ids(tok)
+    vocab = torch.tensor([t for L_ in "ABCD" for t in letters[L_]], device=dev)
+    owner = torch.tensor([i for i, L_ in enumerate("ABCD") for _ in letters[L_]], device=dev)
+    prompts = [tok.encode(mcq_prompt(q)) for q in questions]
+    n = common_prefix(prompts)
+    Q = len(prompts)
+    # below skip: no mask, so once for everything
+    pre_ids = torch.tensor([prompts[0][:n]], device=dev)
+    low = KVCache(L)
+    x_pre = model(pre_ids, cache=low, layers=(0, skip)).hidden_states[-1] if n else None
+    suf_ids, suf_mask = right_pad([p[n:] for p in prompts], tok.pad_id, dev)
+    attn = torch.cat([torch.ones(Q, n, dtype=torch.long, device=dev), suf_mask], 1)
+    pos = n + torch.arange(suf_ids.shape[1], device=dev).expand(Q, -1)
+    low_q = _repeat(low, torch.zeros(Q, dtype=torch.long, device=dev)) if n else KVCache(L)
+    x_suf = model(suf_ids, attention_mask=attn, position_ids=pos, cache=low_q, layers=(0, skip)).hidden_states[-1]
+    last = suf_mask.sum(1) - 1
+    answers = []
+    for chunk in _chunks(masks, Q, max_rows, skip):
+        M = chunk.shape[0]
+        up = KVCache(L)
+        if n:  # the shared prefix, once per mask
+            model(pre_ids.expand(M, -1), mlp_mask=chunk, cache=up, layers=(skip, L), hidden=x_pre.expand(M, -1, -1),
+                  return_logits=False)
+        rows = torch.arange(M, device=dev).repeat_interleave(Q)
+        qs = torch.arange(Q, device=dev).repeat(M)
+        up = _repeat(up, rows) if n else up
+        out = model(suf_ids[qs], attention_mask=attn[qs], position_ids=pos[qs], mlp_mask=chunk[rows], cache=up,
+                    layers=(skip, L), hidden=x_suf[qs], return_logits=False, return_hidden_states=True)
+        h = out.hidden_states[-1][torch.arange(M * Q, device=dev), last[qs]]
+        logits = model.head(h, vocab).float()
+        best = torch.full((M * Q, 4), float("-inf"), device=dev).scatter_reduce(
+            1, owner.expand(M * Q, -1), logits, reduce="amax").argmax(-1)
+        picks = ["ABCD"[b] for b in best.tolist()]
+        answers += [picks[m * Q:(m + 1) * Q] for m in range(M)]
+    return answers
+
+
+@torch.inference_mode()
+def cloze_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int, mean: bool = False,
+                  max_rows: int = 1024) -> list[list[str]]:
+    """`cloze` mode for every mask in `masks` `[M, L, d_ff]`: answers `[M][Q]`."""
+    dev, L = model.device, model.config.num_layers
+    ctx, opts = zip(*(cloze_tokens(tok, q) for q in questions))
+    Q = len(ctx)
+    per_q = [len(o) for o in opts]
+    owner = torch.tensor([i for i, k in enumerate(per_q) for _ in range(k)], device=dev)
+    O = len(owner)
+    flat = [o for os_ in opts for o in os_]
+    # below skip, once: contexts (left-padded), then options (right-padded) reading their context
+    c_ids, c_attn, c_pos = left_pad(list(ctx), 0, dev)
+    low = KVCache(L)
+    x_ctx = model(c_ids, attention_mask=c_attn, position_ids=c_pos, cache=low, layers=(0, skip)).hidden_states[-1]
+    o_ids, o_mask = right_pad(flat, 0, dev)
+    W = o_ids.shape[1]
+    o_attn = torch.cat([c_attn[owner], o_mask], 1)
+    o_pos = c_pos[owner, -1:] + 1 + torch.arange(W, device=dev)
+    low_o = _repeat(low, owner)
+    x_opt = model(o_ids, attention_mask=o_attn, position_ids=o_pos, cache=low_o, layers=(0, skip)).hidden_states[-1]
+    later = o_mask[:, 1:].bool()
+    answers = []
+    for chunk in _chunks(masks, O, max_rows, skip):
+        M = chunk.shape[0]
+        cq = torch.arange(Q, device=dev).repeat(M)
+        crow = torch.arange(M, device=dev).repeat_interleave(Q)
+        up = KVCache(L)
+        c_last = model(c_ids[cq], attention_mask=c_attn[cq], position_ids=c_pos[cq], mlp_mask=chunk[crow],
+                       cache=up, layers=(skip, L), hidden=x_ctx[cq], return_logits=False,
+                       return_hidden_states=True).hidden_states[-1][:, -1]
+        oq = torch.arange(O, device=dev).repeat(M)
+        orow = torch.arange(M, device=dev).repeat_interleave(O)
+        ctx_row = orow * Q + owner[oq]  # the context row each option row continues
+        x = model(o_ids[oq], attention_mask=o_attn[oq], position_ids=o_pos[oq], mlp_mask=chunk[orow],
+                  cache=_repeat(up, ctx_row), layers=(skip, L), hidden=x_opt[oq], return_logits=False,
+                  return_hidden_states=True).hidden_states[-1]
+        first = target_logprobs(model, c_last[ctx_row], o_ids[oq, 0])
+        sel = later[oq]
+        rest = torch.zeros(M * O, W - 1, device=dev)
+        rest[sel] = target_logprobs(model, x[:, :-1][sel], o_ids[oq, 1:][sel])
+        totals = first + rest.sum(1)
+        if mean:
+            totals = totals / o_mask[oq].sum(1)
+        totals = totals.view(M, O).tolist()
+        for m in range(M):
+            row, start = [], 0
+            for i, k in enumerate(per_q):
+                scores = totals[m][start:start + k]
+                row.append(list(questions[i].options)[max(range(k), key=scores.__getitem__)])
+                start += k
+            answers.append(row)
+    return answers
