@@ -103,6 +103,11 @@ def main(argv=None) -> None:
     experiment_arguments(p)
     p.set_defaults(func=experiment_run)
 
+    p = sub.add_parser("perf", help="benchmark the masked evaluation against transformers + masked down_proj")
+    from .perf import add_arguments as perf_arguments, main as perf_main
+    perf_arguments(p)
+    p.set_defaults(func=perf_main)
+
     a = parser.parse_args(argv)
     try:
         a.func(a)

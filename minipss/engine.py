@@ -41,6 +41,12 @@ def _chunks(masks: torch.Tensor, rows_per_mask: int, max_rows: int, skip: int):
         yield masks[start:start + per]
 
 
+def _buckets(lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Indices sorted by length, cut into groups of at most `size`."""
+    order = torch.argsort(lengths, stable=True)
+    return list(order.split(size))
+
+
 @torch.inference_mode()
 def letter_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int,
                    max_rows: int = 512) -> list[list[str]]:
@@ -62,25 +68,29 @@ def letter_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: 
     pos = n + torch.arange(suf_ids.shape[1], device=dev).expand(Q, -1)
     low_q = _repeat(low, torch.zeros(Q, dtype=torch.long, device=dev)) if n else KVCache(L)
     x_suf = model(suf_ids, attention_mask=attn, position_ids=pos, cache=low_q, layers=(0, skip)).hidden_states[-1]
-    last = suf_mask.sum(1) - 1
-    answers = []
+    lengths = suf_mask.sum(1)
+    answers = [[None] * Q for _ in range(masks.shape[0])]
+    done = 0
     for chunk in _chunks(masks, Q, max_rows, skip):
         M = chunk.shape[0]
         up = KVCache(L)
         if n:  # the shared prefix, once per mask
             model(pre_ids.expand(M, -1), mlp_mask=chunk, cache=up, layers=(skip, L), hidden=x_pre.expand(M, -1, -1),
                   return_logits=False)
-        rows = torch.arange(M, device=dev).repeat_interleave(Q)
-        qs = torch.arange(Q, device=dev).repeat(M)
-        up = _repeat(up, rows) if n else up
-        out = model(suf_ids[qs], attention_mask=attn[qs], position_ids=pos[qs], mlp_mask=chunk[rows], cache=up,
-                    layers=(skip, L), hidden=x_suf[qs], return_logits=False, return_hidden_states=True)
-        h = out.hidden_states[-1][torch.arange(M * Q, device=dev), last[qs]]
-        logits = model.head(h, vocab).float()
-        best = torch.full((M * Q, 4), float("-inf"), device=dev).scatter_reduce(
-            1, owner.expand(M * Q, -1), logits, reduce="amax").argmax(-1)
-        picks = ["ABCD"[b] for b in best.tolist()]
-        answers += [picks[m * Q:(m + 1) * Q] for m in range(M)]
+        for bucket in _buckets(lengths, max(1, max_rows // M)):  # similar lengths together: less padding
+            B, w = len(bucket), int(lengths[bucket].max())
+            rows = torch.arange(M, device=dev).repeat_interleave(B)
+            qs = bucket.repeat(M)
+            out = model(suf_ids[qs, :w], attention_mask=attn[qs, :n + w], position_ids=pos[qs, :w],
+                        mlp_mask=chunk[rows], cache=_repeat(up, rows) if n else KVCache(L), layers=(skip, L),
+                        hidden=x_suf[qs, :w], return_logits=False, return_hidden_states=True)
+            h = out.hidden_states[-1][torch.arange(M * B, device=dev), lengths[qs] - 1]
+            logits = model.head(h, vocab).float()
+            best = torch.full((M * B, 4), float("-inf"), device=dev).scatter_reduce(
+                1, owner.expand(M * B, -1), logits, reduce="amax").argmax(-1).tolist()
+            for r, (m, q) in enumerate(zip(rows.tolist(), qs.tolist())):
+                answers[done + m][q] = "ABCD"[best[r]]
+        done += M
     return answers
 
 

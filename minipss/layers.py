@@ -88,7 +88,7 @@ class Rotary:
 
 def allowed_keys(attention_mask: torch.Tensor, n_query: int, window: int | None) -> torch.Tensor:
     """Boolean `[B, 1, Tq, Tk]`: query i (the last `n_query` of the Tk positions) sees key j iff
-    j <= i, j is not padding, and (with a sliding window W) i - W < j."""
+    j <= i, j is not padding, and (with a sliding window W) i - W < j; and always itself."""
     n_key = attention_mask.shape[1]
     device = attention_mask.device
     q = torch.arange(n_key - n_query, n_key, device=device)[:, None]
@@ -96,20 +96,28 @@ def allowed_keys(attention_mask: torch.Tensor, n_query: int, window: int | None)
     ok = k <= q
     if window is not None:
         ok = ok & (k > q - window)
-    return ok[None, None] & attention_mask[:, None, None, :].bool()
+    # a padding query sees itself, so no row is fully masked (no NaN can reach real rows through it)
+    return (ok[None, None] & attention_mask[:, None, None, :].bool()) | (k == q)[None, None]
 
 
-def attend(q, k, v, allowed, scale: float, softcap: float | None = None):
-    """Eager attention as in HF: scores in the compute dtype, optional tanh softcap, masked, softmax in
-    fp32, cast back. GQA: query head h reads kv head h // (n_heads / n_kv)."""
-    rep = q.shape[1] // k.shape[1]
-    if rep > 1:
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    scores = (q @ k.transpose(-1, -2)) * scale
+def attend(q, k, v, allowed, scale: float, softcap: float | None = None, fused: bool = True):
+    """Attention as HF's eager path computes it: scores in the compute dtype, optional tanh softcap,
+    masked, softmax in fp32, cast back. GQA: query head h reads kv head h // (n_heads / n_kv).
+
+    Without a softcap, `fused` hands the same computation to torch's scaled_dot_product_attention
+    (equal within float rounding; tested against transformers like the eager form)."""
+    if fused and softcap is None and q.dtype == v.dtype:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale,
+                                              enable_gqa=k.shape[1] != q.shape[1])
+    B, H, T, D = q.shape
+    kv = k.shape[1]
+    q = q.view(B, kv, H // kv, T, D)  # heads grouped by the kv head they read, without copying k, v
+    scores = (q @ k[:, :, None].transpose(-1, -2)) * scale
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype) @ v
+    scores = scores.masked_fill(~allowed[:, :, None], torch.finfo(scores.dtype).min)
+    out = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype) @ v[:, :, None]
+    return out.view(B, H, T, -1)
 
 
 class KVCache:

@@ -1,0 +1,144 @@
+"""`minipss perf`: the masked evaluation, through minipss and through the usual way, in one process.
+
+The workload is the PSS hot path: for each concept, every mask (ratios x located/random) scores the
+concept's questions and its unrelated ones. Both paths run the same workload on the same weights; the
+answers are compared on a sample; the report gives prompts/s for each and their ratio, achieved TFLOP/s
+against this device's measured matmul rate, peak memory, and the projected time of a SpecWiki-sized run
+(525 concepts x 5 ratios x 60 questions = 157,500 masked prompts).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import torch
+
+SPECWIKI_PROMPTS = 525 * 5 * 60
+
+
+def matmul_rate(dtype, device, n: int = 2048, reps: int = 5) -> float:
+    """Measured dense matmul TFLOP/s for this dtype and device (the roofline we compare against)."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e12
+
+
+def sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_memory_gb(device) -> float:
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def workload(concepts: int, ratios: list[float], num_layers: int, d_ff: int, skip: int, seed: int = 0):
+    """(questions per concept, masks per concept) from the bundled benchmark: each concept's own and
+    unrelated questions, and one mask per ratio for located-like and random vectors (speed does not
+    depend on which vectors are masked)."""
+    from . import benchmark_path
+    from .benchmark import load_benchmark, unrelated_sets
+    from .method import mask_for, random_ranking
+    from .pipeline import questions_of
+
+    cs = load_benchmark(benchmark_path("minispecwiki"))
+    others = unrelated_sets(cs, 5, seed)
+    jobs = []
+    for i in range(concepts):
+        orders = [random_ranking((num_layers, d_ff), seed * 7919 + 2 * i + k) for k in range(2)]
+        masks = torch.stack([mask_for(o, r, skip) for o in orders for r in ratios])
+        jobs.append((questions_of(cs, i, others[i]), masks))
+    return jobs
+
+
+def run_minipss(model, tok, jobs, mode, skip, batch_size):
+    from . import engine
+    from .scoring import mcq_answers
+
+    out = []
+    for qs, masks in jobs:
+        masks = masks.to(model.device, model.dtype)
+        if mode == "cloze":
+            out += engine.cloze_answers(model, tok, qs, masks, skip)
+        elif mode == "logits":
+            out += engine.letter_answers(model, tok, qs, masks, skip)
+        else:
+            out += [mcq_answers(model, tok, qs, "generate", m, batch_size) for m in masks]
+    return out
+
+
+def run_reference(ref, tok, jobs, mode, batch_size):
+    from .reference import answers, set_mask
+
+    out = []
+    dtype = next(ref.parameters()).dtype
+    dev = next(ref.parameters()).device
+    for qs, masks in jobs:
+        for m in masks:
+            set_mask(ref, m.to(dev, dtype))
+            out.append(answers(ref, tok, qs, mode, batch_size))
+    return out
+
+
+def timed(fn, device):
+    sync(device)
+    t = time.perf_counter()
+    result = fn()
+    sync(device)
+    return result, time.perf_counter() - t
+
+
+def main(a) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from . import load_model, load_tokenizer
+    from .reference import load_reference
+
+    dtype = getattr(torch, a.dtype)
+    model = load_model(a.model, dtype=dtype, device=a.device)
+    tok = load_tokenizer(a.model)
+    c = model.config
+    jobs = workload(a.concepts, a.ratios, c.num_layers, c.intermediate_size, a.skip_layers)
+    prompts = sum(len(qs) * len(m) for qs, m in jobs)
+    run_minipss(model, tok, jobs[:1], a.mode, a.skip_layers, a.batch_size)  # warm-up
+    mine, t_mine = timed(lambda: run_minipss(model, tok, jobs, a.mode, a.skip_layers, a.batch_size), a.device)
+    with FlopCounterMode(display=False) as counter:
+        run_minipss(model, tok, jobs[:1], a.mode, a.skip_layers, a.batch_size)
+    flops = counter.get_total_flops() * len(jobs)
+    rate = matmul_rate(dtype, a.device)
+    report = {"device": a.device, "dtype": a.dtype, "mode": a.mode, "prompts": prompts,
+              "minipss_prompts_per_s": prompts / t_mine, "minipss_s": t_mine,
+              "minipss_tflops": flops / t_mine / 1e12, "matmul_tflops": rate,
+              "projected_specwiki_min": SPECWIKI_PROMPTS / (prompts / t_mine) / 60}
+    if not a.no_reference:
+        ref = load_reference(a.model, dtype, a.device)
+        ref_ans, t_ref = timed(lambda: run_reference(ref, tok, jobs, a.mode, a.batch_size), a.device)
+        pairs = [(x, y) for row_a, row_b in zip(mine, ref_ans) for x, y in zip(row_a, row_b)]
+        report.update(reference_prompts_per_s=prompts / t_ref, reference_s=t_ref, speedup=t_ref / t_mine,
+                      answers_agree=sum(x == y for x, y in pairs) / len(pairs),
+                      reference_projected_specwiki_min=SPECWIKI_PROMPTS / (prompts / t_ref) / 60)
+    report["peak_memory_gb"] = peak_memory_gb(a.device)
+    for k, v in report.items():
+        print(f"{k:34} {v:.4g}" if isinstance(v, float) else f"{k:34} {v}")
+    return report
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", required=True, help="HF layout folder (weights do not change the speed)")
+    p.add_argument("--mode", default="cloze", choices=["generate", "logits", "cloze"])
+    p.add_argument("--concepts", type=int, default=2)
+    p.add_argument("--ratios", type=lambda t: [float(x) for x in t.split(",")], default=[0.01, 0.1, 0.3, 0.5])
+    p.add_argument("--skip-layers", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--no-reference", action="store_true")
