@@ -51,6 +51,8 @@ def cmd_pss(a, control=None) -> None:
     from .report import summary
 
     result = run_pss(a.model, a.bench, a.out, _settings(a, a.control if control is None else control), a.quiet)
+    if result["settings"].get("processes", 1) > 1 and int(__import__("os").environ.get("RANK", "0")):
+        return  # rank 0 reports
     print(summary(result))
     print(f"\nresults: {a.out} and {Path(a.out).with_suffix('.csv')}")
 

@@ -23,6 +23,7 @@ from . import engine
 from .method import collect_coefficients, locate, mask_for, random_ranking, ranking, unrelated_mean
 from .report import build_result, write_result
 from .scoring import mcq_answers
+from .shard import Shard
 
 PAPER_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
 SWEEP_RATIOS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -73,17 +74,19 @@ class Progress:
 class WorkDir:
     """`<out>.work/`: settings, coefficients (safetensors) and finished cells (JSON lines)."""
 
-    def __init__(self, out: Path, fingerprint: str):
+    def __init__(self, out: Path, fingerprint: str, rank: int = 0):
         self.path = out.parent / (out.name + ".work")
         self.path.mkdir(parents=True, exist_ok=True)
         stamp = self.path / "settings.json"
         if stamp.exists() and stamp.read_text() != fingerprint:
             raise ValueError(f"{self.path} holds work made with other settings; remove it or choose another --out")
-        stamp.write_text(fingerprint)
-        self.cells_file = self.path / "cells.jsonl"
+        if rank == 0:
+            stamp.write_text(fingerprint)
+        self.rank = rank
+        self.cells_file = self.path / ("cells.jsonl" if rank == 0 else f"cells.rank{rank}.jsonl")
         self.cells = {}
-        if self.cells_file.exists():
-            for line in self.cells_file.read_text().splitlines():
+        for file in sorted(self.path.glob("cells*.jsonl")):  # every shard's, so any split resumes
+            for line in file.read_text().splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:  # a line cut off by an interruption
@@ -95,8 +98,9 @@ class WorkDir:
         if file.exists():
             return load_file(str(file))["coefficients"]
         value = compute()
-        save_file({"coefficients": value.contiguous()}, str(file) + ".tmp")
-        os.replace(str(file) + ".tmp", file)
+        if self.rank == 0:
+            save_file({"coefficients": value.contiguous()}, str(file) + ".tmp")
+            os.replace(str(file) + ".tmp", file)
         return value
 
     def save_cell(self, key: str, correct: list[bool]) -> None:
@@ -123,27 +127,36 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
         if len(concepts) < s.n_unrelated + 1:
             raise ValueError(f"--concepts {s.concepts}: need at least {s.n_unrelated + 1} concepts")
     others = unrelated_sets(concepts, s.n_unrelated, s.seed)
-    model = load_model(model_dir, dtype=getattr(torch, s.dtype), device=s.device)
+    shard = Shard(s.device)
+    model = load_model(model_dir, dtype=getattr(torch, s.dtype), device=shard.device)
     tok = load_tokenizer(model_dir)
     L = model.config.num_layers
     if s.skip_layers >= L:
         raise ValueError(f"--skip-layers {s.skip_layers} leaves nothing to mask in a model of {L} layers")
-    work = WorkDir(out, s.fingerprint(model_dir, bench))
+    work = WorkDir(out, s.fingerprint(model_dir, bench), shard.rank)
     score = lambda qs, mask=None: [a == q.answer for a, q in zip(
         mcq_answers(model, tok, qs, s.mode, mask, s.batch_size, s.early_stop, s.cloze_mean), qs)]
+    mine = [i for i in range(len(concepts)) if shard.mine(i)]
 
-    coeffs = work.coefficients(lambda: collect_coefficients(model, tok, concepts, s.token_rule, s.batch_size))
+    def my_coefficients():
+        part = collect_coefficients(model, tok, [concepts[i] for i in mine], s.token_rule, s.batch_size)
+        parts = {i: part[n] for n, i in enumerate(mine)}
+        for other in shard.gather(parts):
+            parts.update(other)
+        return torch.stack([parts[i] for i in range(len(concepts))])
+
+    coeffs = work.coefficients(my_coefficients)
     timing = {"coefficients": time.time() - t0}
 
     t1 = time.time()
-    if "baseline" not in work.cells:
-        work.save_cell("baseline", score([q for c in concepts for q in c.mcq]))
+    for i in mine:
+        if f"baseline|{i}" not in work.cells:
+            work.save_cell(f"baseline|{i}", score(concepts[i].mcq))
     timing["baseline"] = time.time() - t1
 
     counts = [len(c.mcq) for c in concepts]
     kinds = ["located"] + (["random"] if s.control else [])
-    todo = [(k, i, r) for i in range(len(concepts)) for r in s.ratios for k in kinds
-            if f"{k}|{i}|{r}" not in work.cells]
+    todo = [(k, i, r) for i in mine for r in s.ratios for k in kinds if f"{k}|{i}|{r}" not in work.cells]
     progress = Progress(len(todo), "masked", quiet)
     t2 = time.time()
     for i in sorted({i for _, i, _ in todo}):
@@ -165,6 +178,11 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     timing["masked"] = time.time() - t2
     timing["total"] = time.time() - t0
 
-    result = build_result(str(model_dir), str(bench), asdict(s), concepts, others, work.cells, timing)
-    write_result(result, out)
+    cells = {}
+    for part in shard.gather(work.cells):
+        cells.update(part)
+    result = build_result(str(model_dir), str(bench), {**asdict(s), "processes": shard.world}, concepts,
+                          others, cells, timing)
+    if shard.main:
+        write_result(result, out)
     return result

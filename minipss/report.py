@@ -43,7 +43,7 @@ def summarise(rows: list[dict], ratios: list[float], acc_before: float, key: str
 def build_result(model: str, bench: str, settings: dict, concepts: list[Concept], others: list[list[int]],
                  cells: dict, timing: dict) -> dict:
     ratios = settings["ratios"]
-    base = cells["baseline"]
+    base = [x for i in range(len(concepts)) for x in cells[f"baseline|{i}"]]
     starts, pos = [], 0
     for c in concepts:
         starts.append(pos)

@@ -1,0 +1,33 @@
+"""A run split over two processes (torch.distributed, gloo, CPU) writes the one-process result."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tiny import make_bench, make_tiny_model
+
+
+def strip(result):
+    result = {k: v for k, v in result.items() if k != "timing_s"}
+    result["settings"] = {k: v for k, v in result["settings"].items() if k != "processes"}
+    return result
+
+
+def test_two_gloo_processes_equal_one(tmp_path):
+    model = make_tiny_model(tmp_path / "m")
+    bench = make_bench(tmp_path / "bench.jsonl", n_concepts=7, n_mcq=2)
+    args = ["pss", "--model", str(model), "--bench", str(bench), "--mode", "cloze", "--ratios", "0.1,0.5",
+            "--skip-layers", "1", "--control", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "minipss", *args, "--out", str(tmp_path / "one.json")],
+                   check=True, env=env, capture_output=True)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29533", "-m", "minipss", *args, "--out", str(tmp_path / "two.json")],
+                         env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one, two_result = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert two_result["settings"]["processes"] == 2
+    assert strip(two_result) == strip(one)
+    assert sorted(p.name for p in (tmp_path / "two.json.work").glob("cells*.jsonl")) == [
+        "cells.jsonl", "cells.rank1.jsonl"]
