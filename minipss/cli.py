@@ -73,16 +73,18 @@ def cmd_quickstart(a) -> None:
 
 
 def main(argv=None) -> None:
+    from .pipeline import PAPER_RATIOS, SWEEP_RATIOS
+
     parser = argparse.ArgumentParser(prog="minipss", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pss", help="locate, mask and score: the Parameter Specialization Score")
-    _pss_args(p, "0.1,0.2,0.3,0.4,0.5")
+    _pss_args(p, ",".join(map(str, PAPER_RATIOS)))
     p.add_argument("--control", action="store_true", help="also mask random vectors (same count per layer)")
     p.set_defaults(func=cmd_pss)
 
     p = sub.add_parser("sweep", help="PSS over many ratios (Figure 3) with the random-vector control")
-    _pss_args(p, "0.001,0.002,0.005,0.01,0.02,0.05,0.1,0.2,0.3,0.4,0.5")
+    _pss_args(p, ",".join(map(str, SWEEP_RATIOS)))
     p.set_defaults(func=lambda a: cmd_pss(a, control=True))
 
     p = sub.add_parser("quickstart", help="the default job: real Gemma 3 270M, bundled benchmark, CPU, minutes")

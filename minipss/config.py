@@ -59,6 +59,13 @@ class ModelConfig:
         return self.attn_scale or self.head_dim ** -0.5
 
 
+# what HF's config classes assume when a key is absent (hub multimodal Gemma 3 text_config blocks omit many)
+GEMMA3_TEXT_DEFAULTS = {"vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
+                        "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+                        "head_dim": 256, "sliding_window": 4096, "sliding_window_pattern": 6,
+                        "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
+DEFAULT_WINDOW = 4096  # Mistral, Gemma 2/3 and Qwen2/3 when `sliding_window` is absent
+
 ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
                "gelu_fast": "gelu_tanh"}
 
@@ -88,6 +95,8 @@ def _rope(cfg: dict, layer_type: str = "full_attention") -> tuple[float, dict | 
         scaling = dict(cfg.get("rope_scaling") or {})
     kind = scaling.pop("rope_type", scaling.pop("type", "default"))
     scaling.pop("rope_theta", None)
+    if kind == "dynamic":  # NTK scaling changes nothing up to max_position_embeddings
+        kind = "default"
     if kind == "default":
         return float(theta), None
     if kind not in ("linear", "llama3"):
@@ -109,7 +118,8 @@ def _layer_types(cfg: dict, n: int, default) -> list[str]:
 def from_hf(cfg: dict) -> ModelConfig:
     """Normalise a Hugging Face config dict; raises ValueError on an unsupported model_type."""
     if cfg.get("model_type") == "gemma3" and "text_config" in cfg:  # multimodal: keep the text part
-        cfg = {**cfg["text_config"], "model_type": "gemma3_text",
+        ids = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in cfg}
+        cfg = {**GEMMA3_TEXT_DEFAULTS, **ids, **cfg["text_config"], "model_type": "gemma3_text",
                "tie_word_embeddings": cfg.get("tie_word_embeddings", True)}
     mt = cfg.get("model_type")
     if mt not in FAMILIES:
@@ -130,7 +140,7 @@ def from_hf(cfg: dict) -> ModelConfig:
         tie_embeddings=cfg.get("tie_word_embeddings", mt.startswith("gemma")),
         bos_token_id=cfg.get("bos_token_id"), eos_token_ids=_ids(cfg.get("eos_token_id")),
         pad_token_id=cfg.get("pad_token_id"), raw=cfg)
-    window = cfg.get("sliding_window")
+    window = cfg.get("sliding_window", DEFAULT_WINDOW)
     if mt == "llama":
         c.qkv_bias = c.o_bias = bool(cfg.get("attention_bias", False))
         c.mlp_bias = bool(cfg.get("mlp_bias", False))
@@ -139,12 +149,13 @@ def from_hf(cfg: dict) -> ModelConfig:
         c.layer_types = _layer_types(cfg, n, lambda i: window is not None)
     elif mt in ("qwen2", "qwen3"):
         c.qkv_bias = mt == "qwen2" or bool(cfg.get("attention_bias", False))
+        c.o_bias = mt == "qwen3" and bool(cfg.get("attention_bias", False))
         c.qk_norm = mt == "qwen3"
         if mt == "qwen3":
             c.head_dim = cfg.get("head_dim") or 128
         on = bool(cfg.get("use_sliding_window", False)) and window is not None
         c.sliding_window = window if on else None
-        first = cfg.get("max_window_layers", n)
+        first = cfg.get("max_window_layers", 28)
         c.layer_types = _layer_types(cfg, n, lambda i: on and i >= first)
         if not on:
             c.layer_types = ["full"] * n
@@ -157,8 +168,9 @@ def from_hf(cfg: dict) -> ModelConfig:
         c.head_dim = cfg.get("head_dim", 256)
         if mt in ("gemma2", "gemma3_text"):
             c.attn_scale = cfg.get("query_pre_attn_scalar", 256) ** -0.5
-            c.attn_softcap = cfg.get("attn_logit_softcapping")
-            c.final_softcap = cfg.get("final_logit_softcapping")
+            softcaps = (50.0, 30.0) if mt == "gemma2" else (None, None)  # HF's defaults when absent
+            c.attn_softcap = cfg.get("attn_logit_softcapping", softcaps[0])
+            c.final_softcap = cfg.get("final_logit_softcapping", softcaps[1])
             c.sliding_window = window
         if mt == "gemma2":
             c.layer_types = _layer_types(cfg, n, lambda i: (i + 1) % 2 == 1)
@@ -183,7 +195,7 @@ def _gptj(cfg: dict) -> ModelConfig:
         intermediate_size=cfg.get("n_inner") or 4 * d, num_layers=n, num_heads=heads,
         num_kv_heads=heads, head_dim=d // heads, norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
         activation=_activation(cfg.get("activation_function", "gelu_new")), layer_types=["full"] * n,
-        rotary_dim=cfg.get("rotary_dim") or d // heads, tie_embeddings=cfg.get("tie_word_embeddings", False),
+        rotary_dim=cfg.get("rotary_dim", 64) or d // heads, tie_embeddings=cfg.get("tie_word_embeddings", False),
         bos_token_id=cfg.get("bos_token_id"), eos_token_ids=_ids(cfg.get("eos_token_id")),
         pad_token_id=cfg.get("pad_token_id"), raw=cfg)
 

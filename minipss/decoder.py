@@ -21,7 +21,6 @@ class Output:
     logits: torch.Tensor | None  # [B, T, vocab] (or the last `logits_to_keep` positions)
     coefficients: list[torch.Tensor] | None = None  # per layer [B, T, d_ff] (or pooled [B, d_ff])
     hidden_states: list[torch.Tensor] | None = None  # residual stream: embeddings, then after each block
-    cache: KVCache | None = None
 
 
 class CoefficientTap(list):
@@ -99,6 +98,8 @@ class Decoder(nn.Module):
         c = self.config
         start, stop = layers or (0, c.num_layers)
         B, T = input_ids.shape
+        if start == stop:  # no block to run (e.g. nothing below skip = 0): the stream as it comes in
+            return Output(None, [], [self.embed(input_ids) if start == 0 else hidden])
         past = 0 if cache is None or cache.k[start] is None else cache.k[start].shape[2]
         if attention_mask is None:
             attention_mask = torch.ones(B, past + T, dtype=torch.long, device=input_ids.device)
@@ -106,9 +107,12 @@ class Decoder(nn.Module):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past + T)}")
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
-        if mlp_mask is not None and mlp_mask.shape[-2:] != (c.num_layers, c.intermediate_size):
-            raise ValueError(f"mlp_mask has shape {tuple(mlp_mask.shape)}; its last two dims must be "
-                             f"(layers, d_ff) = {(c.num_layers, c.intermediate_size)}")
+        if mlp_mask is not None:
+            try:
+                mlp_mask = torch.broadcast_to(mlp_mask, (B, c.num_layers, c.intermediate_size))
+            except RuntimeError:
+                raise ValueError(f"mlp_mask has shape {tuple(mlp_mask.shape)}, not broadcastable to "
+                                 f"(batch, layers, d_ff) = {(B, c.num_layers, c.intermediate_size)}") from None
         x = self.embed(input_ids) if start == 0 else hidden
         rotary = self.rotaries(position_ids, x.dtype)
         allowed = {kind: allowed_keys(attention_mask, T, c.sliding_window if kind == "sliding" else None)
@@ -117,13 +121,13 @@ class Decoder(nn.Module):
         states = [x] if return_hidden_states or stop < c.num_layers else None
         for i in range(start, stop):
             kind = c.layer_types[i]
-            mask = None if mlp_mask is None else mlp_mask[..., i, :]
+            mask = None if mlp_mask is None else mlp_mask[:, i]
             x = self.blocks()[i](x, rotary[kind], allowed[kind], cache, i, mask, taps)
             if states is not None:
                 states.append(x)
         if stop < c.num_layers:
-            return Output(None, list(taps) if taps is not None else None, states, cache)
+            return Output(None, list(taps) if taps is not None else None, states)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = self.head(x) if return_logits else None
-        return Output(logits, list(taps) if taps is not None else None, states, cache)
+        return Output(logits, list(taps) if taps is not None else None, states)

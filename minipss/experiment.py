@@ -40,15 +40,14 @@ def evaluate(model_dir, bench, names: list[str], s, work: Path) -> dict:
     mcq = [q for c in concepts for q in c.mcq]
     opens = [q for c in concepts for q in c.open]
     answers = mcq_answers(model, tok, mcq, s.mode)
-    open_ok = open_answers(model, tok, opens, max_new_tokens=s.open_tokens)
-    entropies, weighted, greedy = [], [], []
+    open_ok, greedy = open_answers(model, tok, opens, max_new_tokens=s.open_tokens, return_texts=True)
+    entropies, weighted = [], []
     for i, q in enumerate(opens):
         texts, logps = sample_answers(model, tok, q["question"], n=s.samples, seed=s.seed + i)
         se = semantic_entropy(texts, logps)
         entropies.append(se["discrete"])
         weighted.append(se["weighted"])
-        greedy.append(texts[0])
-    lids = lid_for_questions(model, tok, opens, greedy)
+    lids = lid_for_questions(model, tok, opens, [g.split("\n")[0].strip() for g in greedy])
     sub = work / "bench.jsonl"
     sub.write_text("".join(line + "\n" for line in Path(bench).read_text(encoding="utf-8").splitlines()
                            if line.strip() and json.loads(line)["concept"] in names))
@@ -153,7 +152,7 @@ def add_arguments(p) -> None:
     p.add_argument("--ratios", type=lambda t: [float(x) for x in t.split(",")], default=[0.01])
     p.add_argument("--skip-layers", type=int, default=5)
     p.add_argument("--samples", type=int, default=10, help="sampled answers per open question")
-    p.add_argument("--open-tokens", type=int, default=50)
+    p.add_argument("--open-tokens", type=int, default=150, help="greedy tokens per open answer (spec §5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

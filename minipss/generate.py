@@ -51,6 +51,8 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_i
 
     `mlp_mask` is `[L, d_ff]` (every row) or `[B, L, d_ff]` (one mask per row)."""
     device = model.device
+    if mlp_mask is not None and mlp_mask.dim() == 3 and mlp_mask.shape[0] == 1:
+        mlp_mask = mlp_mask[0]  # one mask for every row
     ids, attn, pos = left_pad(prompts, pad_id, device)
     B = len(prompts)
     rows = torch.arange(B, device=device)  # which original rows are still in the batch

@@ -47,6 +47,9 @@ class Settings:
     device: str = "cpu"
     dtype: str = "float32"
 
+    def __post_init__(self):
+        self.ratios = [float(r) for r in self.ratios]  # result keys are str(float): "0.1", "0.0"
+
     def fingerprint(self, model: str, bench: Path) -> str:
         """What a resumed run must share with the saved work (ratios and control may grow)."""
         keep = {k: v for k, v in asdict(self).items()

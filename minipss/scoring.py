@@ -22,8 +22,8 @@ OPEN_TOKENS = 150
 
 
 def _rows(masks, idx):
-    """The masks of these questions: a shared `[L, d_ff]` mask (or None) serves every row."""
-    return masks if masks is None or masks.dim() == 2 else masks[idx]
+    """The masks of these questions: a shared `[L, d_ff]` (or `[1, L, d_ff]`) mask serves every row."""
+    return masks if masks is None or masks.dim() == 2 or masks.shape[0] == 1 else masks[idx]
 
 
 def _chunks(n: int, size: int):
@@ -89,7 +89,7 @@ def target_logprobs(model, x: torch.Tensor, targets: torch.Tensor, chunk: int = 
         logits = model.head(x[start:start + chunk]).float()
         picked = logits.gather(1, targets[start:start + chunk, None]).squeeze(1)
         out.append(picked - torch.logsumexp(logits, dim=-1))
-    return torch.cat(out) if out else x.new_zeros(0)
+    return torch.cat(out) if out else x.new_zeros(0, dtype=torch.float32)
 
 
 def cloze_scores(model, contexts: list[list[int]], options: list[list[list[int]]], masks=None,
@@ -108,7 +108,7 @@ def cloze_scores(model, contexts: list[list[int]], options: list[list[list[int]]
     width = opt_ids.shape[1]
     cache.select(owner)
     opt_pos = pos[owner, -1:] + 1 + torch.arange(width, device=device)
-    row_masks = masks[owner] if masks is not None and masks.dim() == 3 else masks
+    row_masks = masks[owner] if masks is not None and masks.dim() == 3 and masks.shape[0] > 1 else masks
     x = model(opt_ids, attention_mask=torch.cat([attn[owner], opt_mask], 1), position_ids=opt_pos,
               mlp_mask=row_masks, cache=cache, return_logits=False, return_hidden_states=True).hidden_states[-1]
     # an option's token 0 is predicted by its context's last position, token t by option position t - 1
@@ -137,12 +137,14 @@ def cloze_answers(model, tok, questions: list[MCQ], masks=None, batch_size: int 
 
 @torch.inference_mode()
 def open_answers(model, tok, questions: list[dict], masks=None, batch_size: int = 16,
-                 max_new_tokens: int = OPEN_TOKENS) -> list[bool]:
-    """Zero-shot open questions, greedy; correct when the normalised gold occurs in the generation."""
-    correct = []
+                 max_new_tokens: int = OPEN_TOKENS, return_texts: bool = False):
+    """Zero-shot open questions, greedy; correct when the normalised gold occurs in the generation.
+    With `return_texts`, also the generations."""
+    correct, texts = [], []
     for idx in _chunks(len(questions), batch_size):
         prompts = [tok.encode(open_prompt(questions[i]["question"])) for i in idx]
         mask = _rows(masks, idx)
         outs = generate(model, prompts, max_new_tokens, tok.eos_ids, tok.pad_id, mlp_mask=mask)
-        correct += [open_correct(tok.decode(o), questions[i]["answer"]) for i, o in zip(idx, outs)]
-    return correct
+        texts += [tok.decode(o) for o in outs]
+        correct += [open_correct(texts[i], questions[i]["answer"]) for i in idx]
+    return (correct, texts) if return_texts else correct

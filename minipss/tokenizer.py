@@ -35,10 +35,6 @@ class Tokenizer:
         """Text of `ids`, special tokens left out."""
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
-    @property
-    def vocab_size(self) -> int:
-        return self.tok.get_vocab_size()
-
 
 def load_tokenizer(path) -> Tokenizer:
     folder = Path(path)

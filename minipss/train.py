@@ -99,7 +99,7 @@ class ColumnAdamW:
         self.t += 1
         b1, b2 = self.betas
         for p, mask, m, v in zip(self.params, self.masks, self.m, self.v):
-            g = p.grad.float() * mask  # the column-wise gradient mask
+            g = torch.where(mask, p.grad.float(), 0.0)  # moments only ever see the chosen columns
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             update = (m / (1 - b1 ** self.t)) / ((v / (1 - b2 ** self.t)).sqrt() + self.eps)
@@ -231,6 +231,8 @@ def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[in
         opt.load(load_file(str(out / "optimizer.safetensors"), device=str(s.device)), st["t"])
         start = st["step"]
     docs = windows(tok, read_documents(data), s.seq_len)
+    if not docs:
+        raise ValueError(f"{data}: no document has two or more tokens to learn from")
     order = batch_order(len(docs), s.batch_size, s.steps * s.accum, s.seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if s.device.startswith("cuda") and \
         s.dtype == "bfloat16" else torch.autocast("cpu", enabled=False)
@@ -245,8 +247,8 @@ def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[in
                 loss = lm_loss(model, [docs[i] for i in order[step * s.accum + micro]], s.device) / s.accum
             loss.backward()
             total += loss.item()
-        for p, m in zip(params, masks):
-            p.grad.mul_(m)  # column-wise gradient mask
+        for p, m in zip(params, masks):  # the column-wise gradient mask, before clipping sees the norm
+            p.grad = torch.where(m, p.grad, torch.zeros_like(p.grad))
         if s.clip:
             torch.nn.utils.clip_grad_norm_(params, s.clip)
         lr = learning_rate(step, s)

@@ -27,6 +27,9 @@ CONFIGS = {
     "qwen3": ("Qwen3Config", dict(
         hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=32, vocab_size=128, tie_word_embeddings=False)),
+    "qwen3_bias": ("Qwen3Config", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=16, vocab_size=128, attention_bias=True, tie_word_embeddings=True)),
     "gptj": ("GPTJConfig", dict(
         n_embd=64, n_head=4, n_layer=2, rotary_dim=8, vocab_size=128, n_positions=64)),
     "gemma": ("GemmaConfig", dict(

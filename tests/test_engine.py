@@ -26,9 +26,17 @@ def test_common_prefix_leaves_every_sequence_a_token():
     assert common_prefix([[1], [2, 3]]) == 0
 
 
+@pytest.mark.parametrize("skip", [0, 1])
 @pytest.mark.parametrize("mode", ["logits", "cloze"])
-def test_engine_equals_one_mask_at_a_time(tiny, mode):
-    model, tok, qs, masks = tiny
-    fast = (letter_answers if mode == "logits" else cloze_answers)(model, tok, qs, masks, skip=1, max_rows=40)
+def test_engine_equals_one_mask_at_a_time(tiny, mode, skip):
+    model, tok, qs, _ = tiny
+    masks = torch.stack([mask_for(random_ranking((4, 32), s), r, skip) for s in range(3) for r in (0.0, 0.2, 0.6)])
+    fast = (letter_answers if mode == "logits" else cloze_answers)(model, tok, qs, masks, skip=skip, max_rows=40)
     for m, got in zip(masks, fast):
         assert got == mcq_answers(model, tok, qs, mode, m), mode
+
+
+def test_engine_refuses_masks_below_skip(tiny):
+    model, tok, qs, masks = tiny
+    with pytest.raises(ValueError, match="all ones"):
+        letter_answers(model, tok, qs, torch.zeros_like(masks), skip=1)

@@ -128,3 +128,25 @@ def test_pickled_checkpoint_is_refused(copy):
 def test_missing_tokenizer(copy):
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         minipss.load_tokenizer(copy)
+
+
+def test_multimodal_config_takes_top_level_token_ids_and_text_defaults():
+    cfg = from_hf({"model_type": "gemma3", "bos_token_id": 2, "eos_token_id": [1, 106],
+                   "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34}})
+    assert (cfg.bos_token_id, cfg.eos_token_ids) == (2, [1, 106])
+    assert (cfg.num_kv_heads, cfg.sliding_window, cfg.vocab_size) == (4, 4096, 262208)
+    assert cfg.layer_types[5] == "full" and cfg.layer_types[4] == "sliding"
+
+
+def test_mask_broadcasts_from_any_broadcastable_shape(folder):
+    model = minipss.load_model(folder)
+    c = model.config
+    ids = torch.arange(1, 9).expand(2, -1)
+    row = torch.ones(c.intermediate_size)
+    row[:5] = 0
+    full = row.expand(2, c.num_layers, -1)
+    expect = model(ids, mlp_mask=full).logits
+    for shape in (row, row.expand(c.num_layers, -1), full[:1]):
+        assert torch.equal(model(ids, mlp_mask=shape).logits, expect)
+    with pytest.raises(ValueError, match="not broadcastable"):
+        model(ids, mlp_mask=torch.ones(3, c.intermediate_size))

