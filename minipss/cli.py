@@ -30,6 +30,8 @@ def _pss_args(p: argparse.ArgumentParser, ratios: str) -> None:
                    help="tokens the coefficient mean covers (default: all but special tokens)")
     p.add_argument("--cloze-mean", action="store_true", help="cloze: mean log-prob per token, not the sum")
     p.add_argument("--no-early-stop", action="store_true", help="generate: always decode all 30 tokens")
+    p.add_argument("--ablation", default="zero", choices=["zero", "mean"],
+                   help="masked coefficients set to 0 (default) or to their mean on the unrelated questions")
     p.add_argument("--no-engine", action="store_true",
                    help="logits/cloze: score one mask at a time instead of sharing work across masks")
     p.add_argument("--quiet", action="store_true")
@@ -42,7 +44,7 @@ def _settings(a, control: bool):
         if not 0 <= r <= 1:
             raise SystemExit(f"minipss: error: ratio {r} is outside [0, 1]")
     return Settings(mode=a.mode, ratios=a.ratios, skip_layers=a.skip_layers, seed=a.seed, concepts=a.concepts,
-                    control=control, token_rule=a.token_rule, cloze_mean=a.cloze_mean,
+                    control=control, ablation=a.ablation, token_rule=a.token_rule, cloze_mean=a.cloze_mean,
                     early_stop=not a.no_early_stop, engine=not a.no_engine, batch_size=a.batch_size, device=a.device, dtype=a.dtype)
 
 

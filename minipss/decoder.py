@@ -25,15 +25,17 @@ class Output:
 
 class CoefficientTap(list):
     """Collects m per layer. With `pool` (`[B, T]` token weights) each layer is reduced at once to the
-    weighted mean of |m| over tokens, `[B, d_ff]`, so no full-sequence tensor is kept."""
+    weighted mean of |m| (of m when not `absolute`) over tokens, `[B, d_ff]`, so no full-sequence tensor
+    is kept."""
 
-    def __init__(self, pool: torch.Tensor | None = None):
+    def __init__(self, pool: torch.Tensor | None = None, absolute: bool = True):
         super().__init__()
         self.pool = None if pool is None else pool.float() / pool.float().sum(1, keepdim=True).clamp(min=1e-9)
+        self.absolute = absolute
 
     def append(self, m: torch.Tensor) -> None:
         if self.pool is not None:
-            m = torch.einsum("btf,bt->bf", m.abs().float(), self.pool)
+            m = torch.einsum("btf,bt->bf", (m.abs() if self.absolute else m).float(), self.pool)
         super().append(m)
 
 
@@ -86,11 +88,12 @@ class Decoder(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, mlp_mask=None,
                 return_coefficients=False, cache: KVCache | None = None, logits_to_keep: int = 0,
-                return_hidden_states=False, coefficient_pool=None, return_logits=True,
+                return_hidden_states=False, coefficient_pool=None, coefficient_abs=True, return_logits=True,
                 layers: tuple[int, int] | None = None, hidden: torch.Tensor | None = None) -> Output:
         """input_ids `[B, T]`; attention_mask `[B, past + T]` (1 real, 0 padding); position_ids
         `[B, T]` (default arange); mlp_mask broadcastable to `[B, L, d_ff]`, multiplies m at every
-        position of layer l; logits_to_keep > 0 keeps only the last positions' logits.
+        position of layer l (or `[B, L, 2 * d_ff]`: multiplier, then a value to add; see layers.tap);
+        logits_to_keep > 0 keeps only the last positions' logits.
 
         `layers=(start, stop)` runs only blocks start..stop-1, reading the residual stream `hidden`
         when start > 0 and returning it (as `hidden_states[-1]`, no logits) when stop < L: work that
@@ -108,8 +111,9 @@ class Decoder(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
         if mlp_mask is not None:
+            width = mlp_mask.shape[-1] if mlp_mask.shape[-1] == 2 * c.intermediate_size else c.intermediate_size
             try:
-                mlp_mask = torch.broadcast_to(mlp_mask, (B, c.num_layers, c.intermediate_size))
+                mlp_mask = torch.broadcast_to(mlp_mask, (B, c.num_layers, width))
             except RuntimeError:
                 raise ValueError(f"mlp_mask has shape {tuple(mlp_mask.shape)}, not broadcastable to "
                                  f"(batch, layers, d_ff) = {(B, c.num_layers, c.intermediate_size)}") from None
@@ -117,7 +121,7 @@ class Decoder(nn.Module):
         rotary = self.rotaries(position_ids, x.dtype)
         allowed = {kind: allowed_keys(attention_mask, T, c.sliding_window if kind == "sliding" else None)
                    for kind in set(c.layer_types)}
-        taps = CoefficientTap(coefficient_pool) if return_coefficients else None
+        taps = CoefficientTap(coefficient_pool, coefficient_abs) if return_coefficients else None
         states = [x] if return_hidden_states or stop < c.num_layers else None
         for i in range(start, stop):
             kind = c.layer_types[i]

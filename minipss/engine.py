@@ -33,9 +33,10 @@ def _repeat(cache: KVCache, rows: torch.Tensor) -> KVCache:
     return out
 
 
-def _chunks(masks: torch.Tensor, rows_per_mask: int, max_rows: int, skip: int):
-    if not bool((masks[:, :skip] == 1).all()):
-        raise ValueError(f"the engine shares blocks below {skip}: masks must be all ones there")
+def _chunks(masks: torch.Tensor, rows_per_mask: int, max_rows: int, skip: int, d_ff: int):
+    low = masks[:, :skip]
+    if not bool((low[..., :d_ff] == 1).all() and (low[..., d_ff:] == 0).all()):
+        raise ValueError(f"the engine shares blocks below {skip}: masks must leave them untouched")
     per = max(1, max_rows // max(rows_per_mask, 1))
     for start in range(0, masks.shape[0], per):
         yield masks[start:start + per]
@@ -71,7 +72,7 @@ def letter_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: 
     lengths = suf_mask.sum(1)
     answers = [[None] * Q for _ in range(masks.shape[0])]
     done = 0
-    for chunk in _chunks(masks, Q, max_rows, skip):
+    for chunk in _chunks(masks, Q, max_rows, skip, model.config.intermediate_size):
         M = chunk.shape[0]
         up = KVCache(L)
         if n:  # the shared prefix, once per mask
@@ -117,7 +118,7 @@ def cloze_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: i
     x_opt = model(o_ids, attention_mask=o_attn, position_ids=o_pos, cache=low_o, layers=(0, skip)).hidden_states[-1]
     later = o_mask[:, 1:].bool()
     answers = []
-    for chunk in _chunks(masks, O, max_rows, skip):
+    for chunk in _chunks(masks, O, max_rows, skip, model.config.intermediate_size):
         M = chunk.shape[0]
         cq = torch.arange(Q, device=dev).repeat(M)
         crow = torch.arange(M, device=dev).repeat_interleave(Q)

@@ -173,11 +173,16 @@ class SelfAttention(nn.Module):
 def tap(m: torch.Tensor, mask: torch.Tensor | None, taps: list | None) -> torch.Tensor:
     """Apply the value-vector mask to the coefficients m (`[B, T, d_ff]`) and record the result.
 
-    `mask` is `[d_ff]` or `[B, d_ff]` (one row per batch row): m_j is multiplied by mask_j at every
-    position, so a 0 removes value vector j's contribution (the paper's zero-masking, §4.1). `taps` is a
-    list to append m to, or None."""
+    `mask` is `[B, d_ff]` (one row per batch row): m_j is multiplied by mask_j at every position, so a 0
+    removes value vector j's contribution (the paper's zero-masking, §4.1). A `[B, 2 * d_ff]` mask also
+    carries a value to add, `m * mask[:d_ff] + mask[d_ff:]` (mean-ablation: m_j replaced by a mean).
+    `taps` is a list to append m to, or None."""
     if mask is not None:
-        m = m * (mask[:, None, :] if mask.dim() == 2 else mask).to(m.dtype)
+        mask = mask[:, None, :].to(m.dtype)
+        if mask.shape[-1] == m.shape[-1]:
+            m = m * mask
+        else:
+            m = torch.addcmul(mask[..., m.shape[-1]:], m, mask[..., : m.shape[-1]])
     if taps is not None:
         taps.append(m)
     return m

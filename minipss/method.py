@@ -19,8 +19,9 @@ TOKEN_RULES = ("content", "all", "last")
 
 @torch.inference_mode()
 def question_coefficients(model, tok, texts: list[str], token_rule: str = "content",
-                          batch_size: int = 32) -> torch.Tensor:
-    """Mean |m| over each text's tokens, per layer: `[N, L, d_ff]` in fp32 (§3.2, Appendix B.1).
+                          batch_size: int = 32, absolute: bool = True) -> torch.Tensor:
+    """Mean |m| (m itself when not `absolute`) over each text's tokens, per layer: `[N, L, d_ff]` in
+    fp32 (§3.2, Appendix B.1).
 
     token_rule: `content` leaves out special tokens such as BOS (default), `all` keeps them, `last` uses
     the last token only."""
@@ -38,17 +39,17 @@ def question_coefficients(model, tok, texts: list[str], token_rule: str = "conte
             weights = torch.zeros_like(attn)
             weights[:, -1] = 1
         res = model(ids, attention_mask=attn, position_ids=pos, return_coefficients=True,
-                    coefficient_pool=weights, return_logits=False)
+                    coefficient_pool=weights, coefficient_abs=absolute, return_logits=False)
         out.append(torch.stack(res.coefficients, 1).cpu())
     return torch.cat(out)
 
 
 def collect_coefficients(model, tok, concepts: list[Concept], token_rule: str = "content",
-                         batch_size: int = 32) -> torch.Tensor:
+                         batch_size: int = 32, absolute: bool = True) -> torch.Tensor:
     """Per concept, the mean over its questions of the per-question coefficients: `[C, L, d_ff]`.
     Each question is read as `Question: {q} Answer: {correct option}` (§3.2)."""
     texts = [coefficient_prompt(q) for c in concepts for q in c.mcq]
-    per_q = question_coefficients(model, tok, texts, token_rule, batch_size)
+    per_q = question_coefficients(model, tok, texts, token_rule, batch_size, absolute)
     out, start = [], 0
     for c in concepts:
         out.append(per_q[start:start + len(c.mcq)].mean(0))
@@ -83,9 +84,12 @@ def random_ranking(shape, seed: int) -> torch.Tensor:
     return torch.stack([torch.randperm(shape[1], generator=g) for _ in range(shape[0])])
 
 
-def mask_for(order: torch.Tensor, ratio: float, skip: int) -> torch.Tensor:
+def mask_for(order: torch.Tensor, ratio: float, skip: int, mean: torch.Tensor | None = None) -> torch.Tensor:
     """Zero-masking (§4.1, Eq. 4): 1 everywhere except the first `round(r * d_ff)` indices of `order`
-    in every layer l >= skip (layers below skip are never touched). `[L, d_ff]` float."""
+    in every layer l >= skip (layers below skip are never touched). `[L, d_ff]` float.
+
+    With `mean` (`[L, d_ff]`, the mean of m over the unrelated questions) it is mean-ablation instead:
+    `[L, 2 * d_ff]`, the multiplier and then the value added, so masked m_j become mean_j."""
     L, d_ff = order.shape
     if skip >= L:
         raise ValueError(f"skip_layers={skip} leaves nothing to mask in a model of {L} layers")
@@ -93,7 +97,7 @@ def mask_for(order: torch.Tensor, ratio: float, skip: int) -> torch.Tensor:
     k = top_k(d_ff, ratio)
     if k:
         mask[skip:].scatter_(1, order[skip:, :k], 0.0)
-    return mask
+    return mask if mean is None else torch.cat([mask, (1 - mask) * mean], dim=-1)
 
 
 def accuracy(correct: list[bool]) -> float | None:

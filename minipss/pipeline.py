@@ -39,6 +39,7 @@ class Settings:
     concepts: int | None = None  # keep the first N concepts of the file
     n_unrelated: int = 5  # concepts whose questions form t* (§3.2)
     control: bool = False  # also mask random vectors, same count per layer (the reviewers' control)
+    ablation: str = "zero"  # zero | mean: masked m_j set to 0 (§4.1) or to their mean on unrelated questions
     token_rule: str = "content"  # which tokens the coefficient mean covers (spec §3)
     cloze_mean: bool = False  # cloze: mean instead of sum of option-token log-probs
     early_stop: bool = True  # generate: stop a row once its letter is decided (same answers)
@@ -96,8 +97,8 @@ class WorkDir:
                     continue
                 self.cells[row["key"]] = row["correct"]
 
-    def coefficients(self, compute) -> torch.Tensor:
-        file = self.path / "coefficients.safetensors"
+    def coefficients(self, compute, name: str = "coefficients") -> torch.Tensor:
+        file = self.path / f"{name}.safetensors"
         if file.exists():
             return load_file(str(file))["coefficients"]
         value = compute()
@@ -141,14 +142,17 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
         mcq_answers(model, tok, qs, s.mode, mask, s.batch_size, s.early_stop, s.cloze_mean), qs)]
     mine = [i for i in range(len(concepts)) if shard.mine(i)]
 
-    def my_coefficients():
-        part = collect_coefficients(model, tok, [concepts[i] for i in mine], s.token_rule, s.batch_size)
+    def my_coefficients(absolute=True):
+        part = collect_coefficients(model, tok, [concepts[i] for i in mine], s.token_rule, s.batch_size, absolute)
         parts = {i: part[n] for n, i in enumerate(mine)}
         for other in shard.gather(parts):
             parts.update(other)
         return torch.stack([parts[i] for i in range(len(concepts))])
 
+    if s.ablation not in ("zero", "mean"):
+        raise ValueError(f"unknown ablation {s.ablation!r}; choose zero or mean")
     coeffs = work.coefficients(my_coefficients)
+    signed = work.coefficients(lambda: my_coefficients(False), "signed_means") if s.ablation == "mean" else None
     timing = {"coefficients": time.time() - t0}
 
     t1 = time.time()
@@ -166,7 +170,8 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
         cells = [(k, r) for k, j, r in todo if j == i]
         scores = locate(coeffs[i], unrelated_mean(coeffs, counts, others[i]))
         orders = {"located": ranking(scores), "random": random_ranking(scores.shape, s.seed * 1_000_003 + i)}
-        masks = torch.stack([mask_for(orders[k], r, s.skip_layers) for k, r in cells])
+        fill = None if signed is None else unrelated_mean(signed, counts, others[i])
+        masks = torch.stack([mask_for(orders[k], r, s.skip_layers, fill) for k, r in cells])
         masks = masks.to(device=model.device, dtype=model.dtype)
         qs = questions_of(concepts, i, others[i])
         if s.engine and s.mode in ("logits", "cloze"):  # all of this concept's masks at once

@@ -115,3 +115,21 @@ def test_logits_mode_reads_letter_tokens_at_the_first_position(tiny):
     logits = model(torch.tensor([tok.encode(mcq_prompt(q))])).logits[0, -1]
     best = max("ABCD", key=lambda L: max(logits[tok.encode(s, bos=False)[0]] for s in (L, " " + L)))
     assert mcq_answers(model, tok, [q], "logits") == [best]
+
+
+def test_mean_ablation_replaces_masked_coefficients_by_the_mean(tiny):
+    model, tok, _ = tiny
+    c = model.config
+    mean = torch.randn(c.num_layers, c.intermediate_size)
+    scores = torch.rand(c.num_layers, c.intermediate_size, generator=torch.Generator().manual_seed(4))
+    ablate = mask_for(ranking(scores), 0.25, skip=1, mean=mean)
+    zero = mask_for(ranking(scores), 0.25, skip=1)
+    assert ablate.shape == (c.num_layers, 2 * c.intermediate_size)
+    ids = torch.tensor([tok.encode("Question: what? Answer: this")])
+    got = model(ids, mlp_mask=ablate, return_coefficients=True).coefficients
+    plain = model(ids, return_coefficients=True).coefficients
+    for layer in range(c.num_layers):
+        off = zero[layer] == 0
+        assert torch.allclose(got[layer][0][:, off], mean[layer, off].expand(ids.shape[1], -1))
+        if layer == 0:
+            assert torch.equal(got[0], plain[0])
