@@ -47,9 +47,10 @@ class TrainSettings:
 
 
 def value_vector_sets(variant: str, num_layers: int, d_ff: int, scores: torch.Tensor | None = None,
-                      r_pv: float = 0.5 / 8, seed: int = 0) -> dict[int, list[int]]:
+                      r_pv: float = 0.5 / 8, seed: int = 0, first_layer: int = 0) -> dict[int, list[int]]:
     """Column indices per layer (spec §7). `scores` `[L, d_ff]` is the locator score S for the union of
-    the fine-tuned concepts; PV takes its top ceil(d_ff * r_pv) per layer, every layer included."""
+    the fine-tuned concepts; PV takes its top ceil(d_ff * r_pv) per layer in layers >= first_layer
+    (default: every layer), CV the rest of every layer, RV as many random ones as PV per layer."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     if variant == "fv":
@@ -57,13 +58,14 @@ def value_vector_sets(variant: str, num_layers: int, d_ff: int, scores: torch.Te
     if scores is None:
         raise ValueError(f"variant {variant!r} needs concepts to locate (--bench and --concepts)")
     k = math.ceil(d_ff * r_pv)
-    pv = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    pv = {l: sorted(order[l, :k].tolist()) if l >= first_layer else [] for l in range(num_layers)}
     if variant == "pv":
-        return {l: sorted(pv[l].tolist()) for l in range(num_layers)}
+        return pv
     if variant == "cv":
-        return {l: sorted(set(range(d_ff)) - set(pv[l].tolist())) for l in range(num_layers)}
+        return {l: sorted(set(range(d_ff)) - set(pv[l])) for l in range(num_layers)}
     g = torch.Generator().manual_seed(seed)
-    return {l: sorted(torch.randperm(d_ff, generator=g)[:k].tolist()) for l in range(num_layers)}
+    return {l: sorted(torch.randperm(d_ff, generator=g)[:len(pv[l])].tolist()) for l in range(num_layers)}
 
 
 def value_matrices(model) -> list[torch.nn.Parameter]:
@@ -267,9 +269,10 @@ def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[in
     return model
 
 
-def located_scores(model, tok, bench, names: list[str], seed: int = 0) -> torch.Tensor:
+def located_scores(model, tok, bench, names: list[str], seed: int = 0, rank_by: str = "diff") -> torch.Tensor:
     """S = |m_t - m_t*| (Eq. 5) with t the questions of the named concepts together and t* the questions
-    of their unrelated concepts (drawn as in the PSS run with the same seed), chosen concepts left out."""
+    of their unrelated concepts (drawn as in the PSS run with the same seed), chosen concepts left out.
+    `rank_by="abs"` ranks by the concepts' own |m| alone (the paper's "most highly activated")."""
     from .benchmark import load_benchmark, unrelated_sets
     from .method import collect_coefficients, locate, unrelated_mean
 
@@ -283,6 +286,8 @@ def located_scores(model, tok, bench, names: list[str], seed: int = 0) -> torch.
     coeffs = collect_coefficients(model, tok, [concepts[i] for i in chosen + others])
     counts = [len(concepts[i].mcq) for i in chosen + others]
     m_t = unrelated_mean(coeffs, counts, list(range(len(chosen))))
+    if rank_by == "abs":
+        return m_t
     m_star = unrelated_mean(coeffs, counts, list(range(len(chosen), len(chosen) + len(others))))
     return locate(m_t, m_star)
 
@@ -300,11 +305,12 @@ def main(a) -> None:
             raise ValueError(f"--variant {a.variant} needs --bench and --concepts to locate the vectors")
         model = load_model(a.model, device=a.device)
         scores = located_scores(model, load_tokenizer(a.model), a.bench,
-                                [n.strip() for n in a.concepts.split(";") if n.strip()], a.seed)
+                                [n.strip() for n in a.concepts.split(";") if n.strip()], a.seed, a.pv_rank)
         del model
     from .config import read_config
     c = read_config(a.model)
-    sets = value_vector_sets(a.variant, c.num_layers, c.intermediate_size, scores, s.r_pv, s.seed)
+    sets = value_vector_sets(a.variant, c.num_layers, c.intermediate_size, scores, s.r_pv, s.seed,
+                             a.pv_first_layer)
     train(a.model, a.data, a.out, s, sets, quiet=a.quiet)
     print(a.out)
 
@@ -326,6 +332,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--r-pv", type=float, default=0.5 / 8)
+    p.add_argument("--r-pv", type=float, default=0.5 / 8, help="PV: share of each layer's vectors (6.25%%)")
+    p.add_argument("--pv-rank", default="diff", choices=["diff", "abs"],
+                   help="PV: rank by |m - m*| (Eq. 5, default) or by the concepts' |m| alone")
+    p.add_argument("--pv-first-layer", type=int, default=0, help="PV: leave layers below this out")
     p.add_argument("--save-every", type=int, default=0)
     p.add_argument("--quiet", action="store_true")

@@ -121,3 +121,13 @@ def test_unknown_concept_and_bad_data_are_clear_errors(setup, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--model", str(model_dir), "--data", str(bad), "--out", str(tmp_path / "y"), "--variant", "fv"])
     assert "bad.jsonl:2: needs a non-empty string field 'text'" in capsys.readouterr().err
+
+
+def test_pv_can_leave_low_layers_out_and_rv_follows_its_counts():
+    scores = torch.rand(4, 40, generator=torch.Generator().manual_seed(2))
+    pv = value_vector_sets("pv", 4, 40, scores, r_pv=0.1, first_layer=2)
+    assert [len(pv[l]) for l in range(4)] == [0, 0, 4, 4]
+    rv = value_vector_sets("rv", 4, 40, scores, r_pv=0.1, first_layer=2)
+    assert [len(rv[l]) for l in range(4)] == [0, 0, 4, 4]
+    cv = value_vector_sets("cv", 4, 40, scores, r_pv=0.1, first_layer=2)
+    assert [len(cv[l]) for l in range(4)] == [40, 40, 36, 36]
