@@ -72,6 +72,14 @@ def cmd_quickstart(a) -> None:
     sweep = argparse.ArgumentParser()
     _pss_args(sweep, "0.1")
     cmd_pss(sweep.parse_args(argv), control=True)
+    folder = Path(a.out).parent
+    try:
+        from .compare import load_results, plot
+
+        for path in plot(load_results([a.out]), folder):
+            print(f"figure: {path}")
+    except ImportError:
+        print(f'figures: pip install "minipss[plot]", then minipss compare {a.out} --plots {folder}')
 
 
 def main(argv=None) -> None:
