@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import resource
 import time
+from pathlib import Path
 
 import torch
 
@@ -97,13 +98,52 @@ def timed(fn, device):
     return result, time.perf_counter() - t
 
 
+# real configs for `--config` (random weights: speed does not depend on them)
+CONFIGS = {
+    "llama-2-7b": {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 32, "rms_norm_eps": 1e-5,
+                   "max_position_embeddings": 4096, "rope_theta": 10000.0, "tie_word_embeddings": False},
+}
+
+
+def random_checkpoint(config: str, tokenizer_dir, folder: Path, dtype) -> Path:
+    """A Hugging Face layout folder with random weights for a named config (or a config.json path), the
+    vocabulary sized to the tokenizer's, so that both minipss and the reference load the same weights."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from .config import from_hf
+    from .load import build_model
+
+    raw = dict(CONFIGS[config]) if config in CONFIGS else json.loads(Path(config).read_text())
+    tok_cfg = json.loads((Path(tokenizer_dir) / "config.json").read_text())
+    raw.update(vocab_size=from_hf(tok_cfg).vocab_size, bos_token_id=tok_cfg.get("bos_token_id"),
+               eos_token_id=tok_cfg.get("eos_token_id"), pad_token_id=tok_cfg.get("pad_token_id"))
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = build_model(from_hf(raw))
+    state = {k: (torch.randn(v.shape, dtype=dtype) * 0.02) if not k.endswith("norm.weight") else
+             torch.ones(v.shape, dtype=dtype) for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(raw))
+    shutil.copy(Path(tokenizer_dir) / "tokenizer.json", folder / "tokenizer.json")
+    return folder
+
+
 def main(a) -> dict:
+    import tempfile
+
     from torch.utils.flop_counter import FlopCounterMode
 
     from . import load_model, load_tokenizer
     from .reference import load_reference
 
     dtype = getattr(torch, a.dtype)
+    if a.config:
+        a.model = str(random_checkpoint(a.config, a.model, Path(tempfile.mkdtemp(prefix="minipss-perf-")), dtype))
     model = load_model(a.model, dtype=dtype, device=a.device)
     tok = load_tokenizer(a.model)
     c = model.config
@@ -133,7 +173,9 @@ def main(a) -> dict:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help="HF layout folder (weights do not change the speed)")
+    p.add_argument("--model", required=True, help="HF layout folder (with --config: where the tokenizer is)")
+    p.add_argument("--config", default=None,
+                   help=f"random weights of a real config ({', '.join(CONFIGS)}, or a config.json path)")
     p.add_argument("--mode", default="cloze", choices=["generate", "logits", "cloze"])
     p.add_argument("--concepts", type=int, default=2)
     p.add_argument("--ratios", type=lambda t: [float(x) for x in t.split(",")], default=[0.01, 0.1, 0.3, 0.5])
