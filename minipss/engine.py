@@ -26,13 +26,6 @@ def common_prefix(seqs: list[list[int]]) -> int:
     return max(n, 0)
 
 
-def _repeat(cache: KVCache, rows: torch.Tensor) -> KVCache:
-    out = KVCache(len(cache.k))
-    out.k = [None if k is None else k[rows] for k in cache.k]
-    out.v = [None if v is None else v[rows] for v in cache.v]
-    return out
-
-
 def _chunks(masks: torch.Tensor, rows_per_mask: int, max_rows: int, skip: int, d_ff: int):
     low = masks[:, :skip]
     if not bool((low[..., :d_ff] == 1).all() and (low[..., d_ff:] == 0).all()):
@@ -68,7 +61,7 @@ def letter_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: 
     suf_ids, suf_mask = right_pad([p[n:] for p in prompts], tok.pad_id, dev)
     attn = torch.cat([torch.ones(Q, n, dtype=torch.long, device=dev), suf_mask], 1)
     pos = n + torch.arange(suf_ids.shape[1], device=dev).expand(Q, -1)
-    low_q = _repeat(low, torch.zeros(Q, dtype=torch.long, device=dev)) if n else KVCache(L)
+    low_q = low.rows(torch.zeros(Q, dtype=torch.long, device=dev)) if n else KVCache(L)
     x_suf = model(suf_ids, attention_mask=attn, position_ids=pos, cache=low_q, layers=(0, skip)).hidden_states[-1]
     lengths = suf_mask.sum(1)
     answers = [[None] * Q for _ in range(masks.shape[0])]
@@ -84,7 +77,7 @@ def letter_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: 
             rows = torch.arange(M, device=dev).repeat_interleave(B)
             qs = bucket.repeat(M)
             out = model(suf_ids[qs, :w], attention_mask=attn[qs, :n + w], position_ids=pos[qs, :w],
-                        mlp_mask=chunk[rows], cache=_repeat(up, rows) if n else KVCache(L), layers=(skip, L),
+                        mlp_mask=chunk[rows], cache=up.rows(rows) if n else KVCache(L), layers=(skip, L),
                         hidden=x_suf[qs, :w], return_logits=False, return_hidden_states=True)
             h = out.hidden_states[-1][torch.arange(M * B, device=dev), lengths[qs] - 1]
             logits = model.head(h, vocab).float()
@@ -116,7 +109,7 @@ def cloze_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: i
     W = o_ids.shape[1]
     o_attn = torch.cat([c_attn[owner], o_mask], 1)
     o_pos = c_pos[owner, -1:] + 1 + torch.arange(W, device=dev)
-    low_o = _repeat(low, owner)
+    low_o = low.rows(owner)
     x_opt = model(o_ids, attention_mask=o_attn, position_ids=o_pos, cache=low_o, layers=(0, skip)).hidden_states[-1]
     later = o_mask[:, 1:].bool()
     answers = []
@@ -132,7 +125,7 @@ def cloze_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: i
         orow = torch.arange(M, device=dev).repeat_interleave(O)
         ctx_row = orow * Q + owner[oq]  # the context row each option row continues
         x = model(o_ids[oq], attention_mask=o_attn[oq], position_ids=o_pos[oq], mlp_mask=chunk[orow],
-                  cache=_repeat(up, ctx_row), layers=(skip, L), hidden=x_opt[oq], return_logits=False,
+                  cache=up.rows(ctx_row), layers=(skip, L), hidden=x_opt[oq], return_logits=False,
                   return_hidden_states=True).hidden_states[-1]
         first = target_logprobs(model, c_last[ctx_row], o_ids[oq, 0])
         sel = later[oq]

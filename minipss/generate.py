@@ -85,7 +85,7 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_i
             break
         if not keep.all():
             rows, nxt, attn, pos = rows[keep], nxt[keep], attn[keep], pos[keep]
-            cache.select(keep)
+            cache = cache.rows(keep)
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
         pos = pos[:, -1:] + 1
         step_input = nxt[:, None]

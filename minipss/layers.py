@@ -133,10 +133,13 @@ class KVCache:
         self.k[layer], self.v[layer] = k, v
         return k, v
 
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only these batch rows (generation drops finished rows)."""
-        self.k = [None if t is None else t[rows] for t in self.k]
-        self.v = [None if t is None else t[rows] for t in self.v]
+    def rows(self, index: torch.Tensor) -> "KVCache":
+        """A cache of these batch rows, in this order (repeats allowed): finished rows leave a batch,
+        one cached prefix serves many continuations."""
+        out = KVCache(len(self.k))
+        out.k = [None if t is None else t[index] for t in self.k]
+        out.v = [None if t is None else t[index] for t in self.v]
+        return out
 
 
 class SelfAttention(nn.Module):

@@ -11,7 +11,7 @@ import torch
 
 from .generate import left_pad
 from .prompts import letter_in, mcq_prompt
-from .scoring import GENERATE_TOKENS, cloze_tokens, letter_token_ids
+from .scoring import GENERATE_TOKENS, best_letters, cloze_tokens, letter_token_ids
 
 
 class MaskedInput(torch.nn.Module):
@@ -73,8 +73,7 @@ def answers(model, tok, questions, mode: str, batch_size: int = 32) -> list[str 
         ids, attn, pos = left_pad([tok.encode(mcq_prompt(q)) for q in chunk], tok.pad_id, dev)
         if mode == "logits":
             logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=1).logits[:, -1]
-            best = torch.stack([logits[:, letters[L]].max(-1).values for L in "ABCD"], -1).argmax(-1)
-            out += ["ABCD"[b] for b in best.tolist()]
+            out += best_letters(logits, letters)
         else:
             gen = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=GENERATE_TOKENS,
                                  do_sample=False, pad_token_id=tok.pad_id, eos_token_id=tok.eos_ids or None)

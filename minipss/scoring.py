@@ -42,6 +42,12 @@ def letter_token_ids(tok) -> dict[str, list[int]]:
     return out
 
 
+def best_letters(logits: torch.Tensor, letters: dict[str, list[int]]) -> list[str]:
+    """Per row of `[N, vocab]` logits, the letter whose best spelling scores highest."""
+    best = torch.stack([logits[:, letters[L]].max(-1).values for L in "ABCD"], -1).argmax(-1)
+    return ["ABCD"[b] for b in best.tolist()]
+
+
 @torch.inference_mode()
 def mcq_answers(model, tok, questions: list[MCQ], mode: str = "generate", masks=None,
                 batch_size: int = 32, early_stop: bool = True, cloze_mean: bool = False) -> list[str | None]:
@@ -58,8 +64,7 @@ def mcq_answers(model, tok, questions: list[MCQ], mode: str = "generate", masks=
         if mode == "logits":
             ids, attn, pos = left_pad(prompts, tok.pad_id, model.device)
             logits = model(ids, attention_mask=attn, position_ids=pos, mlp_mask=mask, logits_to_keep=1).logits[:, -1]
-            best = torch.stack([logits[:, letters[L]].max(-1).values for L in "ABCD"], -1).argmax(-1)
-            answers += ["ABCD"[b] for b in best.tolist()]
+            answers += best_letters(logits, letters)
         else:
             stop = (lambda ids: letter_decided(tok.decode(ids))) if early_stop else None
             outs = generate(model, prompts, GENERATE_TOKENS, tok.eos_ids, tok.pad_id, mlp_mask=mask, stop_when=stop)
@@ -106,7 +111,7 @@ def cloze_scores(model, contexts: list[list[int]], options: list[list[list[int]]
     flat = [opt for opts in options for opt in opts]
     opt_ids, opt_mask = right_pad(flat, 0, device)
     width = opt_ids.shape[1]
-    cache.select(owner)
+    cache = cache.rows(owner)
     opt_pos = pos[owner, -1:] + 1 + torch.arange(width, device=device)
     row_masks = masks[owner] if masks is not None and masks.dim() == 3 and masks.shape[0] > 1 else masks
     x = model(opt_ids, attention_mask=torch.cat([attn[owner], opt_mask], 1), position_ids=opt_pos,

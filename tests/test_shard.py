@@ -14,6 +14,14 @@ def strip(result):
     return result
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_gloo_processes_equal_one(tmp_path):
     model = make_tiny_model(tmp_path / "m")
     bench = make_bench(tmp_path / "bench.jsonl", n_concepts=7, n_mcq=2)
@@ -23,7 +31,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
     subprocess.run([sys.executable, "-m", "minipss", *args, "--out", str(tmp_path / "one.json")],
                    check=True, env=env, capture_output=True)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29533", "-m", "minipss", *args, "--out", str(tmp_path / "two.json")],
+                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "minipss", *args, "--out", str(tmp_path / "two.json")],
                          env=env, capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-3000:]
     one, two_result = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
