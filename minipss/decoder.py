@@ -1,32 +1,34 @@
-"""The forward pass every family shares: embed, run the blocks, final norm and head.
+"""The forward pass every family shares, and what a family file declares about itself.
 
-It is here that the two arguments the paper's method needs enter the model, as plain arguments:
-`mlp_mask` multiplies the coefficient vector m of every layer (zero-masking value vectors, §4.1) and
-`return_coefficients` hands back the m that entered `down_proj` / `fc_out` (§3.2).
+The two things the paper's method needs enter the model as plain arguments: `mlp_mask` rescales the
+coefficient vector m of every layer (zero-masking value vectors, §4.1) and `return_coefficients` hands
+back the m that entered the value matrix (`down_proj`, `fc_out`, ...; §3.2). `forward` is composed of
+three public pieces that the shared-work evaluator also calls on their own: `embed`, `run_blocks` (any
+range of blocks, from a given residual stream) and `head` (on chosen positions and vocabulary rows).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
 
 from .config import ModelConfig
-from .layers import KVCache, Rotary, allowed_keys, inv_freq
+from .layers import KVCache, Rotary, ValueMask, alibi_bias, allowed_keys, inv_freq
 
 
 @dataclass
 class Output:
     logits: torch.Tensor | None  # [B, T, vocab] (or the last `logits_to_keep` positions)
     coefficients: list[torch.Tensor] | None = None  # per layer [B, T, d_ff] (or pooled [B, d_ff])
-    hidden_states: list[torch.Tensor] | None = None  # residual stream: embeddings, then after each block
 
 
-class CoefficientTap(list):
-    """Collects m per layer. With `pool` (`[B, T]` token weights) each layer is reduced at once to the
-    weighted mean of |m| (of m when not `absolute`) over tokens, `[B, d_ff]`, so no full-sequence tensor
-    is kept."""
+class Coefficients(list):
+    """Collects the coefficient vector m of each layer, after its mask (§3.2). With `pool` (`[B, T]`
+    token weights) each layer is reduced at once to the weighted mean of |m| (of m when not
+    `absolute`) over tokens, `[B, d_ff]`, so no full-sequence tensor is kept."""
 
     def __init__(self, pool: torch.Tensor | None = None, absolute: bool = True):
         super().__init__()
@@ -40,33 +42,46 @@ class CoefficientTap(list):
 
 
 class Decoder(nn.Module):
-    """Base of every family model. A family defines its modules (named as in the HF checkpoint), among
-    them `lm_head`, and `embed(ids)`, `blocks()` (the layer list) and `final_norm(x)`."""
+    """Base of every family model. A family's model class names its modules as the checkpoint does and
+    declares where its parts are:
+
+    - `blocks_path`: the list of blocks (`"model.layers"`);
+    - `value_matrix`: inside a block, the linear map whose input is m and whose columns are the value
+      vectors (`"mlp.down_proj"`); the trainer and the transformers reference ask for it;
+    - `embedding_path` and `head_path`: the token embedding and the output matrix (tied heads share it);
+    - `embeddings(input_ids, position_ids)` and `final_norm(x)`.
+    Each block is called as `block(x, attention, mask, coefficients)` and returns the new stream."""
 
     config: ModelConfig
+    blocks_path: str
+    value_matrix: str
+    embedding_path: str
+    head_path: str = "lm_head"
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
 
-    def blocks(self) -> nn.ModuleList:
+    # ------------------------------------------------------------ what a family provides
+
+    def embeddings(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def head(self, x: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
-        """Final norm, then logits (softcapped where the family does). `vocab` restricts the logits to
-        those token ids, e.g. the four answer letters, without the full-vocabulary matmul."""
-        w, b = self.lm_head.weight, self.lm_head.bias
-        if vocab is not None:
-            w, b = w[vocab], None if b is None else b[vocab]
-        logits = torch.nn.functional.linear(self.final_norm(x), w, b)
-        cap = self.config.final_softcap
-        return logits if cap is None else torch.tanh(logits / cap) * cap
+    # ------------------------------------------------------------ shared
+
+    def blocks(self) -> nn.ModuleList:
+        return self.get_submodule(self.blocks_path)
+
+    def value_matrices(self) -> list[nn.Linear]:
+        """Per layer, the linear map whose columns are the value vectors (§3.1), `weight` `[d, d_ff]`."""
+        return [block.get_submodule(self.value_matrix) for block in self.blocks()]
 
     def tie_weights(self) -> None:
-        """Tied checkpoints have no lm_head: the head reads the embedding matrix."""
-        raise NotImplementedError
+        """Tied checkpoints have no output matrix: the head reads the embedding matrix."""
+        self.get_submodule(self.head_path).weight = self.get_submodule(self.embedding_path).weight
 
     @property
     def dtype(self) -> torch.dtype:
@@ -76,62 +91,119 @@ class Decoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def rotaries(self, positions: torch.Tensor, dtype) -> dict[str, Rotary]:
-        """RoPE tables per layer type; Gemma 3's sliding layers have their own base and no scaling."""
-        c = self.config
-        dim = c.rotary_dim or c.head_dim
-        interleaved = c.model_type == "gptj"
-        full = Rotary(inv_freq(dim, c.rope_theta, c.rope_scaling), positions, dtype, interleaved)
-        if c.local_rope_theta is None:
-            return {"full": full, "sliding": full}
-        return {"full": full, "sliding": Rotary(inv_freq(dim, c.local_rope_theta), positions, dtype)}
+    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+              cache: KVCache | None = None) -> torch.Tensor:
+        """The residual stream entering block 0."""
+        if position_ids is None:
+            position_ids = default_positions(input_ids, cache)
+        return self.embeddings(input_ids, position_ids)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, mlp_mask=None,
-                return_coefficients=False, cache: KVCache | None = None, logits_to_keep: int = 0,
-                return_hidden_states=False, coefficient_pool=None, coefficient_abs=True, return_logits=True,
-                layers: tuple[int, int] | None = None, hidden: torch.Tensor | None = None) -> Output:
-        """input_ids `[B, T]`; attention_mask `[B, past + T]` (1 real, 0 padding); position_ids
-        `[B, T]` (default arange); mlp_mask broadcastable to `[B, L, d_ff]`, multiplies m at every
-        position of layer l (or `[B, L, 2 * d_ff]`: multiplier, then a value to add; see layers.tap);
-        logits_to_keep > 0 keeps only the last positions' logits.
+    def head(self, x: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
+        """Final norm, then logits (softcapped where the family does). `vocab` restricts the logits to
+        those token ids, e.g. the four answer letters, without the full-vocabulary matmul."""
+        out = self.get_submodule(self.head_path)
+        w, b = out.weight, out.bias
+        if vocab is not None:
+            w, b = w[vocab], None if b is None else b[vocab]
+        logits = torch.nn.functional.linear(self.final_norm(x), w, b)
+        cap = self.config.final_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
-        `layers=(start, stop)` runs only blocks start..stop-1, reading the residual stream `hidden`
-        when start > 0 and returning it (as `hidden_states[-1]`, no logits) when stop < L: work that
-        a mask cannot change (blocks below the first masked layer) is then done once for many masks."""
+    def run_blocks(self, x: torch.Tensor, start: int = 0, stop: int | None = None, attention_mask=None,
+                   position_ids=None, mlp_mask=None, cache: KVCache | None = None,
+                   coefficients: Coefficients | None = None) -> torch.Tensor:
+        """Blocks `start..stop-1` on the residual stream `x` `[B, T, d]`; returns the stream after them.
+
+        attention_mask `[B, past + T]` (1 real, 0 padding); position_ids `[B, T]` (default arange after
+        the cached tokens); mlp_mask as in `forward`, for all L layers; `coefficients` collects m."""
         c = self.config
-        start, stop = layers or (0, c.num_layers)
-        B, T = input_ids.shape
-        if start == stop:  # no block to run (e.g. nothing below skip = 0): the stream as it comes in
-            return Output(None, [], [self.embed(input_ids) if start == 0 else hidden])
+        stop = c.num_layers if stop is None else stop
+        if start == stop:
+            return x
+        B, T = x.shape[:2]
         past = 0 if cache is None or cache.k[start] is None else cache.k[start].shape[2]
         if attention_mask is None:
-            attention_mask = torch.ones(B, past + T, dtype=torch.long, device=input_ids.device)
+            attention_mask = torch.ones(B, past + T, dtype=torch.long, device=x.device)
         if attention_mask.shape != (B, past + T):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past + T)}")
         if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
-        if mlp_mask is not None:
-            width = mlp_mask.shape[-1] if mlp_mask.shape[-1] == 2 * c.intermediate_size else c.intermediate_size
-            try:
-                mlp_mask = torch.broadcast_to(mlp_mask, (B, c.num_layers, width))
-            except RuntimeError:
-                raise ValueError(f"mlp_mask has shape {tuple(mlp_mask.shape)}, not broadcastable to "
-                                 f"(batch, layers, d_ff) = {(B, c.num_layers, c.intermediate_size)}") from None
-        x = self.embed(input_ids) if start == 0 else hidden
+            position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)
+        mask = ValueMask.of(mlp_mask, B, c.num_layers, c.intermediate_size)
         rotary = self.rotaries(position_ids, x.dtype)
-        allowed = {kind: allowed_keys(attention_mask, T, c.sliding_window if kind == "sliding" else None)
-                   for kind in set(c.layer_types)}
-        taps = CoefficientTap(coefficient_pool, coefficient_abs) if return_coefficients else None
-        states = [x] if return_hidden_states or stop < c.num_layers else None
+        allowed = {}
+        for kind in set(c.layer_types):
+            allowed[kind] = allowed_keys(attention_mask, T, c.sliding_window if kind == "sliding" else None)
+            if c.alibi:
+                allowed[kind] = alibi_bias(allowed[kind], c.num_heads, c.alibi_max_bias, x.dtype)
         for i in range(start, stop):
             kind = c.layer_types[i]
-            mask = None if mlp_mask is None else mlp_mask[:, i]
-            x = self.blocks()[i](x, rotary[kind], allowed[kind], cache, i, mask, taps)
-            if states is not None:
-                states.append(x)
-        if stop < c.num_layers:
-            return Output(None, list(taps) if taps is not None else None, states)
+            attention = AttentionContext(rotary[kind], allowed[kind], cache, i)
+            x = self.blocks()[i](x, attention, None if mask is None else mask.layer(i), coefficients)
+        return x
+
+    def rotaries(self, positions: torch.Tensor, dtype) -> dict[str, Rotary | None]:
+        """RoPE tables per layer type (None without RoPE); sliding layers may have their own base
+        (`local_rope_theta`), without scaling."""
+        c = self.config
+        if not c.rope:
+            return {"full": None, "sliding": None}
+        dim = c.rotary_dim or c.head_dim
+        full = Rotary(inv_freq(dim, c.rope_theta, c.rope_scaling), positions, dtype, c.rope_interleaved)
+        if c.local_rope_theta is None:
+            return {"full": full, "sliding": full}
+        local = Rotary(inv_freq(dim, c.local_rope_theta), positions, dtype, c.rope_interleaved)
+        return {"full": full, "sliding": local}
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, mlp_mask=None,
+                return_coefficients: bool = False, cache: KVCache | None = None,
+                logits_to_keep: int = 0) -> Output:
+        """input_ids `[B, T]`; attention_mask `[B, past + T]` (1 real, 0 padding); position_ids
+        `[B, T]` (default arange after the cached tokens); mlp_mask broadcastable to `[B, L, d_ff]`,
+        multiplies m at every position of layer l (or `[B, L, 2 * d_ff]`: the multiplier, then a value
+        to add, see `layers.ValueMask`); logits_to_keep > 0 keeps only the last positions' logits."""
+        if position_ids is None:
+            position_ids = default_positions(input_ids, cache)
+        coefficients = Coefficients() if return_coefficients else None
+        x = self.embed(input_ids, position_ids)
+        x = self.run_blocks(x, 0, None, attention_mask, position_ids, mlp_mask, cache, coefficients)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        logits = self.head(x) if return_logits else None
-        return Output(logits, list(taps) if taps is not None else None, states)
+        return Output(self.head(x), None if coefficients is None else list(coefficients))
+
+
+@dataclass
+class AttentionContext:
+    """What a block's attention needs besides its input: RoPE tables (None without RoPE), the allowed
+    keys (boolean, or an additive float bias such as ALiBi's), the KV cache and the layer's index."""
+    rotary: Rotary | None
+    allowed: torch.Tensor
+    cache: KVCache | None
+    layer: int
+
+
+def default_positions(input_ids: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+    past = 0 if cache is None else cache.length()
+    B, T = input_ids.shape
+    return torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything shared code may ask about a family; each file in `minipss/models/` declares one.
+
+    - `model_types`: the config.json `model_type`s it serves;
+    - `parse_config`: config.json (either dialect) -> `ModelConfig`;
+    - `model`: the `Decoder` subclass, its modules named as the checkpoint's keys;
+    - `adds_bos`: the model_types whose tokenizer prepends BOS (tokenizer_config.json may override);
+    - `ignored_keys`: checkpoint key suffixes that are buffers, not weights;
+    - `transposed`: key suffixes stored `[in, out]` (GPT-2's Conv1D), transposed on load and save;
+    - `renamed_prefixes` / `skipped_prefixes`: checkpoint prefixes mapped to ours, or not text weights
+      (multimodal checkpoints)."""
+    model_types: tuple[str, ...]
+    parse_config: Callable[[dict], ModelConfig]
+    model: type[Decoder]
+    adds_bos: tuple[str, ...] = ()
+    ignored_keys: tuple[str, ...] = (".rotary_emb.inv_freq",)
+    transposed: tuple[str, ...] = ()
+    renamed_prefixes: dict[str, str] = field(default_factory=dict)
+    skipped_prefixes: tuple[str, ...] = ()

@@ -57,12 +57,13 @@ def letter_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: 
     # below skip: no mask, so once for everything
     pre_ids = torch.tensor([prompts[0][:n]], device=dev)
     low = KVCache(L)
-    x_pre = model(pre_ids, cache=low, layers=(0, skip)).hidden_states[-1] if n else None
+    pre_pos = torch.arange(n, device=dev)[None]
+    x_pre = model.run_blocks(model.embed(pre_ids, pre_pos), 0, skip, cache=low) if n else None
     suf_ids, suf_mask = right_pad([p[n:] for p in prompts], tok.pad_id, dev)
     attn = torch.cat([torch.ones(Q, n, dtype=torch.long, device=dev), suf_mask], 1)
     pos = n + torch.arange(suf_ids.shape[1], device=dev).expand(Q, -1)
     low_q = low.rows(torch.zeros(Q, dtype=torch.long, device=dev)) if n else KVCache(L)
-    x_suf = model(suf_ids, attention_mask=attn, position_ids=pos, cache=low_q, layers=(0, skip)).hidden_states[-1]
+    x_suf = model.run_blocks(model.embed(suf_ids, pos), 0, skip, attn, pos, cache=low_q)
     lengths = suf_mask.sum(1)
     answers = [[None] * Q for _ in range(masks.shape[0])]
     done = 0
@@ -70,16 +71,14 @@ def letter_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: 
         M = chunk.shape[0]
         up = KVCache(L)
         if n:  # the shared prefix, once per mask
-            model(pre_ids.expand(M, -1), mlp_mask=chunk, cache=up, layers=(skip, L), hidden=x_pre.expand(M, -1, -1),
-                  return_logits=False)
+            model.run_blocks(x_pre.expand(M, -1, -1), skip, L, mlp_mask=chunk, cache=up)
         for bucket in _buckets(lengths, max(1, max_rows // M)):  # similar lengths together: less padding
             B, w = len(bucket), int(lengths[bucket].max())
             rows = torch.arange(M, device=dev).repeat_interleave(B)
             qs = bucket.repeat(M)
-            out = model(suf_ids[qs, :w], attention_mask=attn[qs, :n + w], position_ids=pos[qs, :w],
-                        mlp_mask=chunk[rows], cache=up.rows(rows) if n else KVCache(L), layers=(skip, L),
-                        hidden=x_suf[qs, :w], return_logits=False, return_hidden_states=True)
-            h = out.hidden_states[-1][torch.arange(M * B, device=dev), lengths[qs] - 1]
+            x = model.run_blocks(x_suf[qs, :w], skip, L, attn[qs, :n + w], pos[qs, :w], mlp_mask=chunk[rows],
+                                 cache=up.rows(rows) if n else KVCache(L))
+            h = x[torch.arange(M * B, device=dev), lengths[qs] - 1]
             logits = model.head(h, vocab).float()
             best = torch.full((M * B, 4), float("-inf"), device=dev).scatter_reduce(
                 1, owner.expand(M * B, -1), logits, reduce="amax").argmax(-1).tolist()
@@ -104,13 +103,13 @@ def cloze_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: i
     # below skip, once: contexts (left-padded), then options (right-padded) reading their context
     c_ids, c_attn, c_pos = left_pad(list(ctx), 0, dev)
     low = KVCache(L)
-    x_ctx = model(c_ids, attention_mask=c_attn, position_ids=c_pos, cache=low, layers=(0, skip)).hidden_states[-1]
+    x_ctx = model.run_blocks(model.embed(c_ids, c_pos), 0, skip, c_attn, c_pos, cache=low)
     o_ids, o_mask = right_pad(flat, 0, dev)
     W = o_ids.shape[1]
     o_attn = torch.cat([c_attn[owner], o_mask], 1)
     o_pos = c_pos[owner, -1:] + 1 + torch.arange(W, device=dev)
     low_o = low.rows(owner)
-    x_opt = model(o_ids, attention_mask=o_attn, position_ids=o_pos, cache=low_o, layers=(0, skip)).hidden_states[-1]
+    x_opt = model.run_blocks(model.embed(o_ids, o_pos), 0, skip, o_attn, o_pos, cache=low_o)
     later = o_mask[:, 1:].bool()
     answers = []
     for chunk in _chunks(masks, O, max_rows, skip, model.config.intermediate_size):
@@ -118,15 +117,12 @@ def cloze_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: i
         cq = torch.arange(Q, device=dev).repeat(M)
         crow = torch.arange(M, device=dev).repeat_interleave(Q)
         up = KVCache(L)
-        c_last = model(c_ids[cq], attention_mask=c_attn[cq], position_ids=c_pos[cq], mlp_mask=chunk[crow],
-                       cache=up, layers=(skip, L), hidden=x_ctx[cq], return_logits=False,
-                       return_hidden_states=True).hidden_states[-1][:, -1]
+        c_last = model.run_blocks(x_ctx[cq], skip, L, c_attn[cq], c_pos[cq], mlp_mask=chunk[crow], cache=up)[:, -1]
         oq = torch.arange(O, device=dev).repeat(M)
         orow = torch.arange(M, device=dev).repeat_interleave(O)
         ctx_row = orow * Q + owner[oq]  # the context row each option row continues
-        x = model(o_ids[oq], attention_mask=o_attn[oq], position_ids=o_pos[oq], mlp_mask=chunk[orow],
-                  cache=up.rows(ctx_row), layers=(skip, L), hidden=x_opt[oq], return_logits=False,
-                  return_hidden_states=True).hidden_states[-1]
+        x = model.run_blocks(x_opt[oq], skip, L, o_attn[oq], o_pos[oq], mlp_mask=chunk[orow],
+                             cache=up.rows(ctx_row))
         first = target_logprobs(model, c_last[ctx_row], o_ids[oq, 0])
         sel = later[oq]
         rest = torch.zeros(M * O, W - 1, device=dev)

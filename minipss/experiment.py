@@ -72,7 +72,7 @@ def markdown(table: dict) -> str:
 
 def run(a) -> dict:
     from . import benchmark_path, load_model, load_tokenizer
-    from .config import read_config
+    from .models import read_config
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -137,9 +137,8 @@ def hidden_at_last_token(model, tok, texts: list[str], layer: int | None = None,
     for start in range(0, len(texts), batch_size):
         seqs = [tok.encode(t) for t in texts[start:start + batch_size]]
         ids, attn, pos = left_pad(seqs, tok.pad_id, model.device)
-        res = model(ids, attention_mask=attn, position_ids=pos, return_hidden_states=True,
-                    return_logits=False)
-        out.append(res.hidden_states[layer + 1][:, -1].float().cpu())
+        x = model.run_blocks(model.embed(ids, pos), 0, layer + 1, attention_mask=attn, position_ids=pos)
+        out.append(x[:, -1].float().cpu())
     return torch.cat(out)
 
 

@@ -100,24 +100,61 @@ def allowed_keys(attention_mask: torch.Tensor, n_query: int, window: int | None)
     return (ok[None, None] & attention_mask[:, None, None, :].bool()) | (k == q)[None, None]
 
 
-def attend(q, k, v, allowed, scale: float, softcap: float | None = None, fused: bool = True):
-    """Attention as HF's eager path computes it: scores in the compute dtype, optional tanh softcap,
-    masked, softmax in fp32, cast back. GQA: query head h reads kv head h // (n_heads / n_kv).
+def alibi_slopes(num_heads: int, max_bias: float) -> torch.Tensor:
+    """ALiBi's per-head slopes 2^(-max_bias * h / n) for n the next power of two; with fewer heads, the
+    odd-numbered slopes first, then the even ones (as MPT's checkpoints were trained)."""
+    n = 2 ** math.ceil(math.log2(num_heads))
+    slopes = 2.0 ** (-torch.arange(1, n + 1, dtype=torch.float32) * (max_bias / n))
+    if n != num_heads:
+        slopes = torch.cat([slopes[1::2], slopes[::2]])[:num_heads]
+    return slopes
 
-    Without a softcap, `fused` hands the same computation to torch's scaled_dot_product_attention
-    (equal within float rounding; tested against transformers like the eager form)."""
-    if fused and softcap is None and q.dtype == v.dtype:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale,
-                                              enable_gqa=k.shape[1] != q.shape[1])
+
+def alibi_bias(allowed: torch.Tensor, num_heads: int, max_bias: float, dtype) -> torch.Tensor:
+    """The additive attention bias `[B, H, Tq, Tk]` of ALiBi: slope_h * (j - last key) on allowed keys,
+    the dtype's minimum elsewhere. It depends on the key's index only, a constant shift per query, so a
+    left-padded row gets the softmax of the same row run alone."""
+    n_key = allowed.shape[-1]
+    distance = torch.arange(1 - n_key, 1, device=allowed.device, dtype=torch.float32)
+    bias = (alibi_slopes(num_heads, max_bias).to(allowed.device)[:, None, None] * distance).to(dtype)
+    return torch.where(allowed, bias[None], torch.finfo(dtype).min)
+
+
+def attend(q, k, v, allowed, scale: float, softcap: float | None = None):
+    """Attention as HF's eager path computes it: scores in the compute dtype, optional tanh softcap,
+    masked (or biased: `allowed` may be an additive float bias), softmax in fp32, cast back. GQA: query
+    head h reads kv head h // (n_heads / n_kv).
+
+    Without a softcap the same computation goes to torch's scaled_dot_product_attention (equal within
+    float rounding; tested against transformers like the eager form)."""
+    if softcap is None and q.dtype == v.dtype:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.to(q.dtype) if allowed.is_floating_point()
+                                              else allowed, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
     B, H, T, D = q.shape
     kv = k.shape[1]
     q = q.view(B, kv, H // kv, T, D)  # heads grouped by the kv head they read, without copying k, v
     scores = (q @ k[:, :, None].transpose(-1, -2)) * scale
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.masked_fill(~allowed[:, :, None], torch.finfo(scores.dtype).min)
+    if allowed.is_floating_point():  # [B, H, Tq, Tk] bias, grouped like the heads
+        scores = scores + allowed.view(B, -1, H // kv if allowed.shape[1] == H else 1, *allowed.shape[2:])
+    else:
+        scores = scores.masked_fill(~allowed[:, :, None], torch.finfo(scores.dtype).min)
     out = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype) @ v[:, :, None]
     return out.view(B, H, T, -1)
+
+
+def multi_head_attention(q, k, v, context, scale: float, softcap: float | None = None) -> torch.Tensor:
+    """The part of attention every family shares, from per-head q, k, v `[B, T, heads, head_dim]`:
+    RoPE (when the family has it), the KV cache, `attend`; returns `[B, T, heads * head_dim]` for the
+    output projection. `context` is the block's `decoder.AttentionContext`."""
+    B, T = q.shape[:2]
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if context.rotary is not None:
+        q, k = context.rotary(q), context.rotary(k)
+    if context.cache is not None:
+        k, v = context.cache.update(context.layer, k, v)
+    return attend(q, k, v, context.allowed, scale, softcap).transpose(1, 2).reshape(B, T, -1)
 
 
 class KVCache:
@@ -132,6 +169,10 @@ class KVCache:
             k, v = torch.cat([self.k[layer], k], dim=2), torch.cat([self.v[layer], v], dim=2)
         self.k[layer], self.v[layer] = k, v
         return k, v
+
+    def length(self) -> int:
+        """Tokens cached so far (0 when empty)."""
+        return next((t.shape[2] for t in self.k if t is not None), 0)
 
     def rows(self, index: torch.Tensor) -> "KVCache":
         """A cache of these batch rows, in this order (repeats allowed): finished rows leave a batch,
@@ -156,38 +197,59 @@ class SelfAttention(nn.Module):
             self.q_norm, self.k_norm = norm(hd), norm(hd)
         self.qk_norm, self.head_dim, self.scale, self.softcap = cfg.qk_norm, hd, cfg.scale, cfg.attn_softcap
 
-    def forward(self, x, rotary: Rotary, allowed, cache: KVCache | None, layer: int):
+    def forward(self, x, context):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, -1, self.head_dim)
         k = self.k_proj(x).view(B, T, -1, self.head_dim)
-        v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, -1, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotary(q.transpose(1, 2)), rotary(k.transpose(1, 2))
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
-        out = attend(q, k, v, allowed, self.scale, self.softcap)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+        return self.o_proj(multi_head_attention(q, k, v, context, self.scale, self.softcap))
 
 
-# ---------------------------------------------------------------- the MLP: value vectors, tap and mask
+# ---------------------------------------------------------------- the MLP: value vectors, mask, coefficients
 
 
-def tap(m: torch.Tensor, mask: torch.Tensor | None, taps: list | None) -> torch.Tensor:
-    """Apply the value-vector mask to the coefficients m (`[B, T, d_ff]`) and record the result.
+class ValueMask:
+    """The one representation of a value-vector mask: per batch row and layer, m becomes
+    `m * scale + shift` (§4.1). Zero-masking sets scale_j = 0 (shift None); mean-ablation also adds the
+    mean m_j over the unrelated questions as shift_j.
 
-    `mask` is `[B, d_ff]` (one row per batch row): m_j is multiplied by mask_j at every position, so a 0
-    removes value vector j's contribution (the paper's zero-masking, §4.1). A `[B, 2 * d_ff]` mask also
-    carries a value to add, `m * mask[:d_ff] + mask[d_ff:]` (mean-ablation: m_j replaced by a mean).
-    `taps` is a list to append m to, or None."""
+    Callers pass `mlp_mask` broadcastable to `[B, L, d_ff]` (scale only) or to `[B, L, 2 * d_ff]`
+    (scale, then shift, concatenated); `of` normalises it once, where it enters the model."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor | None = None):
+        self.scale, self.shift = scale, shift
+
+    @classmethod
+    def of(cls, mlp_mask, batch: int, num_layers: int, d_ff: int) -> "ValueMask | None":
+        if mlp_mask is None or isinstance(mlp_mask, cls):
+            return mlp_mask
+        width = 2 * d_ff if mlp_mask.shape[-1] == 2 * d_ff else d_ff
+        try:
+            mlp_mask = torch.broadcast_to(mlp_mask, (batch, num_layers, width))
+        except RuntimeError:
+            raise ValueError(f"mlp_mask has shape {tuple(mlp_mask.shape)}, not broadcastable to "
+                             f"(batch, layers, d_ff) = {(batch, num_layers, d_ff)}") from None
+        return cls(mlp_mask[..., :d_ff], mlp_mask[..., d_ff:] if width > d_ff else None)
+
+    def layer(self, i: int) -> "ValueMask":
+        """This layer's mask, `[B, 1, d_ff]`: the same at every position."""
+        return ValueMask(self.scale[:, i, None], None if self.shift is None else self.shift[:, i, None])
+
+    def apply(self, m: torch.Tensor) -> torch.Tensor:
+        if self.shift is None:
+            return m * self.scale.to(m.dtype)
+        return torch.addcmul(self.shift.to(m.dtype), m, self.scale.to(m.dtype))
+
+
+def masked_coefficients(m: torch.Tensor, mask: ValueMask | None, coefficients: list | None) -> torch.Tensor:
+    """The coefficient vector m (`[B, T, d_ff]`) as it enters the value matrix: the layer's mask
+    applied, then recorded when `coefficients` collects (§3.1, Eq. 1-2)."""
     if mask is not None:
-        mask = mask[:, None, :].to(m.dtype)
-        if mask.shape[-1] == m.shape[-1]:
-            m = m * mask
-        else:
-            m = torch.addcmul(mask[..., m.shape[-1]:], m, mask[..., : m.shape[-1]])
-    if taps is not None:
-        taps.append(m)
+        m = mask.apply(m)
+    if coefficients is not None:
+        coefficients.append(m)
     return m
 
 
@@ -203,6 +265,21 @@ class GatedMLP(nn.Module):
         self.down_proj = nn.Linear(f, d, bias=bias)
         self.act = ACT[cfg.activation]
 
-    def forward(self, h, mask=None, taps=None):
+    def forward(self, h, mask=None, coefficients=None):
         m = self.act(self.gate_proj(h)) * self.up_proj(h)
-        return self.down_proj(tap(m, mask, taps))
+        return self.down_proj(masked_coefficients(m, mask, coefficients))
+
+
+class MLP(nn.Module):
+    """`out(act(into(h)))` without a gate (GPT-J, GPT-NeoX, Falcon, MPT, GPT-2): m is the activation, the
+    columns of the second matrix the value vectors. The two matrices carry the checkpoint's names."""
+
+    def __init__(self, cfg, into: str, out: str, bias: bool = True):
+        super().__init__()
+        setattr(self, into, nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=bias))
+        setattr(self, out, nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=bias))
+        self.names, self.act = (into, out), ACT[cfg.activation]
+
+    def forward(self, h, mask=None, coefficients=None):
+        into, out = (getattr(self, name) for name in self.names)
+        return out(masked_coefficients(self.act(into(h)), mask, coefficients))

@@ -13,26 +13,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .config import ModelConfig, read_config
-from .decoder import Decoder
+from .decoder import Decoder, Family
+from .models import build_model, family_of, read_config
 
-IGNORED = (".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
-TEXT_PREFIXES = {"language_model.model.": "model.", "model.language_model.": "model.",
-                 "language_model.lm_head.": "lm_head."}
-VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
-                   "model.multi_modal_projector.")
 PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
-
-
-def build_model(cfg: ModelConfig) -> Decoder:
-    """An uninitialised model of the config's family (on whatever device is current)."""
-    if cfg.family == "llama":
-        from .models.llama import LlamaModel as cls
-    elif cfg.family == "gemma":
-        from .models.gemma import GemmaModel as cls
-    else:
-        from .models.gptj import GPTJModel as cls
-    return cls(cfg)
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
@@ -57,14 +41,31 @@ def checkpoint_files(folder: Path) -> list[Path]:
     raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
 
 
-def _rename(key: str) -> str | None:
+def checkpoint_name(family: Family, key: str) -> str | None:
     """The model's name for a checkpoint key, or None for keys that are not text-model weights."""
-    if key.endswith(IGNORED) or key.startswith(VISION_PREFIXES):
+    if key.endswith(family.ignored_keys) or key.startswith(family.skipped_prefixes):
         return None
-    for prefix, new in TEXT_PREFIXES.items():
+    for prefix, new in family.renamed_prefixes.items():
         if key.startswith(prefix):
             return new + key[len(prefix):]
     return key
+
+
+def is_transposed(family: Family, name: str) -> bool:
+    return bool(family.transposed) and name.endswith(family.transposed)
+
+
+def checkpoint_state(model: Decoder) -> dict[str, torch.Tensor]:
+    """The model's weights as its checkpoint stores them (tied head left out, `[in, out]` layouts
+    restored), ready for `safetensors.torch.save_file`."""
+    family = family_of(model.config.model_type)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if model.config.tie_embeddings and name == f"{model.head_path}.weight":
+            continue
+        tensor = tensor.detach()
+        state[name] = (tensor.t() if is_transposed(family, name) else tensor).contiguous()
+    return state
 
 
 def load_model(path, dtype=torch.float32, device="cpu") -> Decoder:
@@ -73,26 +74,30 @@ def load_model(path, dtype=torch.float32, device="cpu") -> Decoder:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: model folder not found")
     cfg = read_config(folder)
+    family = family_of(cfg.model_type)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     with torch.device("meta"):
         model = build_model(cfg)
     if cfg.tie_embeddings:
         model.tie_weights()
     expected = dict(model.state_dict())
+    head = f"{model.head_path}.weight"
     if cfg.tie_embeddings:
-        expected.pop("lm_head.weight", None)
+        expected.pop(head, None)
     state = {}
     for file in checkpoint_files(folder):
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for key in f.keys():
-                name = _rename(key)
+                name = checkpoint_name(family, key)
                 if name is None:
                     continue
-                if name == "lm_head.weight" and cfg.tie_embeddings:
+                if name == head and cfg.tie_embeddings:
                     continue  # some tied checkpoints store the copy as well
                 if name not in expected:
                     raise ValueError(f"{file}: unexpected key {key!r} for a {cfg.model_type} model")
                 tensor = f.get_tensor(key)
+                if is_transposed(family, name):
+                    tensor = tensor.t().contiguous()
                 if tuple(tensor.shape) != tuple(expected[name].shape):
                     raise ValueError(f"{file}: {key!r} has shape {tuple(tensor.shape)}, the config "
                                      f"implies {tuple(expected[name].shape)}")

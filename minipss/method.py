@@ -11,6 +11,7 @@ import math
 import torch
 
 from .benchmark import Concept
+from .decoder import Coefficients
 from .generate import left_pad
 from .prompts import coefficient_prompt
 
@@ -38,9 +39,9 @@ def question_coefficients(model, tok, texts: list[str], token_rule: str = "conte
         elif token_rule == "last":
             weights = torch.zeros_like(attn)
             weights[:, -1] = 1
-        res = model(ids, attention_mask=attn, position_ids=pos, return_coefficients=True,
-                    coefficient_pool=weights, coefficient_abs=absolute, return_logits=False)
-        out.append(torch.stack(res.coefficients, 1).cpu())
+        coefficients = Coefficients(pool=weights, absolute=absolute)
+        model.run_blocks(model.embed(ids, pos), attention_mask=attn, position_ids=pos, coefficients=coefficients)
+        out.append(torch.stack(coefficients, 1).cpu())
     return torch.cat(out)
 
 

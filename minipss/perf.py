@@ -114,8 +114,8 @@ def random_checkpoint(config: str, tokenizer_dir, folder: Path, dtype) -> Path:
 
     from safetensors.torch import save_file
 
-    from .config import from_hf
-    from .load import build_model
+    from .models import from_hf
+    from .load import build_model, checkpoint_state
 
     raw = dict(CONFIGS[config]) if config in CONFIGS else json.loads(Path(config).read_text())
     tok_cfg = json.loads((Path(tokenizer_dir) / "config.json").read_text())
@@ -125,9 +125,11 @@ def random_checkpoint(config: str, tokenizer_dir, folder: Path, dtype) -> Path:
     torch.manual_seed(0)
     with torch.device("meta"):
         model = build_model(from_hf(raw))
-    state = {k: (torch.randn(v.shape, dtype=dtype) * 0.02) if not k.endswith("norm.weight") else
-             torch.ones(v.shape, dtype=dtype) for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            p.copy_(torch.ones(p.shape) if name.endswith("norm.weight") else torch.randn(p.shape) * 0.02)
+    save_file({k: v.to(dtype) for k, v in checkpoint_state(model).items()}, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps(raw))
     shutil.copy(Path(tokenizer_dir) / "tokenizer.json", folder / "tokenizer.json")
     return folder

@@ -1,5 +1,5 @@
 """The usual way, as a speed and answer reference for `minipss perf`: Hugging Face transformers with the
-value-vector mask applied at the input of every `down_proj` / `fc_out`, one concept mask at a time
+value-vector mask applied at the input of every layer's value matrix (`down_proj`, `fc_out`, ...), one concept mask at a time
 (what a forward pre-hook does; here a thin wrapper module, so no hook is registered anywhere).
 
 Needs the optional `transformers` package; the core never imports this module.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .generate import left_pad
+from .models import family_of
 from .prompts import letter_in, mcq_prompt
 from .scoring import GENERATE_TOKENS, best_letters, cloze_tokens, letter_token_ids
 
@@ -31,12 +32,13 @@ def load_reference(path, dtype, device):
     except ImportError:
         raise ModuleNotFoundError('the reference needs transformers: pip install "minipss[test]"') from None
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    layers = model.transformer.h if hasattr(model, "transformer") else model.model.layers
+    ours = family_of(model.config.model_type).model  # transformers names its modules as the checkpoint does
     wrappers = []
-    for layer in layers:
-        name = "fc_out" if hasattr(layer.mlp, "fc_out") else "down_proj"
-        w = MaskedInput(getattr(layer.mlp, name))
-        setattr(layer.mlp, name, w)
+    for block in model.get_submodule(ours.blocks_path):
+        parent, _, name = ours.value_matrix.rpartition(".")
+        owner = block.get_submodule(parent) if parent else block
+        w = MaskedInput(getattr(owner, name))
+        setattr(owner, name, w)
         wrappers.append(w)
     model.mask_wrappers = wrappers
     return model

@@ -104,8 +104,8 @@ def cloze_scores(model, contexts: list[list[int]], options: list[list[list[int]]
     device = model.device
     ids, attn, pos = left_pad(contexts, 0, device)
     cache = KVCache(model.config.num_layers)
-    ctx_last = model(ids, attention_mask=attn, position_ids=pos, mlp_mask=masks, cache=cache,
-                     return_logits=False, return_hidden_states=True).hidden_states[-1][:, -1]
+    ctx_last = model.run_blocks(model.embed(ids, pos), attention_mask=attn, position_ids=pos, mlp_mask=masks,
+                                cache=cache)[:, -1]
     per_q = [len(o) for o in options]
     owner = torch.tensor([i for i, n in enumerate(per_q) for _ in range(n)], device=device)
     flat = [opt for opts in options for opt in opts]
@@ -114,8 +114,8 @@ def cloze_scores(model, contexts: list[list[int]], options: list[list[list[int]]
     cache = cache.rows(owner)
     opt_pos = pos[owner, -1:] + 1 + torch.arange(width, device=device)
     row_masks = masks[owner] if masks is not None and masks.dim() == 3 and masks.shape[0] > 1 else masks
-    x = model(opt_ids, attention_mask=torch.cat([attn[owner], opt_mask], 1), position_ids=opt_pos,
-              mlp_mask=row_masks, cache=cache, return_logits=False, return_hidden_states=True).hidden_states[-1]
+    x = model.run_blocks(model.embed(opt_ids, opt_pos), attention_mask=torch.cat([attn[owner], opt_mask], 1),
+                         position_ids=opt_pos, mlp_mask=row_masks, cache=cache)
     # an option's token 0 is predicted by its context's last position, token t by option position t - 1
     first = target_logprobs(model, ctx_last[owner], opt_ids[:, 0])
     later = opt_mask[:, 1:].bool()

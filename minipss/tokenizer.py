@@ -1,7 +1,8 @@
 """`minipss.load_tokenizer(path)`: `tokenizer.json` through the `tokenizers` package.
 
-BOS is added by us, not by the file's post-processor, so every family behaves the same way: LLaMA,
-Mistral, Yi and Gemma prepend it; Qwen and GPT-J do not (`add_bos_token` in tokenizer_config.json wins).
+BOS is added by us, not by the file's post-processor, so every family behaves the same way: each family
+file says whether its tokenizer prepends BOS (`Family.adds_bos`); `add_bos_token` in
+tokenizer_config.json wins.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
 
-from .config import read_config
-
-ADDS_BOS = {"llama": True, "mistral": True, "gemma": True, "gemma2": True, "gemma3_text": True,
-            "qwen2": False, "qwen3": False, "gptj": False}
+from .models import family_of, read_config
 
 
 class Tokenizer:
@@ -46,7 +44,7 @@ def load_tokenizer(path) -> Tokenizer:
     except Exception as e:  # the tokenizers package raises a plain Exception on bad files
         raise ValueError(f"{file}: not a valid tokenizer.json ({e})") from None
     cfg = read_config(folder)
-    add_bos = ADDS_BOS[cfg.model_type]
+    add_bos = cfg.model_type in family_of(cfg.model_type).adds_bos
     extra = folder / "tokenizer_config.json"
     if extra.is_file():
         add_bos = json.loads(extra.read_text()).get("add_bos_token", add_bos)

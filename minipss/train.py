@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .load import checkpoint_state
+
 VARIANTS = ("fv", "pv", "cv", "rv")
 
 
@@ -69,9 +71,9 @@ def value_vector_sets(variant: str, num_layers: int, d_ff: int, scores: torch.Te
 
 
 def value_matrices(model) -> list[torch.nn.Parameter]:
-    """The `[d, d_ff]` matrices whose columns are the value vectors, one per layer."""
-    mlps = [block.mlp for block in model.blocks()]
-    return [m.down_proj.weight if hasattr(m, "down_proj") else m.fc_out.weight for m in mlps]
+    """The `[d, d_ff]` matrices whose columns are the value vectors, one per layer (the family says
+    which matrix that is)."""
+    return [linear.weight for linear in model.value_matrices()]
 
 
 def column_masks(sets: dict[int, list[int]], num_layers: int, d_ff: int, device) -> list[torch.Tensor]:
@@ -195,10 +197,7 @@ def save_checkpoint(model, source: Path, out: Path, sets: dict, variant: str, op
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_embeddings:
-        state.pop("lm_head.weight", None)
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    save_file(checkpoint_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         if (source / name).is_file():
             shutil.copy(source / name, tmp / name)
@@ -307,7 +306,7 @@ def main(a) -> None:
         scores = located_scores(model, load_tokenizer(a.model), a.bench,
                                 [n.strip() for n in a.concepts.split(";") if n.strip()], a.seed, a.pv_rank)
         del model
-    from .config import read_config
+    from .models import read_config
     c = read_config(a.model)
     sets = value_vector_sets(a.variant, c.num_layers, c.intermediate_size, scores, s.r_pv, s.seed,
                              a.pv_first_layer)

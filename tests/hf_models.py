@@ -4,6 +4,8 @@ rope scaling, random norm weights)."""
 
 import torch
 
+from minipss.models import family_of
+
 WINDOW = 6  # sliding windows in the fixtures; test sequences are longer
 
 CONFIGS = {
@@ -83,10 +85,13 @@ class Recorder(torch.nn.Module):
 
 
 def record_coefficients(model):
+    """Replace each block's value matrix (as our family file names it) with a Recorder."""
+    ours = family_of(model.config.model_type).model
     recs = []
-    for layer in (model.transformer.h if hasattr(model, "transformer") else model.model.layers):
-        name = "fc_out" if hasattr(layer.mlp, "fc_out") else "down_proj"
-        rec = Recorder(getattr(layer.mlp, name))
-        setattr(layer.mlp, name, rec)
+    for block in model.get_submodule(ours.blocks_path):
+        parent, _, name = ours.value_matrix.rpartition(".")
+        owner = block.get_submodule(parent) if parent else block
+        rec = Recorder(getattr(owner, name))
+        setattr(owner, name, rec)
         recs.append(rec)
     return recs

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import minipss
-from minipss.config import from_hf
+from minipss.models import from_hf
 from hf_models import make_hf_model
 
 pytest.importorskip("transformers")

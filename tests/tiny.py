@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from minipss.config import from_hf
-from minipss.load import build_model
+from minipss.load import build_model, checkpoint_state
+from minipss.models import from_hf
 
 SPECIALS = ["<pad>", "<eos>", "<bos>"]
 
@@ -45,7 +45,7 @@ def make_tiny_model(folder, seed=0, **cfg_kwargs):
             else:
                 p.normal_(0.0, 0.3)
     (folder / "config.json").write_text(json.dumps(raw))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    save_file(checkpoint_state(model), folder / "model.safetensors")
     byte_tokenizer().save(str(folder / "tokenizer.json"))
     return folder
 

@@ -1,1 +1,55 @@
-"""One file per decoder family; each reads top to bottom and uses minipss/layers.py."""
+"""The family registry: which file in `minipss/models/` serves a config.json's `model_type`.
+
+Each family file declares a `FAMILY` (see `minipss.decoder.Family`): its model types, how its config.json
+becomes a `ModelConfig`, its model class (modules named as the checkpoint's keys, the value matrix), whether
+its tokenizer adds BOS and which checkpoint keys the loader may skip. Adding an architecture is one new file
+and one entry in `REGISTERED` below.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import ModelConfig
+from ..decoder import Decoder, Family
+from . import gemma, gptj, llama
+
+REGISTERED: tuple[Family, ...] = (llama.FAMILY, gemma.FAMILY, gptj.FAMILY)
+
+FAMILIES: dict[str, Family] = {t: family for family in REGISTERED for t in family.model_types}
+
+
+def family_of(model_type) -> Family:
+    """The family serving `model_type`; a ValueError listing the supported ones otherwise."""
+    if model_type not in FAMILIES:
+        raise ValueError(f"unsupported model_type {model_type!r}; supported: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[model_type]
+
+
+def from_hf(cfg: dict) -> ModelConfig:
+    """Normalise a Hugging Face config dict; ValueError on an unsupported model_type or a missing key."""
+    family = family_of(cfg.get("model_type"))
+    try:
+        return family.parse_config(cfg)
+    except KeyError as e:
+        raise ValueError(f"missing key {e.args[0]!r} for model_type {cfg.get('model_type')!r}") from None
+
+
+def read_config(folder: str | Path) -> ModelConfig:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no config.json in the model folder")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from None
+    try:
+        return from_hf(raw)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def build_model(cfg: ModelConfig) -> Decoder:
+    """An uninitialised model of the config's family (on whatever device is current)."""
+    return family_of(cfg.model_type).model(cfg)

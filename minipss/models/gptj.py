@@ -4,8 +4,20 @@ the head. Attention scores are computed in fp32 as in the reference implementati
 
 from torch import nn
 
-from ..decoder import Decoder
-from ..layers import ACT, attend, tap
+from ..config import ModelConfig, activation, common_fields
+from ..decoder import Decoder, Family
+from ..layers import MLP, attend
+
+
+def parse_config(cfg: dict) -> ModelConfig:
+    d, heads, n = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
+    return ModelConfig(
+        model_type="gptj", vocab_size=cfg["vocab_size"], hidden_size=d,
+        intermediate_size=cfg.get("n_inner") or 4 * d, num_layers=n, num_heads=heads,
+        num_kv_heads=heads, head_dim=d // heads, norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
+        activation=activation(cfg.get("activation_function", "gelu_new")), layer_types=["full"] * n,
+        rotary_dim=cfg.get("rotary_dim", 64) or d // heads, rope_interleaved=True, parallel_residual=True,
+        tie_embeddings=cfg.get("tie_word_embeddings", False), **common_fields(cfg, "n_positions"))
 
 
 class GPTJAttention(nn.Module):
@@ -18,28 +30,15 @@ class GPTJAttention(nn.Module):
         self.out_proj = nn.Linear(d, d, bias=False)
         self.head_dim, self.scale = cfg.head_dim, cfg.scale
 
-    def forward(self, x, rotary, allowed, cache, layer):
+    def forward(self, x, attention):
         B, T, _ = x.shape
         q, k, v = (p(x).view(B, T, -1, self.head_dim).transpose(1, 2)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
-        q, k = rotary(q), rotary(k)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
-        out = attend(q.float(), k.float(), v, allowed, self.scale)
+        q, k = attention.rotary(q), attention.rotary(k)
+        if attention.cache is not None:
+            k, v = attention.cache.update(attention.layer, k, v)
+        out = attend(q.float(), k.float(), v, attention.allowed, self.scale)
         return self.out_proj(out.transpose(1, 2).reshape(B, T, -1))
-
-
-class GPTJMLP(nn.Module):
-    """`fc_out(gelu_new(fc_in(h)))`: m is the input of fc_out, its columns the value vectors."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        self.fc_in = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
-        self.fc_out = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
-        self.act = ACT[cfg.activation]
-
-    def forward(self, h, mask=None, taps=None):
-        return self.fc_out(tap(self.act(self.fc_in(h)), mask, taps))
 
 
 class GPTJBlock(nn.Module):
@@ -47,31 +46,30 @@ class GPTJBlock(nn.Module):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.attn = GPTJAttention(cfg)
-        self.mlp = GPTJMLP(cfg)
+        self.mlp = MLP(cfg, "fc_in", "fc_out")  # m = gelu_new(fc_in(h)) enters fc_out
 
-    def forward(self, x, rotary, allowed, cache, layer, mlp_mask, taps):
+    def forward(self, x, attention, mask, coefficients):
         h = self.ln_1(x)
-        return self.mlp(h, mlp_mask, taps) + self.attn(h, rotary, allowed, cache, layer) + x
+        return self.mlp(h, mask, coefficients) + self.attn(h, attention) + x
 
 
 class GPTJModel(Decoder):
+    blocks_path, value_matrix, embedding_path = "transformer.h", "mlp.fc_out", "transformer.wte"
+
     def __init__(self, cfg):
-        super().__init__()
-        self.config = cfg
+        super().__init__(cfg)
         self.transformer = nn.Module()
         self.transformer.wte = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.transformer.h = nn.ModuleList(GPTJBlock(cfg) for _ in range(cfg.num_layers))
         self.transformer.ln_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
 
-    def embed(self, input_ids):
+    def embeddings(self, input_ids, position_ids):
         return self.transformer.wte(input_ids)
-
-    def blocks(self):
-        return self.transformer.h
 
     def final_norm(self, x):
         return self.transformer.ln_f(x)
 
-    def tie_weights(self):
-        self.lm_head.weight = self.transformer.wte.weight
+
+FAMILY = Family(model_types=("gptj",), parse_config=parse_config, model=GPTJModel,
+                ignored_keys=(".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq"))

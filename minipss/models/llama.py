@@ -8,8 +8,40 @@ from functools import partial
 
 from torch import nn
 
-from ..decoder import Decoder
+from ..config import DEFAULT_WINDOW, ModelConfig, activation, common_fields, layer_types, rope
+from ..decoder import Decoder, Family
 from ..layers import GatedMLP, RMSNorm, SelfAttention
+
+
+def parse_config(cfg: dict) -> ModelConfig:
+    mt, n, heads = cfg["model_type"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    theta, scaling = rope(cfg)
+    c = ModelConfig(
+        model_type=mt, vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+        intermediate_size=cfg["intermediate_size"], num_layers=n, num_heads=heads,
+        num_kv_heads=cfg.get("num_key_value_heads") or heads,
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        norm_eps=cfg.get("rms_norm_eps", 1e-6), layer_types=["full"] * n, rope_theta=theta, rope_scaling=scaling,
+        activation=activation(cfg.get("hidden_act", "silu")),
+        tie_embeddings=cfg.get("tie_word_embeddings", False), **common_fields(cfg))
+    window = cfg.get("sliding_window", DEFAULT_WINDOW)
+    if mt == "llama":
+        c.qkv_bias = c.o_bias = bool(cfg.get("attention_bias", False))
+        c.mlp_bias = bool(cfg.get("mlp_bias", False))
+    elif mt == "mistral":
+        c.sliding_window = window
+        c.layer_types = layer_types(cfg, n, lambda i: window is not None)
+    else:  # qwen2, qwen3
+        c.qkv_bias = mt == "qwen2" or bool(cfg.get("attention_bias", False))
+        c.o_bias = mt == "qwen3" and bool(cfg.get("attention_bias", False))
+        c.qk_norm = mt == "qwen3"
+        if mt == "qwen3":
+            c.head_dim = cfg.get("head_dim") or 128
+        on = bool(cfg.get("use_sliding_window", False)) and window is not None
+        c.sliding_window = window if on else None
+        first = cfg.get("max_window_layers", 28)
+        c.layer_types = layer_types(cfg, n, lambda i: on and i >= first) if on else ["full"] * n
+    return c
 
 
 class LlamaBlock(nn.Module):
@@ -21,29 +53,29 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = norm(cfg.hidden_size)
         self.mlp = GatedMLP(cfg)
 
-    def forward(self, x, rotary, allowed, cache, layer, mlp_mask, taps):
-        x = x + self.self_attn(self.input_layernorm(x), rotary, allowed, cache, layer)
-        return x + self.mlp(self.post_attention_layernorm(x), mlp_mask, taps)
+    def forward(self, x, attention, mask, coefficients):
+        x = x + self.self_attn(self.input_layernorm(x), attention)
+        return x + self.mlp(self.post_attention_layernorm(x), mask, coefficients)
 
 
 class LlamaModel(Decoder):
+    blocks_path, value_matrix, embedding_path = "model.layers", "mlp.down_proj", "model.embed_tokens"
+
     def __init__(self, cfg):
-        super().__init__()
-        self.config = cfg
+        super().__init__(cfg)
         self.model = nn.Module()
         self.model.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.model.layers = nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.num_layers))
         self.model.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
-    def embed(self, input_ids):
+    def embeddings(self, input_ids, position_ids):
         return self.model.embed_tokens(input_ids)
-
-    def blocks(self):
-        return self.model.layers
 
     def final_norm(self, x):
         return self.model.norm(x)
 
-    def tie_weights(self):
-        self.lm_head.weight = self.model.embed_tokens.weight
+
+# Yi ships as "llama"
+FAMILY = Family(model_types=("llama", "mistral", "qwen2", "qwen3"), parse_config=parse_config,
+                model=LlamaModel, adds_bos=("llama", "mistral"))
