@@ -51,13 +51,14 @@ CONFIGS = {
 }
 
 
-def make_hf_model(name: str, folder, seed: int = 0):
+def make_hf_model(name: str, folder, seed: int = 0, **overrides):
     """Build the named tiny model in transformers with random weights (norms included), save it as
-    safetensors in `folder`, and return it in eval mode (eager attention, fp32)."""
+    safetensors in `folder`, and return it in eval mode (eager attention, fp32). `overrides` change
+    config keys (e.g. vocab_size)."""
     import transformers
 
     cls_name, kwargs = CONFIGS[name]
-    config = getattr(transformers, cls_name)(**kwargs)
+    config = getattr(transformers, cls_name)(**{**kwargs, **overrides})
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
