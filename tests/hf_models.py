@@ -61,6 +61,12 @@ CONFIGS = {
     "falcon_sequential": ("FalconConfig", dict(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128, multi_query=False,
         parallel_attn=False, bias=True, ffn_hidden_size=96)),
+    "mpt_clip_scale": ("MptConfig", dict(
+        d_model=64, n_heads=4, n_layers=2, vocab_size=128, max_seq_len=64, no_bias=True,
+        attn_config={"clip_qkv": 0.15, "softmax_scale": 0.3, "alibi_bias_max": 8})),
+    "mpt_six_heads": ("MptConfig", dict(
+        d_model=48, n_heads=6, n_layers=2, vocab_size=128, max_seq_len=64, tie_word_embeddings=False,
+        layer_norm_epsilon=1e-3)),
 }
 
 
