@@ -48,6 +48,25 @@ CONFIGS = {
         sliding_window_pattern=2, query_pre_attn_scalar=32,
         rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
                          "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
+    "falcon_7b_style": ("FalconConfig", dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128, multi_query=True,
+        parallel_attn=True, bias=False, ffn_hidden_size=96)),
+    "falcon_new_arch": ("FalconConfig", dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=8, num_kv_heads=2, vocab_size=128,
+        new_decoder_architecture=True, bias=True, tie_word_embeddings=False)),
+    "falcon_new_arch_one_norm": ("FalconConfig", dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_kv_heads=2, vocab_size=128,
+        new_decoder_architecture=True, num_ln_in_parallel_attn=1, ffn_hidden_size=80,
+        rope_parameters={"rope_type": "default", "rope_theta": 500042.0})),
+    "falcon_sequential": ("FalconConfig", dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128, multi_query=False,
+        parallel_attn=False, bias=True, ffn_hidden_size=96)),
+    "mpt_clip_scale": ("MptConfig", dict(
+        d_model=64, n_heads=4, n_layers=2, vocab_size=128, max_seq_len=64, no_bias=True,
+        attn_config={"clip_qkv": 0.15, "softmax_scale": 0.3, "alibi_bias_max": 8})),
+    "mpt_six_heads": ("MptConfig", dict(
+        d_model=48, n_heads=6, n_layers=2, vocab_size=128, max_seq_len=64, tie_word_embeddings=False,
+        layer_norm_epsilon=1e-3)),
 }
 
 

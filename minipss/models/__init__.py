@@ -13,9 +13,10 @@ from pathlib import Path
 
 from ..config import ModelConfig
 from ..decoder import Decoder, Family
-from . import gemma, gptj, llama
+from . import falcon, gemma, gptj, llama, mpt
 
-REGISTERED: tuple[Family, ...] = (llama.FAMILY, gemma.FAMILY, gptj.FAMILY)
+REGISTERED: tuple[Family, ...] = (llama.FAMILY, gemma.FAMILY, gptj.FAMILY, falcon.FAMILY,
+                                    mpt.FAMILY)
 
 FAMILIES: dict[str, Family] = {t: family for family in REGISTERED for t in family.model_types}
 
