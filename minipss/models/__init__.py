@@ -13,9 +13,9 @@ from pathlib import Path
 
 from ..config import ModelConfig
 from ..decoder import Decoder, Family
-from . import gemma, gpt_neox, gptj, llama
+from . import gemma, gpt2, gpt_neox, gptj, llama
 
-REGISTERED: tuple[Family, ...] = (llama.FAMILY, gemma.FAMILY, gptj.FAMILY, gpt_neox.FAMILY)
+REGISTERED: tuple[Family, ...] = (llama.FAMILY, gemma.FAMILY, gptj.FAMILY, gpt_neox.FAMILY, gpt2.FAMILY)
 
 FAMILIES: dict[str, Family] = {t: family for family in REGISTERED for t in family.model_types}
 
