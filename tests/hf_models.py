@@ -34,6 +34,29 @@ CONFIGS = {
         num_key_value_heads=1, head_dim=16, vocab_size=128, attention_bias=True, tie_word_embeddings=True)),
     "gptj": ("GPTJConfig", dict(
         n_embd=64, n_head=4, n_layer=2, rotary_dim=8, vocab_size=128, n_positions=64)),
+    # initializer_range 0.2: pre-activations large enough that e.g. exact vs tanh GELU shows in the logits
+    "gpt_neox": ("GPTNeoXConfig", dict(  # Pythia: parallel residual, RoPE on a quarter of each head
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=128,
+        rotary_pct=0.25, rotary_emb_base=10000, use_parallel_residual=True, max_position_embeddings=64,
+        initializer_range=0.2)),
+    "gpt_neox_sequential_tied": ("GPTNeoXConfig", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4, vocab_size=128,
+        rotary_pct=1.0, rotary_emb_base=500, use_parallel_residual=False, attention_bias=False,
+        hidden_act="gelu_new", tie_word_embeddings=True, initializer_range=0.2)),
+    "gpt_neox_linear_rope": ("GPTNeoXConfig", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, vocab_size=128,
+        rotary_pct=0.5, rotary_emb_base=20000, rope_scaling={"rope_type": "linear", "factor": 2.0},
+        initializer_range=0.2)),
+    "gpt2": ("GPT2Config", dict(  # tied head, gelu_new, Conv1D weights stored [in, out]
+        n_embd=64, n_head=4, n_layer=2, vocab_size=128, n_positions=64, initializer_range=0.2,
+        bos_token_id=1, eos_token_id=1)),
+    "gpt2_untied_layer_scaled": ("GPT2Config", dict(
+        n_embd=64, n_head=2, n_layer=3, n_inner=80, vocab_size=128, n_positions=40, activation_function="gelu",
+        tie_word_embeddings=False, scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True,
+        initializer_range=0.2, bos_token_id=1, eos_token_id=1)),
+    "gpt2_unscaled": ("GPT2Config", dict(
+        n_embd=32, n_head=4, n_layer=2, vocab_size=128, n_positions=32, scale_attn_weights=False,
+        initializer_range=0.05, bos_token_id=1, eos_token_id=1)),
     "gemma": ("GemmaConfig", dict(
         hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=1, head_dim=32, vocab_size=128, hidden_act="gelu_pytorch_tanh",

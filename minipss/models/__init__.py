@@ -13,10 +13,17 @@ from pathlib import Path
 
 from ..config import ModelConfig
 from ..decoder import Decoder, Family
-from . import falcon, gemma, gptj, llama, mpt
+from . import falcon, gemma, gpt2, gpt_neox, gptj, llama, mpt
 
-REGISTERED: tuple[Family, ...] = (llama.FAMILY, gemma.FAMILY, gptj.FAMILY, falcon.FAMILY,
-                                    mpt.FAMILY)
+REGISTERED: tuple[Family, ...] = (
+    llama.FAMILY,
+    gemma.FAMILY,
+    gptj.FAMILY,
+    gpt_neox.FAMILY,
+    gpt2.FAMILY,
+    falcon.FAMILY,
+    mpt.FAMILY,
+)
 
 FAMILIES: dict[str, Family] = {t: family for family in REGISTERED for t in family.model_types}
 
