@@ -48,6 +48,14 @@ CONFIGS = {
         sliding_window_pattern=2, query_pre_attn_scalar=32,
         rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
                          "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})),
+    "olmo_clip": ("OlmoConfig", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=24, vocab_size=128, clip_qkv=0.1, attention_bias=True,
+        tie_word_embeddings=False, pad_token_id=0, eos_token_id=1)),
+    "olmo_tied": ("OlmoConfig", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, vocab_size=128, tie_word_embeddings=True, pad_token_id=0, eos_token_id=1,
+        rope_scaling={"rope_type": "linear", "factor": 2.0})),
 }
 
 

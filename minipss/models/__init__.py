@@ -13,9 +13,9 @@ from pathlib import Path
 
 from ..config import ModelConfig
 from ..decoder import Decoder, Family
-from . import gemma, gptj, llama
+from . import gemma, gptj, llama, olmo
 
-REGISTERED: tuple[Family, ...] = (llama.FAMILY, gemma.FAMILY, gptj.FAMILY)
+REGISTERED: tuple[Family, ...] = (llama.FAMILY, gemma.FAMILY, gptj.FAMILY, olmo.FAMILY)
 
 FAMILIES: dict[str, Family] = {t: family for family in REGISTERED for t in family.model_types}
 
