@@ -56,6 +56,16 @@ CONFIGS = {
         hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=1, vocab_size=128, tie_word_embeddings=True, pad_token_id=0, eos_token_id=1,
         rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    "olmo2_gqa": ("Olmo2Config", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=24, vocab_size=128, attention_bias=True, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, max_position_embeddings=64,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+    "olmo2_tied": ("Olmo2Config", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, vocab_size=128, tie_word_embeddings=True, pad_token_id=0, eos_token_id=1,
+        rope_scaling={"rope_type": "linear", "factor": 2.0})),
 }
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from ..config import ModelConfig
 from ..decoder import Decoder, Family
-from . import gemma, gptj, llama, olmo
+from . import gemma, gptj, llama, olmo, olmo2
 
-REGISTERED: tuple[Family, ...] = (llama.FAMILY, gemma.FAMILY, gptj.FAMILY, olmo.FAMILY)
+REGISTERED: tuple[Family, ...] = (llama.FAMILY, gemma.FAMILY, gptj.FAMILY, olmo.FAMILY, olmo2.FAMILY)
 
 FAMILIES: dict[str, Family] = {t: family for family in REGISTERED for t in family.model_types}
 
