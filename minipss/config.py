@@ -39,6 +39,8 @@ class ModelConfig:
     o_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False  # Qwen3, Gemma 3: RMSNorm over head_dim on q and k before RoPE
+    qk_norm_whole: bool = False  # the q/k norms span the whole projection (all heads), before the split
+    rope_fp32: bool = False  # RoPE tables kept in fp32: q, k rotated in fp32, then cast back
     attn_scale: float = 0.0  # multiplies q @ k^T; 0 means head_dim ** -0.5
     attn_softcap: float | None = None
     final_softcap: float | None = None

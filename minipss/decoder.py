@@ -142,11 +142,12 @@ class Decoder(nn.Module):
         return x
 
     def rotaries(self, positions: torch.Tensor, dtype) -> dict[str, Rotary | None]:
-        """RoPE tables per layer type (None without RoPE); sliding layers may have their own base
-        (`local_rope_theta`), without scaling."""
+        """RoPE tables per layer type (None without RoPE), in the compute dtype or in fp32 (`rope_fp32`);
+        sliding layers may have their own base (`local_rope_theta`), without scaling."""
         c = self.config
         if not c.rope:
             return {"full": None, "sliding": None}
+        dtype = torch.float32 if c.rope_fp32 else dtype
         dim = c.rotary_dim or c.head_dim
         full = Rotary(inv_freq(dim, c.rope_theta, c.rope_scaling), positions, dtype, c.rope_interleaved)
         if c.local_rope_theta is None:

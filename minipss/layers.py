@@ -21,18 +21,21 @@ ACT = {
 
 class RMSNorm(nn.Module):
     """RMSNorm normalised in fp32. LLaMA style: cast back, then `* w`. Gemma style (`offset=True`):
-    `* (1 + w)` in fp32, then cast; the stored weight is an offset around 0."""
+    `* (1 + w)` in fp32, then cast; the stored weight is an offset around 0. `weight_in_fp32=True`:
+    `* w` in fp32, then cast (the order matters in bf16 only)."""
 
-    def __init__(self, dim: int, eps: float, offset: bool = False):
+    def __init__(self, dim: int, eps: float, offset: bool = False, weight_in_fp32: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
-        self.eps, self.offset = eps, offset
+        self.eps, self.offset, self.weight_in_fp32 = eps, offset, weight_in_fp32
 
     def forward(self, x):
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.offset:
             return (y * (1.0 + self.weight.float())).to(x.dtype)
+        if self.weight_in_fp32:
+            return (y * self.weight.float()).to(x.dtype)
         return self.weight * y.to(x.dtype)
 
 
@@ -79,7 +82,7 @@ class Rotary:
         else:
             half = rot.shape[-1] // 2
             turned = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
-        out = rot * self.cos.to(x.dtype) + turned * self.sin.to(x.dtype)
+        out = (rot * self.cos + turned * self.sin).to(x.dtype)  # tables in fp32: rotated in fp32, cast back
         return torch.cat([out, rest], dim=-1) if rest.shape[-1] else out
 
 
@@ -184,7 +187,8 @@ class KVCache:
 
 
 class SelfAttention(nn.Module):
-    """q/k/v/o projections (optional biases), optional per-head q/k norms before RoPE, GQA."""
+    """q/k/v/o projections (optional biases), optional clamp of q, k, v to [-clip_qkv, clip_qkv], optional
+    q/k norms before RoPE (per head, or over the whole projection with `qk_norm_whole`), GQA."""
 
     def __init__(self, cfg, norm=None):
         super().__init__()
@@ -194,15 +198,21 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=cfg.o_bias)
         if cfg.qk_norm:
-            self.q_norm, self.k_norm = norm(hd), norm(hd)
-        self.qk_norm, self.head_dim, self.scale, self.softcap = cfg.qk_norm, hd, cfg.scale, cfg.attn_softcap
+            whole = cfg.qk_norm_whole
+            self.q_norm = norm(cfg.num_heads * hd if whole else hd)
+            self.k_norm = norm(cfg.num_kv_heads * hd if whole else hd)
+        self.qk_norm, self.qk_norm_whole, self.clip = cfg.qk_norm, cfg.qk_norm_whole, cfg.clip_qkv
+        self.head_dim, self.scale, self.softcap = hd, cfg.scale, cfg.attn_softcap
 
     def forward(self, x, context):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, -1, self.head_dim)
-        k = self.k_proj(x).view(B, T, -1, self.head_dim)
-        v = self.v_proj(x).view(B, T, -1, self.head_dim)
-        if self.qk_norm:
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.clip is not None:
+            q, k, v = (t.clamp(-self.clip, self.clip) for t in (q, k, v))
+        if self.qk_norm and self.qk_norm_whole:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.view(B, T, -1, self.head_dim) for t in (q, k, v))
+        if self.qk_norm and not self.qk_norm_whole:
             q, k = self.q_norm(q), self.k_norm(k)
         return self.o_proj(multi_head_attention(q, k, v, context, self.scale, self.softcap))
 

@@ -90,6 +90,24 @@ CONFIGS = {
     "mpt_six_heads": ("MptConfig", dict(
         d_model=48, n_heads=6, n_layers=2, vocab_size=128, max_seq_len=64, tie_word_embeddings=False,
         layer_norm_epsilon=1e-3)),
+    "olmo_clip": ("OlmoConfig", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=24, vocab_size=128, clip_qkv=0.1, attention_bias=True,
+        tie_word_embeddings=False, pad_token_id=0, eos_token_id=1)),
+    "olmo_tied": ("OlmoConfig", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, vocab_size=128, tie_word_embeddings=True, pad_token_id=0, eos_token_id=1,
+        rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    "olmo2_gqa": ("Olmo2Config", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=24, vocab_size=128, attention_bias=True, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, max_position_embeddings=64,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+    "olmo2_tied": ("Olmo2Config", dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, vocab_size=128, tie_word_embeddings=True, pad_token_id=0, eos_token_id=1,
+        rope_scaling={"rope_type": "linear", "factor": 2.0})),
 }
 
 

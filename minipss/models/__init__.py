@@ -13,12 +13,14 @@ from pathlib import Path
 
 from ..config import ModelConfig
 from ..decoder import Decoder, Family
-from . import falcon, gemma, gpt2, gpt_neox, gptj, llama, mpt
+from . import falcon, gemma, gpt2, gpt_neox, gptj, llama, mpt, olmo, olmo2
 
 REGISTERED: tuple[Family, ...] = (
     llama.FAMILY,
     gemma.FAMILY,
     gptj.FAMILY,
+    olmo.FAMILY,
+    olmo2.FAMILY,
     gpt_neox.FAMILY,
     gpt2.FAMILY,
     falcon.FAMILY,
