@@ -57,6 +57,7 @@ def differences(saved, now: dict, ignore=()) -> list[str]:
     as a whole)."""
     if not isinstance(saved, dict):
         return ["the saved record is not one this version of minipss writes"]
+    now = json.loads(json.dumps(now))  # tuples read back as lists
     out = []
     for key in sorted(set(saved) | set(now)):
         if key in ignore:
