@@ -263,5 +263,5 @@ def check_config(cfg: ModelConfig, path) -> None:
     for name, ids in (("bos_token_id", [cfg.bos_token_id]), ("eos_token_id", cfg.eos_token_ids),
                       ("pad_token_id", [cfg.pad_token_id])):
         for i in ids:
-            if i is not None and (isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < cfg.vocab_size):
-                raise ValueError(f"{path}: {name} {i!r} is not a token id of a vocabulary of {cfg.vocab_size}")
+            if i is not None and (isinstance(i, bool) or not isinstance(i, int) or i < 0):
+                raise ValueError(f"{path}: {name} must be a token id (an integer >= 0), got {i!r}")

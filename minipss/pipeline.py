@@ -23,7 +23,7 @@ from . import engine
 from .fingerprint import differences, short
 from .method import TOKEN_RULES, collect_coefficients, locate, mask_for, random_ranking, ranking, unrelated_mean
 from .report import build_result, write_result
-from .scoring import MODES, mcq_answers
+from .scoring import MODES, letter_token_ids, mcq_answers
 from .shard import Shard
 
 PAPER_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -77,6 +77,8 @@ class Settings:
             raise ValueError(f"--ratios: {self.ratios} lists a ratio twice")
         if self.skip_layers < 0:
             raise ValueError(f"--skip-layers {self.skip_layers}: must be 0 or more")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ValueError(f"--seed {self.seed}: must be in [0, 2**32)")
         if self.concepts is not None and self.concepts < self.n_unrelated + 1:
             raise ValueError(f"--concepts {self.concepts}: must be at least {self.n_unrelated + 1} "
                              f"(each concept is compared with {self.n_unrelated} others); leave it out for all")
@@ -297,6 +299,8 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     if s.skip_layers >= L:
         raise ValueError(f"--skip-layers {s.skip_layers} leaves nothing to mask in a model of {L} layers")
     check_prompt_lengths(concepts, tok, model.config, model_dir, s.mode, bench)
+    if s.mode == "logits":
+        letter_token_ids(tok)  # refuses a tokenizer without single-token letters
     work = WorkDir(out, s.fingerprint(model_dir, bench), shard.rank)
 
     def expected_length(key: str) -> int | None:  # answers a saved cell must hold

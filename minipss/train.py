@@ -62,6 +62,8 @@ class TrainSettings:
                                ("r_pv", lambda x: 0 < x <= 1, "in (0, 1]")):
             if not ok(float(getattr(self, name))):
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: must be {what}")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ValueError(f"--seed {self.seed}: must be in [0, 2**32)")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas {self.betas!r}: two numbers in [0, 1)")
         if self.dtype not in ("float32", "bfloat16"):

@@ -100,6 +100,7 @@ def test_benchmarks_the_scorer_cannot_answer_are_refused_at_load(setup, tmp_path
     (["--ratios", "0.1,nan"], r"--ratios: nan is outside \[0, 1\]"),
     (["--ratios", "0.1,0.1"], r"lists a ratio twice"),
     (["--batch-size", "0"], r"--batch-size: must be 1 or more, got 0"),
+    (["--seed", "-1"], r"--seed -1: must be in \[0, 2\*\*32\)"),
     (["--device", "tpu"], r"--device 'tpu': choose cpu, cuda or cuda:N"),
 ])
 def test_out_of_range_options_exit_2_before_any_work(setup, tmp_path, capsys, argv, message):
@@ -268,7 +269,7 @@ def test_shard_index_pointing_outside_the_folder_is_refused(setup, tmp_path, nam
     ({"intermediate_size": 32.5}, r"intermediate_size must be a positive integer, got 32.5"),
     ({"vocab_size": "259"}, r'vocab_size must be a positive integer, got "259"'),
     ({"num_key_value_heads": 3}, r"num_attention_heads \(4\) is not a multiple of num_key_value_heads \(3\)"),
-    ({"eos_token_id": 400}, r"eos_token_id 400 is not a token id of a vocabulary of 259"),
+    ({"eos_token_id": [1, -7]}, r"eos_token_id must be a token id \(an integer >= 0\), got -7"),
     ({"rms_norm_eps": -1}, r"the norm epsilon must be a positive number, got -1"),
     ({"vocab_size": 10 ** 9, "hidden_size": 10 ** 6}, r"the config describes about \d+\.\dB parameters .* more than the"),
 ])
