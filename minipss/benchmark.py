@@ -10,11 +10,13 @@ A bad file is rejected as a whole, naming the file, line and field at fault (spe
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 TIERS = ("high", "medium", "low")
+LETTERS = ("A", "B", "C", "D")  # every scoring mode answers one of these four
 MIN_CONCEPTS = 6  # a concept needs 5 others for its unrelated set (§3.2)
 
 
@@ -37,6 +39,7 @@ class Concept:
     mcq: list[MCQ]
     open: list[dict] = field(default_factory=list)  # {"question", "answer"}
     popularity: float | None = None
+    line: int = 0  # where it is in the file, for messages
 
 
 def _require(raw, keys, where: str) -> None:
@@ -47,19 +50,39 @@ def _require(raw, keys, where: str) -> None:
             raise BenchmarkError(f"{where}: missing field {key!r}")
 
 
+def _text(value, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BenchmarkError(f"{where}: must be a non-empty string, got {json.dumps(value)[:60]}")
+    return value
+
+
 def _mcq(raw, where: str) -> MCQ:
     _require(raw, ("question", "options", "answer"), where)
     options = raw["options"]
-    if not isinstance(options, dict) or len(options) < 4:
-        raise BenchmarkError(f"{where}.options: needs at least 4 options, got "
-                             f"{len(options) if isinstance(options, dict) else type(options).__name__}")
-    if not all(isinstance(v, str) and v.strip() for v in options.values()):
-        raise BenchmarkError(f"{where}.options: every option must be a non-empty string")
-    if raw["answer"] not in options:
+    if not isinstance(options, dict):
+        raise BenchmarkError(f"{where}.options: must be an object {{\"A\": ..., \"B\": ..., \"C\": ..., "
+                             f"\"D\": ...}}, got {type(options).__name__}")
+    if len(options) < 4:
+        raise BenchmarkError(f"{where}.options: needs at least 4 options, got {len(options)}")
+    if tuple(options) != LETTERS:
+        raise BenchmarkError(f"{where}.options: keys must be exactly A, B, C, D in that order (every scoring "
+                             f"mode answers one of these four letters), got {', '.join(map(str, options))}")
+    for letter, text in options.items():
+        _text(text, f"{where}.options.{letter}")
+    if not isinstance(raw["answer"], str) or raw["answer"] not in options:
         raise BenchmarkError(f"{where}.answer: {raw['answer']!r} is not among the options {sorted(options)}")
-    if not isinstance(raw["question"], str) or not raw["question"].strip():
-        raise BenchmarkError(f"{where}.question: must be a non-empty string")
+    _text(raw["question"], f"{where}.question")
     return MCQ(raw["question"], dict(options), raw["answer"])
+
+
+def _lines(path: Path):
+    """(line number, text) of a UTF-8 file; a byte that is not UTF-8 is named with its line."""
+    for n, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        try:
+            yield n, raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            raise BenchmarkError(f"{path}:{n}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                                 f"{e.start + 1}); save the file as UTF-8") from None
 
 
 def load_benchmark(path) -> list[Concept]:
@@ -68,7 +91,7 @@ def load_benchmark(path) -> list[Concept]:
     if not path.is_file():
         raise BenchmarkError(f"{path}: benchmark file not found")
     concepts, seen = [], {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in _lines(path):
         if not line.strip():
             continue
         at = f"{path}:{n}"
@@ -77,12 +100,19 @@ def load_benchmark(path) -> list[Concept]:
         except json.JSONDecodeError as e:
             raise BenchmarkError(f"{at}: invalid JSON ({e.msg} at column {e.colno})") from None
         _require(raw, ("concept", "tier", "mcq"), at)
-        name = raw["concept"]
+        name = _text(raw["concept"], f"{at}: concept")
         if name in seen:
             raise BenchmarkError(f"{at}: concept: duplicate name {name!r} (first on line {seen[name]})")
         seen[name] = n
-        if raw["tier"] not in TIERS:
+        if not isinstance(raw["tier"], str) or raw["tier"] not in TIERS:
             raise BenchmarkError(f"{at}: tier: {raw['tier']!r} is not one of {', '.join(TIERS)}")
+        category = raw.get("category", "")
+        if not isinstance(category, str):
+            raise BenchmarkError(f"{at}: category: must be a string, got {json.dumps(category)[:60]}")
+        popularity = raw.get("popularity")
+        if popularity is not None and (isinstance(popularity, bool) or not isinstance(popularity, (int, float))
+                                       or not math.isfinite(popularity)):
+            raise BenchmarkError(f"{at}: popularity: must be a number or null, got {json.dumps(popularity)[:60]}")
         if not isinstance(raw["mcq"], list) or not raw["mcq"]:
             raise BenchmarkError(f"{at}: mcq: needs a non-empty list of questions")
         mcq = [_mcq(q, f"{at}: mcq[{i}]") for i, q in enumerate(raw["mcq"])]
@@ -90,9 +120,10 @@ def load_benchmark(path) -> list[Concept]:
         if not isinstance(opens, list):
             raise BenchmarkError(f"{at}: open: must be a list")
         for i, q in enumerate(opens):
-            if not isinstance(q, dict) or not q.get("question") or not q.get("answer"):
-                raise BenchmarkError(f"{at}: open[{i}]: needs non-empty 'question' and 'answer'")
-        concepts.append(Concept(name, raw["tier"], raw.get("category", ""), mcq, opens, raw.get("popularity")))
+            if not isinstance(q, dict) or not isinstance(q.get("question"), str) or not q["question"].strip() \
+                    or not isinstance(q.get("answer"), str) or not q["answer"].strip():
+                raise BenchmarkError(f"{at}: open[{i}]: needs non-empty string 'question' and 'answer'")
+        concepts.append(Concept(name, raw["tier"], category, mcq, opens, popularity, n))
     if len(concepts) < MIN_CONCEPTS:
         raise BenchmarkError(f"{path}: {len(concepts)} concepts; PSS needs at least {MIN_CONCEPTS} "
                              "(each concept is compared with 5 others)")

@@ -9,9 +9,26 @@ from pathlib import Path
 
 def _floats(text: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
+    return values
+
+
+def at_least(low: int):
+    """An argparse type: an integer >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
 
 
 def _pss_args(p: argparse.ArgumentParser, ratios: str) -> None:
@@ -20,12 +37,12 @@ def _pss_args(p: argparse.ArgumentParser, ratios: str) -> None:
     p.add_argument("--out", required=True, help="result JSON (a CSV and a .work folder go beside it)")
     p.add_argument("--mode", default="generate", choices=["generate", "logits", "cloze"])
     p.add_argument("--ratios", type=_floats, default=_floats(ratios), help=f"mask ratios (default {ratios})")
-    p.add_argument("--skip-layers", type=int, default=5, help="layers never masked (default 5)")
+    p.add_argument("--skip-layers", type=at_least(0), default=5, help="layers never masked (default 5)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--concepts", type=int, default=None, help="keep the first N concepts")
+    p.add_argument("--concepts", type=at_least(6), default=None, help="keep the first N concepts (at least 6)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--token-rule", default="content", choices=["content", "all", "last"],
                    help="tokens the coefficient mean covers (default: all but special tokens)")
     p.add_argument("--cloze-mean", action="store_true", help="cloze: mean log-prob per token, not the sum")
@@ -40,9 +57,6 @@ def _pss_args(p: argparse.ArgumentParser, ratios: str) -> None:
 def _settings(a, control: bool):
     from .pipeline import Settings
 
-    for r in a.ratios:
-        if not 0 <= r <= 1:
-            raise SystemExit(f"minipss: error: ratio {r} is outside [0, 1]")
     return Settings(mode=a.mode, ratios=a.ratios, skip_layers=a.skip_layers, seed=a.seed, concepts=a.concepts,
                     control=control, ablation=a.ablation, token_rule=a.token_rule, cloze_mean=a.cloze_mean,
                     early_stop=not a.no_early_stop, engine=not a.no_engine, batch_size=a.batch_size, device=a.device, dtype=a.dtype)
@@ -99,7 +113,7 @@ def main(argv=None) -> None:
 
     p = sub.add_parser("quickstart", help="the default job: real Gemma 3 270M, bundled benchmark, CPU, minutes")
     p.add_argument("--out", default="runs/quickstart/result.json")
-    p.add_argument("--concepts", type=int, default=12)
+    p.add_argument("--concepts", type=at_least(6), default=12)
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("compare", help="compare result files: table, correlations, figures")
@@ -125,7 +139,7 @@ def main(argv=None) -> None:
     a = parser.parse_args(argv)
     try:
         a.func(a)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # bad input: a message naming it, exit code 2
         print(f"minipss: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

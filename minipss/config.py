@@ -8,6 +8,7 @@ here parse what several families share. Shared code reads fields, never a family
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 
@@ -111,3 +112,53 @@ def common_fields(cfg: dict, max_positions_key: str = "max_position_embeddings")
     """The `ModelConfig` fields every family reads the same way: special tokens, context length, raw."""
     return {"bos_token_id": cfg.get("bos_token_id"), "eos_token_ids": token_ids(cfg.get("eos_token_id")),
             "pad_token_id": cfg.get("pad_token_id"), "max_positions": cfg.get(max_positions_key), "raw": cfg}
+
+
+# ---------------------------------------------------------------- sanity checks, before anything is built
+
+SIZE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "max_position_embeddings", "n_embd", "n_head", "n_layer",
+             "n_inner", "n_positions", "rotary_dim", "sliding_window", "query_pre_attn_scalar")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_raw_sizes(raw, path) -> None:
+    """Every size a config.json gives (top level or text_config) is a positive integer; `null` means
+    absent. Raises ValueError naming the file and key."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: must be a JSON object")
+    blocks = [("", raw)] + ([("text_config.", raw["text_config"])] if isinstance(raw.get("text_config"), dict)
+                            else [])
+    for prefix, block in blocks:
+        for key in SIZE_KEYS:
+            value = block.get(key)
+            if value is not None and not _is_count(value):
+                raise ValueError(f"{path}: {prefix}{key} must be a positive integer, got {json.dumps(value)}")
+
+
+def check_config(cfg: ModelConfig, path) -> None:
+    """Refuse a config no model can be built from (sizes, heads, token ids), naming the file and key."""
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                 "head_dim"):
+        if not _is_count(getattr(cfg, name)):
+            raise ValueError(f"{path}: {name} must be a positive integer, got {getattr(cfg, name)!r}")
+    if cfg.num_heads % cfg.num_kv_heads:
+        raise ValueError(f"{path}: num_attention_heads ({cfg.num_heads}) is not a multiple of "
+                         f"num_key_value_heads ({cfg.num_kv_heads})")
+    if not isinstance(cfg.norm_eps, (int, float)) or isinstance(cfg.norm_eps, bool) or not cfg.norm_eps > 0 \
+            or cfg.norm_eps == float("inf"):
+        raise ValueError(f"{path}: the norm epsilon must be a positive number, got {cfg.norm_eps!r}")
+    if cfg.rotary_dim is not None and (not _is_count(cfg.rotary_dim) or cfg.rotary_dim > cfg.head_dim
+                                       or cfg.rotary_dim % 2):
+        raise ValueError(f"{path}: rotary_dim must be an even positive integer up to the head size "
+                         f"{cfg.head_dim}, got {cfg.rotary_dim!r}")
+    if cfg.sliding_window is not None and not _is_count(cfg.sliding_window):
+        raise ValueError(f"{path}: sliding_window must be a positive integer, got {cfg.sliding_window!r}")
+    for name, ids in (("bos_token_id", [cfg.bos_token_id]), ("eos_token_id", cfg.eos_token_ids),
+                      ("pad_token_id", [cfg.pad_token_id])):
+        for i in ids:
+            if i is not None and (isinstance(i, bool) or not isinstance(i, int) or i < 0):
+                raise ValueError(f"{path}: {name} must be a token id (an integer >= 0), got {i!r}")

@@ -6,7 +6,6 @@ interrupted run resumes where it stopped and gives the result an uninterrupted r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -16,13 +15,15 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .benchmark import Concept, load_benchmark, unrelated_sets
 from . import engine
-from .method import collect_coefficients, locate, mask_for, random_ranking, ranking, unrelated_mean
+from .fingerprint import differences, short
+from .method import TOKEN_RULES, collect_coefficients, locate, mask_for, random_ranking, ranking, unrelated_mean
 from .report import build_result, write_result
-from .scoring import mcq_answers
+from .scoring import MODES, letter_token_ids, mcq_answers
 from .shard import Shard
 
 PAPER_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -51,12 +52,135 @@ class Settings:
     def __post_init__(self):
         self.ratios = [float(r) for r in self.ratios]  # result keys are str(float): "0.1", "0.0"
 
-    def fingerprint(self, model: str, bench: Path) -> str:
-        """What a resumed run must share with the saved work (ratios and control may grow)."""
+    def fingerprint(self, model, bench: Path) -> dict:
+        """What a resumed run must share with the saved work: the contents of the model folder and of the
+        benchmark, and every setting that changes an answer (ratios and control may grow; batch size,
+        device, engine and early stop give the same answers)."""
+        from .fingerprint import file_digest, model_digest
+
         keep = {k: v for k, v in asdict(self).items()
                 if k not in ("ratios", "control", "batch_size", "device", "engine", "early_stop")}
-        keep.update(model=str(Path(model).resolve()), bench=hashlib.sha256(bench.read_bytes()).hexdigest())
-        return json.dumps(keep, sort_keys=True)
+        keep.update({f"model {k}": v for k, v in model_digest(model).items()})
+        keep["bench"] = file_digest(bench)
+        return keep
+
+    def check(self) -> None:
+        """Refuse out-of-range values, naming the option, before any work."""
+        if self.mode not in MODES:
+            raise ValueError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        if not self.ratios:
+            raise ValueError("--ratios: give at least one ratio (comma-separated numbers in [0, 1])")
+        for r in self.ratios:
+            if not 0 <= r <= 1:  # also refuses nan
+                raise ValueError(f"--ratios: {r} is outside [0, 1]")
+        if len(set(self.ratios)) != len(self.ratios):
+            raise ValueError(f"--ratios: {self.ratios} lists a ratio twice")
+        if self.skip_layers < 0:
+            raise ValueError(f"--skip-layers {self.skip_layers}: must be 0 or more")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ValueError(f"--seed {self.seed}: must be in [0, 2**32)")
+        if self.concepts is not None and self.concepts < self.n_unrelated + 1:
+            raise ValueError(f"--concepts {self.concepts}: must be at least {self.n_unrelated + 1} "
+                             f"(each concept is compared with {self.n_unrelated} others); leave it out for all")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size {self.batch_size}: must be 1 or more")
+        if self.ablation not in ("zero", "mean"):
+            raise ValueError(f"--ablation {self.ablation!r}: choose zero or mean")
+        if self.token_rule not in TOKEN_RULES:
+            raise ValueError(f"--token-rule {self.token_rule!r}: choose one of {', '.join(TOKEN_RULES)}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"--dtype {self.dtype!r}: choose float32, bfloat16 or float16")
+        check_device(self.device)
+
+
+def check_device(device: str) -> None:
+    """`cpu`, `cuda` or `cuda:N` that this machine has; raises ValueError naming --device otherwise."""
+    if device == "cpu":
+        return
+    kind, _, number = device.partition(":")
+    if kind != "cuda" or (number and not number.isdigit()):
+        raise ValueError(f"--device {device!r}: choose cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (torch "
+                         f"{torch.__version__}); use --device cpu")
+    if number and int(number) >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def output_paths(out: Path) -> tuple[Path, Path, Path]:
+    """The result JSON, the CSV beside it and the work folder."""
+    return out, out.with_suffix(".csv"), out.parent / (out.name + ".work")
+
+
+def check_outputs(out: Path, inputs: list[Path], name: str = "--out") -> None:
+    """Before any work: every path the run will write is writable, is not a folder where a file goes,
+    and is none of the inputs; the JSON and the CSV are different files."""
+    json_path, csv_path, work = output_paths(out)
+    if csv_path == json_path:
+        raise ValueError(f"{name} {out}: the result is JSON and its CSV is written beside it as "
+                         f"<name>.csv; give a path that does not end in .csv (e.g. {out.with_suffix('.json')})")
+    taken = {p.resolve(): p for p in inputs if p.exists()}
+    for p in (json_path, csv_path, json_path.with_name(json_path.name + ".tmp"),
+              csv_path.with_name(csv_path.name + ".tmp")):
+        if p.resolve() in taken:
+            raise ValueError(f"{name} {out}: would write {p}, which is an input ({taken[p.resolve()]}); "
+                             "choose another path")
+        if p.is_dir():
+            raise ValueError(f"{name} {out}: {p} is an existing folder; give a file path")
+    if work.exists() and not work.is_dir():
+        raise ValueError(f"{name} {out}: {work} (where work is saved) exists and is not a folder")
+    if work.resolve() in taken or any(work.resolve() in q.parents for q in taken):
+        raise ValueError(f"{name} {out}: the work folder {work} holds an input; choose another path")
+    parent = json_path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{name} {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {out}: {parent} is not writable")
+
+
+def model_inputs(model_dir) -> list[Path]:
+    """Every file of a model folder (the run reads some of them; none may be written over)."""
+    folder = Path(model_dir)
+    return [f for f in folder.iterdir() if f.is_file()] if folder.is_dir() else []
+
+
+def context_length(config) -> int | None:
+    """The longest sequence the model was built for, when its config says."""
+    raw = config.raw
+    for key in ("max_position_embeddings", "n_positions"):
+        value = raw.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_prompt_lengths(concepts: list[Concept], tok, config, model_dir, mode: str | None,
+                         bench: Path) -> None:
+    """Refuse, before any work, a question whose prompt (plus what is generated after it) would run past
+    the model's `max_position_embeddings`. `mode` None checks only the coefficient prompts."""
+    from .prompts import coefficient_prompt, mcq_prompt
+    from .scoring import GENERATE_TOKENS, cloze_tokens
+
+    limit = context_length(config)
+    if limit is None:
+        return
+    for c in concepts:
+        for k, q in enumerate(c.mcq):
+            lengths = {"coefficient": len(tok.encode(coefficient_prompt(q)))}
+            if mode == "generate":
+                lengths["generate"] = len(tok.encode(mcq_prompt(q))) + GENERATE_TOKENS
+            elif mode == "logits":
+                lengths["logits"] = len(tok.encode(mcq_prompt(q)))
+            elif mode == "cloze":
+                ctx, options = cloze_tokens(tok, q)
+                lengths["cloze"] = len(ctx) + max(len(o) for o in options)
+            for what, n in lengths.items():
+                if n > limit:
+                    raise ValueError(
+                        f"{bench}:{c.line}: concept {c.name!r} mcq[{k}]: its {what} prompt needs {n} positions; "
+                        f"the model reads at most {limit} (max_position_embeddings in {Path(model_dir) / 'config.json'})")
 
 
 class Progress:
@@ -76,40 +200,77 @@ class Progress:
 
 
 class WorkDir:
-    """`<out>.work/`: settings, coefficients (safetensors) and finished cells (JSON lines)."""
+    """`<out>.work/`: settings, coefficients (safetensors) and finished cells (JSON lines).
 
-    def __init__(self, out: Path, fingerprint: str, rank: int = 0):
+    `settings.json` records what the work was computed from (see `Settings.fingerprint`) and a run with
+    anything different is refused. Each cell line and each coefficient file also carries the short id of
+    that record, so work from another record (say, after `settings.json` was deleted) is recomputed,
+    never reused; so are damaged pieces (a truncated file, a malformed line, a cell of the wrong length)."""
+
+    def __init__(self, out: Path, fingerprint: dict, rank: int = 0):
         self.path = out.parent / (out.name + ".work")
         self.path.mkdir(parents=True, exist_ok=True)
+        self.run = short(fingerprint)
         stamp = self.path / "settings.json"
-        if stamp.exists() and stamp.read_text() != fingerprint:
-            raise ValueError(f"{self.path} holds work made with other settings; remove it or choose another --out")
+        if stamp.exists():
+            try:
+                saved = json.loads(stamp.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                saved = None
+            diff = differences(saved, fingerprint)
+            if diff:
+                raise ValueError(f"{self.path} holds work made with other settings or inputs ("
+                                 + "; ".join(diff) + f"); to start over, remove the folder {self.path}, "
+                                 "or choose another --out")
         if rank == 0:
-            stamp.write_text(fingerprint)
+            tmp = stamp.with_name("settings.json.tmp")
+            tmp.write_text(json.dumps(fingerprint, sort_keys=True, indent=1))
+            os.replace(tmp, stamp)
         self.rank = rank
         self.cells_file = self.path / ("cells.jsonl" if rank == 0 else f"cells.rank{rank}.jsonl")
         self.cells = {}
         for file in sorted(self.path.glob("cells*.jsonl")):  # every shard's, so any split resumes
-            for line in file.read_text().splitlines():
+            for line in file.read_bytes().decode("utf-8", errors="replace").splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:  # a line cut off by an interruption
                     continue
-                self.cells[row["key"]] = row["correct"]
+                if (isinstance(row, dict) and row.get("run") == self.run and isinstance(row.get("key"), str)
+                        and isinstance(row.get("correct"), list)
+                        and all(isinstance(x, bool) for x in row["correct"])):
+                    self.cells[row["key"]] = row["correct"]
+        # a line cut off by a kill has no newline: end it, so the next cell starts a line of its own
+        if self.cells_file.is_file() and self.cells_file.stat().st_size:
+            with open(self.cells_file, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    with open(self.cells_file, "ab") as g:
+                        g.write(b"\n")
 
-    def coefficients(self, compute, name: str = "coefficients") -> torch.Tensor:
+    def keep_cells(self, expected_length) -> None:
+        """Drop cells whose list of answers does not have the length this run expects (recomputed)."""
+        self.cells = {k: v for k, v in self.cells.items() if expected_length(k) == len(v)}
+
+    def coefficients(self, compute, name: str = "coefficients", shape=None) -> torch.Tensor:
         file = self.path / f"{name}.safetensors"
         if file.exists():
-            return load_file(str(file))["coefficients"]
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    same = (f.metadata() or {}).get("run") == self.run
+                    value = f.get_tensor("coefficients") if same else None
+            except Exception:  # truncated or damaged: computed again
+                value = None
+            if value is not None and (shape is None or tuple(value.shape) == tuple(shape)):
+                return value
         value = compute()
         if self.rank == 0:
-            save_file({"coefficients": value.contiguous()}, str(file) + ".tmp")
+            save_file({"coefficients": value.contiguous()}, str(file) + ".tmp", metadata={"run": self.run})
             os.replace(str(file) + ".tmp", file)
         return value
 
     def save_cell(self, key: str, correct: list[bool]) -> None:
         with open(self.cells_file, "a") as f:
-            f.write(json.dumps({"key": key, "correct": correct}) + "\n")
+            f.write(json.dumps({"key": key, "correct": correct, "run": self.run}) + "\n")
         self.cells[key] = correct
 
 
@@ -125,11 +286,11 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     s = settings or Settings()
     t0 = time.time()
     bench, out = Path(bench), Path(out)
+    s.check()  # every bad input is refused before any work
+    check_outputs(out, [bench] + model_inputs(model_dir))
     concepts = load_benchmark(bench)
     if s.concepts:
         concepts = concepts[: s.concepts]
-        if len(concepts) < s.n_unrelated + 1:
-            raise ValueError(f"--concepts {s.concepts}: need at least {s.n_unrelated + 1} concepts")
     others = unrelated_sets(concepts, s.n_unrelated, s.seed)
     shard = Shard(s.device)
     model = load_model(model_dir, dtype=getattr(torch, s.dtype), device=shard.device)
@@ -137,7 +298,20 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     L = model.config.num_layers
     if s.skip_layers >= L:
         raise ValueError(f"--skip-layers {s.skip_layers} leaves nothing to mask in a model of {L} layers")
+    check_prompt_lengths(concepts, tok, model.config, model_dir, s.mode, bench)
+    if s.mode == "logits":
+        letter_token_ids(tok)  # refuses a tokenizer without single-token letters
     work = WorkDir(out, s.fingerprint(model_dir, bench), shard.rank)
+
+    def expected_length(key: str) -> int | None:  # answers a saved cell must hold
+        kind, _, rest = key.partition("|")
+        i = rest.split("|")[0]
+        if not i.isdigit() or int(i) >= len(concepts):
+            return None
+        i = int(i)
+        return len(concepts[i].mcq) if kind == "baseline" else len(questions_of(concepts, i, others[i]))
+
+    work.keep_cells(expected_length)
     score = lambda qs, mask=None: [a == q.answer for a, q in zip(
         mcq_answers(model, tok, qs, s.mode, mask, s.batch_size, s.early_stop, s.cloze_mean), qs)]
     mine = [i for i in range(len(concepts)) if shard.mine(i)]
@@ -149,10 +323,9 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
             parts.update(other)
         return torch.stack([parts[i] for i in range(len(concepts))])
 
-    if s.ablation not in ("zero", "mean"):
-        raise ValueError(f"unknown ablation {s.ablation!r}; choose zero or mean")
-    coeffs = work.coefficients(my_coefficients)
-    signed = work.coefficients(lambda: my_coefficients(False), "signed_means") if s.ablation == "mean" else None
+    shape = (len(concepts), L, model.config.intermediate_size)
+    coeffs = work.coefficients(my_coefficients, shape=shape)
+    signed = work.coefficients(lambda: my_coefficients(False), "signed_means", shape) if s.ablation == "mean" else None
     timing = {"coefficients": time.time() - t0}
 
     t1 = time.time()
@@ -191,6 +364,12 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
         cells.update(part)
     result = build_result(str(model_dir), str(bench), {**asdict(s), "processes": shard.world}, concepts,
                           others, cells, timing)
+    bad = [concepts[i].name for i in range(len(concepts)) if not torch.isfinite(coeffs[i]).all()]
+    if bad:  # finite weights can still overflow (fp16, huge activations): the scores are then unreliable
+        result["nonfinite_activations"] = bad
+        result["warning"] = (result.get("warning", "") + " " if "warning" in result else "") + (
+            f"activations became NaN or infinite on the questions of {len(bad)} concept(s) "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the result is not reliable")
     if shard.main:
         write_result(result, out)
     return result

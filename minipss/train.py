@@ -8,6 +8,7 @@ model is frozen. Checkpoints are Hugging Face layout folders; a run resumes from
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .load import checkpoint_state
@@ -43,6 +45,32 @@ class TrainSettings:
     save_every: int = 0  # 0: only at the end
     device: str = "cpu"
     dtype: str = "float32"
+
+    def check(self) -> None:
+        """Refuse out-of-range values, naming the option, before any work."""
+        from .pipeline import check_device
+
+        if self.variant not in VARIANTS:
+            raise ValueError(f"--variant {self.variant!r}: choose one of {', '.join(VARIANTS)}")
+        for name, low in (("steps", 1), ("batch_size", 1), ("accum", 1), ("seq_len", 2), ("warmup", 0),
+                          ("save_every", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"--{name.replace('_', '-')} {value!r}: must be an integer >= {low}")
+        for name, ok, what in (("lr", lambda x: 0 < x < math.inf, "a positive number"),
+                               ("weight_decay", lambda x: 0 <= x < math.inf, "0 or more"),
+                               ("eps", lambda x: 0 < x < math.inf, "a positive number"),
+                               ("clip", lambda x: 0 <= x < math.inf, "0 (off) or more"),
+                               ("r_pv", lambda x: 0 < x <= 1, "in (0, 1]")):
+            if not ok(float(getattr(self, name))):
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: must be {what}")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ValueError(f"--seed {self.seed}: must be in [0, 2**32)")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas {self.betas!r}: two numbers in [0, 1)")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"--dtype {self.dtype!r}: choose float32 or bfloat16")
+        check_device(self.device)
 
 
 # ---------------------------------------------------------------- which value vectors train
@@ -138,7 +166,12 @@ def read_documents(path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: training data not found")
-    raw = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        raw = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
     if path.suffix == ".jsonl":
         docs = []
         for n, line in enumerate(raw.splitlines(), 1):
@@ -191,9 +224,10 @@ def lm_loss(model, seqs: list[list[int]], device) -> torch.Tensor:
 
 
 def save_checkpoint(model, source: Path, out: Path, sets: dict, variant: str, opt: ColumnAdamW | None = None,
-                    step: int | None = None) -> None:
+                    step: int | None = None, run: str | None = None) -> None:
     """An HF layout folder (config.json, model.safetensors, tokenizer.json) + value_vectors.json, and
-    the optimizer state for resuming. Written to a temporary folder, then moved into place."""
+    the optimizer state for resuming. Written to a temporary folder, then moved into place: the resume
+    state goes first and comes back last, so it never describes other weights than those beside it."""
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -205,19 +239,115 @@ def save_checkpoint(model, source: Path, out: Path, sets: dict, variant: str, op
         {"variant": variant, "layers": {str(l): cols for l, cols in sets.items()}}))
     if opt is not None:
         save_file(opt.state(), str(tmp / "optimizer.safetensors"))
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "t": opt.t}))
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "t": opt.t, "run": run}))
     out.mkdir(parents=True, exist_ok=True)
-    for f in tmp.iterdir():
-        os.replace(f, out / f.name)
+    (out / "trainer_state.json").unlink(missing_ok=True)
+    last = [f for f in ("optimizer.safetensors", "trainer_state.json") if (tmp / f).exists()]
+    for f in sorted(tmp.iterdir(), key=lambda f: f.name in last):
+        if f.name not in last:
+            os.replace(f, out / f.name)
+    for name in last:
+        os.replace(tmp / name, out / name)
     tmp.rmdir()
 
 
-def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[int]], quiet=False):
-    """Train and write `out`; resumes when `out` holds a checkpoint of an unfinished run."""
-    from . import load_model, load_tokenizer
+RUN_FILE = "run.json"  # in --out: what the run is computed from (written before any checkpoint)
 
-    s, source, out = settings, Path(model_dir), Path(out)
-    resume = (out / "trainer_state.json").is_file()
+
+def run_fingerprint(model_dir, data, s: TrainSettings, sets: dict | None, origin: dict | None = None) -> dict:
+    """What a training run depends on: the source model's and the data's contents, every setting, the
+    trained columns (and, from the command line, how they were chosen)."""
+    from .fingerprint import file_digest, model_digest
+
+    keep = {k: v for k, v in asdict(s).items() if k not in ("save_every", "device")}
+    keep.update({f"model {k}": v for k, v in model_digest(model_dir).items()})
+    keep["data"] = file_digest(data)
+    if sets is not None:
+        cols = json.dumps({str(l): sorted(c) for l, c in sorted(sets.items())}, sort_keys=True)
+        keep["value_vectors"] = hashlib.sha256(cols.encode()).hexdigest()
+    keep.update(origin or {})
+    return keep
+
+
+def check_out(source: Path, data: Path, out: Path, fingerprint: dict, ignore=()) -> str:
+    """Before any work: what `out` holds. "new" (nothing of ours: start), "resume" (an unfinished run of
+    the same fingerprint), "done" (a finished one). Anything else is refused, and no input is ever
+    written over."""
+    from .fingerprint import differences
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file; give a folder (new or of an earlier run)")
+    outputs = {(out / n).resolve() for n in ("config.json", "model.safetensors", "tokenizer.json",
+                                              "tokenizer_config.json", "value_vectors.json", RUN_FILE,
+                                              "optimizer.safetensors", "trainer_state.json", "train_settings.json")}
+    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
+        raise ValueError(f"--out {out}: is (inside) the source model folder {source}; choose another folder")
+    if data.resolve() in outputs or data.resolve() == out.resolve():
+        raise ValueError(f"--out {out}: would write over the training data {data}; choose another folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return "new"
+    stamp = out / RUN_FILE
+    if not stamp.is_file():
+        raise ValueError(f"--out {out}: the folder is not empty and holds no minipss training run; "
+                         "choose a new or empty folder")
+    try:
+        saved = json.loads(stamp.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        saved = None
+    diff = differences(saved, fingerprint, ignore)
+    if diff:
+        raise ValueError(f"--out {out} holds a training run with other settings or inputs (" + "; ".join(diff)
+                         + f"); to start over, remove the folder {out}, or choose another --out")
+    if (out / "train_settings.json").is_file():
+        return "done"
+    if (out / "trainer_state.json").is_file() and (out / "optimizer.safetensors").is_file():
+        return "resume"
+    return "new"  # stopped before its first checkpoint was complete: start again
+
+
+def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[int]], quiet=False,
+          origin: dict | None = None):
+    """Train and write `out`; resumes when `out` holds a checkpoint of an unfinished run with the same
+    source, data, settings and columns (refused when any differs); returns at once when it holds the
+    finished run."""
+    from . import load_model, load_tokenizer
+    from .models import read_config
+    from .fingerprint import short
+    from .pipeline import context_length
+
+    s, source, out, data = settings, Path(model_dir), Path(out), Path(data)
+    s.check()
+    if not data.is_file():
+        raise FileNotFoundError(f"{data}: training data not found")
+    config = read_config(source)
+    bad = [l for l, cols in sets.items() if not (isinstance(l, int) and 0 <= l < config.num_layers) or
+           any(not isinstance(j, int) or not 0 <= j < config.intermediate_size for j in cols)]
+    if bad:
+        raise ValueError(f"value vector sets: layer {bad[0]!r} names a layer or column the model does not have")
+    limit = context_length(config)
+    if limit is not None and s.seq_len > limit:
+        raise ValueError(f"--seq-len {s.seq_len}: the model reads at most {limit} positions "
+                         f"(max_position_embeddings in {source / 'config.json'})")
+    fingerprint = run_fingerprint(source, data, s, sets, origin)
+    state = check_out(source, data, out, fingerprint)
+    if state == "done":
+        if not quiet:
+            print(f"{out} already holds this finished run", file=sys.stderr)
+        return load_model(out, dtype=torch.float32, device=s.device)
+    run = short(fingerprint)
+    if state == "resume":
+        try:
+            st = json.loads((out / "trainer_state.json").read_text())
+            with safe_open(str(out / "optimizer.safetensors"), framework="pt") as f:
+                f.keys()
+        except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError):
+            st = {}
+        if st.get("run") != run or not isinstance(st.get("step"), int) or not isinstance(st.get("t"), int):
+            raise ValueError(f"{out}: its resume state (trainer_state.json, optimizer.safetensors) is damaged "
+                             f"or from another run; to start over, remove the folder {out}")
+    resume = state == "resume"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_FILE).write_text(json.dumps(fingerprint, sort_keys=True, indent=1))
     model = load_model(out if resume else source, dtype=torch.float32, device=s.device)
     tok = load_tokenizer(source)
     c = model.config
@@ -228,7 +358,6 @@ def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[in
     opt = ColumnAdamW(params, masks, s.lr, s.betas, s.eps, s.weight_decay)
     start = 0
     if resume:
-        st = json.loads((out / "trainer_state.json").read_text())
         opt.load(load_file(str(out / "optimizer.safetensors"), device=str(s.device)), st["t"])
         start = st["step"]
     docs = windows(tok, read_documents(data), s.seq_len)
@@ -259,12 +388,15 @@ def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[in
             print(f"[train {step + 1}/{s.steps}] loss {total:.4f} lr {lr:.2e} ~{left:.0f}s left",
                   file=sys.stderr, flush=True)
         if s.save_every and (step + 1) % s.save_every == 0 and step + 1 < s.steps:
-            save_checkpoint(model, source, out, sets, s.variant, opt, step + 1)
+            save_checkpoint(model, source, out, sets, s.variant, opt, step + 1, run)
     model.eval()
+    if not all(torch.isfinite(p).all() for p in params):
+        raise ValueError("training made value vectors NaN or infinite (try a lower --lr); nothing was saved")
     save_checkpoint(model, source, out, sets, s.variant)
+    (out / "train_settings.json.tmp").write_text(json.dumps({**asdict(s), "run": run}))
+    os.replace(out / "train_settings.json.tmp", out / "train_settings.json")  # last: the run is finished
     for f in ("trainer_state.json", "optimizer.safetensors"):
         (out / f).unlink(missing_ok=True)
-    (out / "train_settings.json").write_text(json.dumps(asdict(s)))
     return model
 
 
@@ -298,42 +430,65 @@ def main(a) -> None:
     s = TrainSettings(variant=a.variant, steps=a.steps, lr=a.lr, seed=a.seed, device=a.device, dtype=a.dtype,
                       batch_size=a.batch_size, accum=a.accum, seq_len=a.seq_len, warmup=a.warmup,
                       weight_decay=a.weight_decay, r_pv=a.r_pv, save_every=a.save_every)
+    s.check()
+    from .models import read_config
+    from .fingerprint import file_digest
+    c = read_config(a.model)
+    if not 0 <= a.pv_first_layer < c.num_layers:
+        raise ValueError(f"--pv-first-layer {a.pv_first_layer}: the model has layers 0..{c.num_layers - 1}")
+    names = [n.strip() for n in (a.concepts or "").split(";") if n.strip()]
+    origin = {}
+    if a.variant != "fv":
+        if not a.bench or not names:
+            raise ValueError(f"--variant {a.variant} needs --bench and --concepts to locate the vectors")
+        if not Path(a.bench).is_file():
+            raise FileNotFoundError(f"{a.bench}: benchmark file not found")
+        origin = {"bench": file_digest(a.bench), "concepts": names, "pv_rank": a.pv_rank,
+                  "pv_first_layer": a.pv_first_layer}
+    if not Path(a.data).is_file():
+        raise FileNotFoundError(f"{a.data}: training data not found")
+    # refuse a mismatched --out before locating (the columns themselves are checked again in train)
+    check_out(Path(a.model), Path(a.data), Path(a.out), run_fingerprint(a.model, a.data, s, None, origin),
+              ignore=("value_vectors",))
+    read_documents(a.data)
     scores = None
     if a.variant != "fv":
-        if not a.bench or not a.concepts:
-            raise ValueError(f"--variant {a.variant} needs --bench and --concepts to locate the vectors")
+        from .benchmark import load_benchmark
+        from .pipeline import check_prompt_lengths
+
         model = load_model(a.model, device=a.device)
-        scores = located_scores(model, load_tokenizer(a.model), a.bench,
-                                [n.strip() for n in a.concepts.split(";") if n.strip()], a.seed, a.pv_rank)
+        tok = load_tokenizer(a.model)
+        check_prompt_lengths(load_benchmark(a.bench), tok, c, a.model, None, Path(a.bench))
+        scores = located_scores(model, tok, a.bench, names, a.seed, a.pv_rank)
         del model
-    from .models import read_config
-    c = read_config(a.model)
     sets = value_vector_sets(a.variant, c.num_layers, c.intermediate_size, scores, s.r_pv, s.seed,
                              a.pv_first_layer)
-    train(a.model, a.data, a.out, s, sets, quiet=a.quiet)
+    train(a.model, a.data, a.out, s, sets, quiet=a.quiet, origin=origin)
     print(a.out)
 
 
 def add_arguments(p) -> None:
+    from .cli import at_least
+
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="text file (documents split on blank lines) or JSONL {text}")
     p.add_argument("--out", required=True, help="output HF layout folder")
     p.add_argument("--variant", required=True, choices=VARIANTS)
     p.add_argument("--bench", default=None)
     p.add_argument("--concepts", default=None, help='concept names separated by ";"')
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=at_least(1), default=100)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--accum", type=int, default=1)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--batch-size", type=at_least(1), default=4)
+    p.add_argument("--accum", type=at_least(1), default=1)
+    p.add_argument("--seq-len", type=at_least(2), default=128)
+    p.add_argument("--warmup", type=at_least(0), default=10)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--r-pv", type=float, default=0.5 / 8, help="PV: share of each layer's vectors (6.25%%)")
     p.add_argument("--pv-rank", default="diff", choices=["diff", "abs"],
                    help="PV: rank by |m - m*| (Eq. 5, default) or by the concepts' |m| alone")
-    p.add_argument("--pv-first-layer", type=int, default=0, help="PV: leave layers below this out")
-    p.add_argument("--save-every", type=int, default=0)
+    p.add_argument("--pv-first-layer", type=at_least(0), default=0, help="PV: leave layers below this out")
+    p.add_argument("--save-every", type=at_least(0), default=0)
     p.add_argument("--quiet", action="store_true")

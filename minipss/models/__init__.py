@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import ModelConfig
+from ..config import ModelConfig, check_config, check_raw_sizes
 from ..decoder import Decoder, Family
 from . import falcon, gemma, gpt2, gpt_neox, gptj, llama, mpt, olmo, olmo2
 
@@ -44,6 +44,8 @@ def from_hf(cfg: dict) -> ModelConfig:
         return family.parse_config(cfg)
     except KeyError as e:
         raise ValueError(f"missing key {e.args[0]!r} for model_type {cfg.get('model_type')!r}") from None
+    except (TypeError, ZeroDivisionError) as e:  # a size of the wrong kind that the checks did not name
+        raise ValueError(f"not a valid {cfg.get('model_type')} config ({e})") from None
 
 
 def read_config(folder: str | Path) -> ModelConfig:
@@ -51,13 +53,16 @@ def read_config(folder: str | Path) -> ModelConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no config.json in the model folder")
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: invalid JSON ({e})") from None
+    check_raw_sizes(raw, path)
     try:
-        return from_hf(raw)
+        cfg = from_hf(raw)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+    check_config(cfg, path)
+    return cfg
 
 
 def build_model(cfg: ModelConfig) -> Decoder:
