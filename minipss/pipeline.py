@@ -147,13 +147,9 @@ def model_inputs(model_dir) -> list[Path]:
 
 
 def context_length(config) -> int | None:
-    """The longest sequence the model was built for, when its config says."""
-    raw = config.raw
-    for key in ("max_position_embeddings", "n_positions"):
-        value = raw.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
+    """The longest sequence the model was built for, when its config says (each family reads its key)."""
+    value = config.max_positions
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def check_prompt_lengths(concepts: list[Concept], tok, config, model_dir, mode: str | None,
