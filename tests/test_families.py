@@ -50,7 +50,7 @@ def test_pss_runs_in_every_mode(family_model, mode, tmp_path):
     assert len(r["concepts"]) == 7, name
     # every concept has 2 questions: accuracy before masking is the mean of the concepts' own
     assert r["acc_before"] == pytest.approx(sum(c["concept_before"] for c in r["concepts"]) / 7), name
-    if mode == "generate":  # a random model rarely writes a letter at all: nothing more to compare
+    if mode != "cloze":  # a random model answers one letter whatever it reads: nothing more to compare
         return
     # masking every value vector changes the answers of a random model somewhere
     cells = [(c["concept_before"], c["general_before"], c["by_ratio"]["1.0"]["concept_after"],
