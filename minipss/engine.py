@@ -2,8 +2,9 @@
 
 For a concept, every (ratio, control) mask scores the same questions (its own and the unrelated ones).
 Blocks below `skip` see no mask (§4.1), so they run once for all masks; the prompts' common prefix (the
-3-shot examples in `logits` mode, each question's context in `cloze` mode) runs once per mask; the rest
-runs as one batch whose rows carry their own masks. Answers equal scoring each mask alone (tested).
+3-shot examples in `logits` and `generate` mode, each question's context in `cloze` mode) runs once per mask; the rest
+runs as one batch whose rows carry their own masks. In `generate` mode the rows then decode together, each
+leaving the batch once its answer is decided. Answers equal scoring each mask alone (tested).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import torch
 from .benchmark import MCQ
 from .generate import left_pad, right_pad
 from .layers import KVCache
-from .prompts import mcq_prompt
-from .scoring import cloze_tokens, letter_token_ids, target_logprobs
+from .prompts import letter_decided, letter_in, mcq_prompt
+from .scoring import GENERATE_TOKENS, cloze_tokens, letter_token_ids, target_logprobs
 
 
 def common_prefix(seqs: list[list[int]]) -> int:
@@ -41,16 +42,16 @@ def _buckets(lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
     return list(order.split(size))
 
 
-@torch.inference_mode()
-def letter_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int,
-                   max_rows: int | None = None) -> list[list[str]]:
-    """`logits` mode for every mask in `masks` `[M, L, d_ff]`: answers `[M][Q]`. Only the four letter
-    rows of the output matrix are multiplied (their argmax is all the mode reads)."""
+def _prompt_batches(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int, max_rows: int,
+                    whole_cache: bool = False):
+    """The 3-shot prompts of `questions` under every mask in `masks`, sharing work: blocks below `skip` run
+    once for all masks (the common prefix once, then every question's suffix once), the prefix above
+    `skip` once per mask, and the suffixes as batches of (mask, question) rows with per-row masks, in
+    buckets of similar length. Yields per batch `(mask_index, question_index, x, cache, attention, real)`:
+    the final residual stream of the suffix rows `[R, w, d]` (right-padded), the KV cache of the rows
+    (layers >= skip; with `whole_cache` every layer), their attention mask `[R, n + w]` and the number of
+    real tokens in each row."""
     dev, L = model.device, model.config.num_layers
-    max_rows = max_rows or (32 if dev.type == "cpu" else 512)  # measured: small batches stay in CPU caches
-    letters = letter_token_ids(tok)
-    vocab = torch.tensor([t for L_ in "ABCD" for t in letters[L_]], device=dev)
-    owner = torch.tensor([i for i, L_ in enumerate("ABCD") for _ in letters[L_]], device=dev)
     prompts = [tok.encode(mcq_prompt(q)) for q in questions]
     n = common_prefix(prompts)
     Q = len(prompts)
@@ -65,7 +66,6 @@ def letter_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: 
     low_q = low.rows(torch.zeros(Q, dtype=torch.long, device=dev)) if n else KVCache(L)
     x_suf = model.run_blocks(model.embed(suf_ids, pos), 0, skip, attn, pos, cache=low_q)
     lengths = suf_mask.sum(1)
-    answers = [[None] * Q for _ in range(masks.shape[0])]
     done = 0
     for chunk in _chunks(masks, Q, max_rows, skip, model.config.intermediate_size):
         M = chunk.shape[0]
@@ -76,16 +76,110 @@ def letter_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: 
             B, w = len(bucket), int(lengths[bucket].max())
             rows = torch.arange(M, device=dev).repeat_interleave(B)
             qs = bucket.repeat(M)
+            cache = up.rows(rows) if n else KVCache(L)
             x = model.run_blocks(x_suf[qs, :w], skip, L, attn[qs, :n + w], pos[qs, :w], mlp_mask=chunk[rows],
-                                 cache=up.rows(rows) if n else KVCache(L))
-            h = x[torch.arange(M * B, device=dev), lengths[qs] - 1]
-            logits = model.head(h, vocab).float()
-            best = torch.full((M * B, 4), float("-inf"), device=dev).scatter_reduce(
-                1, owner.expand(M * B, -1), logits, reduce="amax").argmax(-1).tolist()
-            for r, (m, q) in enumerate(zip(rows.tolist(), qs.tolist())):
-                answers[done + m][q] = "ABCD"[best[r]]
+                                 cache=cache)
+            if whole_cache:  # the rows' own copy of the shared lower layers
+                for i in range(skip):
+                    cache.k[i], cache.v[i] = low_q.k[i][qs, :, :n + w], low_q.v[i][qs, :, :n + w]
+            yield done + rows, qs, x, cache, attn[qs, :n + w], n + lengths[qs]
         done += M
+
+
+@torch.inference_mode()
+def letter_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int,
+                   max_rows: int | None = None) -> list[list[str]]:
+    """`logits` mode for every mask in `masks` `[M, L, d_ff]`: answers `[M][Q]`. Only the four letter
+    rows of the output matrix are multiplied (their argmax is all the mode reads)."""
+    dev = model.device
+    max_rows = max_rows or (32 if dev.type == "cpu" else 512)  # measured: small batches stay in CPU caches
+    letters = letter_token_ids(tok)
+    vocab = torch.tensor([t for L_ in "ABCD" for t in letters[L_]], device=dev)
+    owner = torch.tensor([i for i, L_ in enumerate("ABCD") for _ in letters[L_]], device=dev)
+    answers = [[None] * len(questions) for _ in range(masks.shape[0])]
+    for ms, qs, x, _, attn, real in _prompt_batches(model, tok, questions, masks, skip, max_rows):
+        R = len(qs)
+        h = x[torch.arange(R, device=dev), real - 1 - (attn.shape[1] - x.shape[1])]
+        logits = model.head(h, vocab).float()
+        best = torch.full((R, 4), float("-inf"), device=dev).scatter_reduce(
+            1, owner.expand(R, -1), logits, reduce="amax").argmax(-1).tolist()
+        for r, (m, q) in enumerate(zip(ms.tolist(), qs.tolist())):
+            answers[m][q] = "ABCD"[best[r]]
     return answers
+
+
+def left_align(cache: KVCache, attention: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Moves each row's cached keys and values so that its `real` tokens end at the last slot and its
+    padding comes first, as in a left-padded batch; returns the matching attention mask. Keys carry their
+    positions already (RoPE is applied before caching), so only the slots move; from there on a key's
+    slot distance to later tokens is its real distance, as sliding windows and ALiBi need."""
+    R, W = attention.shape
+    slots = torch.arange(W, device=attention.device)
+    pad = (W - real)[:, None]
+    source = (slots[None] - pad) % W  # slot j takes old slot j - pad: padding (at the end) wraps to the front
+    for layer in range(len(cache.k)):
+        if cache.k[layer] is not None:
+            idx = source[:, None, :, None].expand_as(cache.k[layer])
+            cache.k[layer], cache.v[layer] = cache.k[layer].gather(2, idx), cache.v[layer].gather(2, idx)
+    return (slots[None] >= pad).long()
+
+
+@torch.inference_mode()
+def generate_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int,
+                     max_rows: int | None = None, max_new_tokens: int = GENERATE_TOKENS,
+                     early_stop: bool = True, return_tokens: bool = False):
+    """`generate` mode (the paper's) for every mask in `masks` `[M, L, d_ff]`: answers `[M][Q]`, the first
+    standalone letter in up to `max_new_tokens` greedy tokens (EOS ends a row). The prompts share work as
+    in `letter_answers`; then all (mask, question) rows of a batch decode together, each with its own
+    mask, and a row leaves the batch at EOS or, with `early_stop`, as soon as more tokens cannot change
+    its letter (`prompts.letter_decided`). With `return_tokens`, also the generated ids `[M][Q]`."""
+    dev, L = model.device, model.config.num_layers
+    max_rows = max_rows or (64 if dev.type == "cpu" else 512)
+    eos = torch.tensor(list(tok.eos_ids) or [-1], device=dev)
+    answers = [[None] * len(questions) for _ in range(masks.shape[0])]
+    tokens = [[None] * len(questions) for _ in range(masks.shape[0])]
+    for ms, qs, x, cache, attn, real in _prompt_batches(model, tok, questions, masks, skip, max_rows,
+                                                        whole_cache=True):
+        R = len(qs)
+        h = x[torch.arange(R, device=dev), real - 1 - (attn.shape[1] - x.shape[1])]
+        nxt = model.head(h).float().argmax(-1)
+        attn = left_align(cache, attn, real)
+        row_masks = masks[ms]
+        alive = torch.arange(R, device=dev)
+        pos = real[:, None]  # positions count real tokens from 0, as left_pad gives them
+        out = [[] for _ in range(R)]
+        for step in range(max_new_tokens):
+            finished = torch.isin(nxt, eos).tolist()
+            for j, (r, t) in enumerate(zip(alive.tolist(), nxt.tolist())):
+                if not finished[j]:
+                    out[r].append(t)
+                    finished[j] = early_stop and letter_decided(tok.decode(out[r]))
+            keep = ~torch.tensor(finished, device=dev)
+            if step == max_new_tokens - 1 or not keep.any():
+                break
+            if not keep.all():
+                alive, nxt, attn, pos = alive[keep], nxt[keep], attn[keep], pos[keep]
+                cache = cache.rows(keep.nonzero().squeeze(1))
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
+            x = model.run_blocks(model.embed(nxt[:, None], pos), 0, L, attn, pos, mlp_mask=row_masks[alive],
+                                 cache=cache)
+            nxt = model.head(x[:, -1]).float().argmax(-1)
+            pos = pos + 1
+        for r, (m, q) in enumerate(zip(ms.tolist(), qs.tolist())):
+            answers[m][q], tokens[m][q] = letter_in(tok.decode(out[r])), out[r]
+    return (answers, tokens) if return_tokens else answers
+
+
+def answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int, mode: str,
+            cloze_mean: bool = False, early_stop: bool = True) -> list[list[str | None]]:
+    """The answers `[M][Q]` of every mask in `masks` in scoring mode `mode` (spec §5)."""
+    if mode == "logits":
+        return letter_answers(model, tok, questions, masks, skip)
+    if mode == "cloze":
+        return cloze_answers(model, tok, questions, masks, skip, mean=cloze_mean)
+    if mode == "generate":
+        return generate_answers(model, tok, questions, masks, skip, early_stop=early_stop)
+    raise ValueError(f"unknown mode {mode!r}; choose one of generate, logits, cloze")
 
 
 @torch.inference_mode()

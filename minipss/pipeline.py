@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -43,7 +42,7 @@ class Settings:
     token_rule: str = "content"  # which tokens the coefficient mean covers (spec §3)
     cloze_mean: bool = False  # cloze: mean instead of sum of option-token log-probs
     early_stop: bool = True  # generate: stop a row once its letter is decided (same answers)
-    engine: bool = True  # logits/cloze: score all of a concept's masks together, sharing work (same answers)
+    engine: bool = True  # score all of a concept's masks (and the baseline) together, sharing work (same answers)
     batch_size: int = 32
     device: str = "cpu"
     dtype: str = "float32"
@@ -156,9 +155,17 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     timing = {"coefficients": time.time() - t0}
 
     t1 = time.time()
-    for i in mine:
-        if f"baseline|{i}" not in work.cells:
-            work.save_cell(f"baseline|{i}", score(concepts[i].mcq))
+    missing = [i for i in mine if f"baseline|{i}" not in work.cells]
+    if s.engine and missing:  # the baseline is one more mask (all ones): every missing concept at once
+        qs = [q for i in missing for q in concepts[i].mcq]
+        ones = torch.ones(1, L, model.config.intermediate_size, device=model.device, dtype=model.dtype)
+        base = engine.answers(model, tok, qs, ones, s.skip_layers, s.mode, s.cloze_mean, s.early_stop)[0]
+        for i in missing:
+            n = len(concepts[i].mcq)
+            work.save_cell(f"baseline|{i}", [a == q.answer for a, q in zip(base[:n], concepts[i].mcq)])
+            base = base[n:]
+    for i in missing if not s.engine else ():
+        work.save_cell(f"baseline|{i}", score(concepts[i].mcq))
     timing["baseline"] = time.time() - t1
 
     counts = [len(c.mcq) for c in concepts]
@@ -174,9 +181,8 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
         masks = torch.stack([mask_for(orders[k], r, s.skip_layers, fill) for k, r in cells])
         masks = masks.to(device=model.device, dtype=model.dtype)
         qs = questions_of(concepts, i, others[i])
-        if s.engine and s.mode in ("logits", "cloze"):  # all of this concept's masks at once
-            fn = engine.letter_answers if s.mode == "logits" else partial(engine.cloze_answers, mean=s.cloze_mean)
-            answers = fn(model, tok, qs, masks, s.skip_layers)
+        if s.engine:  # all of this concept's masks at once
+            answers = engine.answers(model, tok, qs, masks, s.skip_layers, s.mode, s.cloze_mean, s.early_stop)
             results = [[a == q.answer for a, q in zip(ans, qs)] for ans in answers]
         else:
             results = [score(qs, m) for m in masks]

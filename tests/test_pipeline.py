@@ -129,7 +129,7 @@ def test_too_few_concepts(setup, tmp_path, capsys):
     assert "at least 6" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("mode", ["cloze", "logits"])
+@pytest.mark.parametrize("mode", ["cloze", "logits", "generate"])
 def test_shared_work_engine_gives_the_plain_result(setup, tmp_path, mode):
     kw = dict(mode=mode, ratios=[0.1, 0.5], skip_layers=1, control=True)
     fast = run_pss(*setup, tmp_path / "a.json", Settings(engine=True, **kw), quiet=True)
