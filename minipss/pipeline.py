@@ -117,6 +117,21 @@ def questions_of(concepts: list[Concept], i: int, others: list[int]):
     return concepts[i].mcq + [q for j in others for q in concepts[j].mcq]
 
 
+def engine_groups(todo: list[int], others: list[list[int]], counts: list[int], max_questions: int):
+    """Consecutive concepts whose questions (their own and their unrelated concepts') number at most
+    `max_questions` together; a concept alone may exceed it."""
+    group, seen = [], set()
+    for i in todo:
+        more = seen | {i, *others[i]}
+        if group and sum(counts[j] for j in more) > max_questions:
+            yield group
+            group, more = [], {i, *others[i]}
+        group.append(i)
+        seen = more
+    if group:
+        yield group
+
+
 def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool = False) -> dict:
     """Run the whole method and write `out` (JSON) and `out` with .csv; returns the result dict."""
     from . import load_model, load_tokenizer
@@ -173,20 +188,35 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     todo = [(k, i, r) for i in mine for r in s.ratios for k in kinds if f"{k}|{i}|{r}" not in work.cells]
     progress = Progress(len(todo), "masked", quiet)
     t2 = time.time()
-    for i in sorted({i for _, i, _ in todo}):
+
+    def cells_of(i):
+        """Concept i's missing cells and their masks."""
         cells = [(k, r) for k, j, r in todo if j == i]
         scores = locate(coeffs[i], unrelated_mean(coeffs, counts, others[i]))
         orders = {"located": ranking(scores), "random": random_ranking(scores.shape, s.seed * 1_000_003 + i)}
         fill = None if signed is None else unrelated_mean(signed, counts, others[i])
         masks = torch.stack([mask_for(orders[k], r, s.skip_layers, fill) for k, r in cells])
-        masks = masks.to(device=model.device, dtype=model.dtype)
-        qs = questions_of(concepts, i, others[i])
-        if s.engine:  # all of this concept's masks at once
-            answers = engine.answers(model, tok, qs, masks, s.skip_layers, s.mode, s.cloze_mean, s.early_stop)
-            results = [[a == q.answer for a, q in zip(ans, qs)] for ans in answers]
+        return cells, masks.to(device=model.device, dtype=model.dtype)
+
+    # the engine takes several concepts at once (their questions overlap: t* of one is t of others), so
+    # the blocks below skip run once per question for the group, not once per concept
+    for group in engine_groups(sorted({i for _, i, _ in todo}), others, counts, 256 if s.engine else 1):
+        pool, which, cells, masks = {}, [], [], []
+        for i in group:
+            c, m = cells_of(i)
+            keys = [(j, k) for j in [i] + others[i] for k in range(counts[j])]  # questions_of's order
+            which += [[pool.setdefault(key, len(pool)) for key in keys]] * len(c)
+            cells += [(k, i, r) for k, r in c]
+            masks.append(m)
+        masks = torch.cat(masks)
+        qs = [concepts[j].mcq[k] for j, k in pool]
+        if s.engine:  # all of this group's masks at once
+            answers = engine.answers(model, tok, qs, masks, s.skip_layers, s.mode, s.cloze_mean, s.early_stop,
+                                     which)
+            results = [[a == qs[q].answer for a, q in zip(ans, w)] for ans, w in zip(answers, which)]
         else:
-            results = [score(qs, m) for m in masks]
-        for (k, r), correct in zip(cells, results):
+            results = [score([qs[q] for q in w], m) for w, m in zip(which, masks)]
+        for (k, i, r), correct in zip(cells, results):
             work.save_cell(f"{k}|{i}|{r}", correct)
             progress.step(f"{concepts[i].name} r={r} {k}")
     timing["masked"] = time.time() - t2
