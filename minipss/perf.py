@@ -179,7 +179,7 @@ def end_to_end(a) -> list[dict]:
                         for line in file.read_text().splitlines():
                             row = json.loads(line)
                             found[side][row["key"]] = row["correct"]
-                    phases[side].append(json.loads(out.read_text())["timing"])
+                    phases[side].append(json.loads(out.read_text())["timing_s"])
                 else:
                     saved = json.loads(out.read_text())
                     found[side] = saved["cells"]
