@@ -156,6 +156,7 @@ def end_to_end(a) -> list[dict]:
     rows = []
     for mode in a.modes:
         times = {"minipss": [], "reference": []}
+        cpu = {"minipss": [], "reference": []}  # user + system seconds: steadier than wall time on a busy machine
         phases = {"minipss": [], "reference": []}
         same = True
         for rnd in range(a.repeats):
@@ -167,9 +168,10 @@ def end_to_end(a) -> list[dict]:
                     cmd = [sys.executable, "-m", "minipss", "pss", *common, "--mode", mode, "--out", str(out), "--quiet"]
                 else:
                     cmd = [sys.executable, "-m", "minipss.reference", *common, "--mode", mode, "--out", str(out)]
-                t = time.perf_counter()
+                t, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                wall = time.perf_counter() - t
+                wall, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu[side].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
                 if done.returncode:
                     raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
                 times[side].append(wall)
@@ -184,19 +186,26 @@ def end_to_end(a) -> list[dict]:
                     saved = json.loads(out.read_text())
                     found[side] = saved["cells"]
                     phases[side].append(saved["timing"])
-                print(f"[{mode} round {rnd + 1}/{a.repeats}] {side}: {wall:.1f} s", file=sys.stderr, flush=True)
+                print(f"[{mode} round {rnd + 1}/{a.repeats}] {side}: {wall:.1f} s wall, {cpu[side][-1]:.1f} s CPU",
+                      file=sys.stderr, flush=True)
             same = same and found["minipss"] == found["reference"]
         ratios_ = [r / m for m, r in zip(times["minipss"], times["reference"])]
+        cpu_ratios = [r / m for m, r in zip(cpu["minipss"], cpu["reference"])]
         rows.append({"mode": mode, "minipss_s": times["minipss"], "reference_s": times["reference"],
                      "speedup_per_round": ratios_, "speedup_median": statistics.median(ratios_),
+                     "minipss_cpu_s": cpu["minipss"], "reference_cpu_s": cpu["reference"],
+                     "cpu_speedup_per_round": cpu_ratios, "cpu_speedup_median": statistics.median(cpu_ratios),
                      "same_answers": same, "phases": phases})
     print(f"\nwhole processes, {a.dtype}, {a.concepts or 6} concepts, ratios {ratios}, {a.repeats} alternating rounds")
-    print("| mode | minipss pss s | reference s | speed-up per round | median | same correctness |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| mode | minipss pss s | reference s | speed-up per round | median | CPU s minipss / reference | "
+          "CPU speed-up median | same correctness |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         fmt = lambda xs, f="{:.1f}": ", ".join(f.format(x) for x in xs)
         print(f"| {r['mode']} | {fmt(r['minipss_s'])} | {fmt(r['reference_s'])} | "
-              f"{fmt(r['speedup_per_round'], '{:.2f}x')} | {r['speedup_median']:.2f}x | {r['same_answers']} |")
+              f"{fmt(r['speedup_per_round'], '{:.2f}x')} | {r['speedup_median']:.2f}x | "
+              f"{fmt(r['minipss_cpu_s'])} / {fmt(r['reference_cpu_s'])} | {r['cpu_speedup_median']:.2f}x | "
+              f"{r['same_answers']} |")
     print("\nphases (s, median over rounds): coefficients (includes loading) / baseline / masked")
     for r in rows:
         for side in ("minipss", "reference"):
