@@ -29,8 +29,10 @@ def question_coefficients(model, tok, texts: list[str], token_rule: str = "conte
     if token_rule not in TOKEN_RULES:
         raise ValueError(f"unknown token rule {token_rule!r}; choose one of {', '.join(TOKEN_RULES)}")
     out = []
+    encoded = [tok.encode(t) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths together: less padding
     for start in range(0, len(texts), batch_size):
-        seqs = [tok.encode(t) for t in texts[start:start + batch_size]]
+        seqs = [encoded[i] for i in order[start:start + batch_size]]
         ids, attn, pos = left_pad(seqs, tok.pad_id, model.device)
         weights = attn.clone()
         if token_rule == "content":
@@ -42,7 +44,7 @@ def question_coefficients(model, tok, texts: list[str], token_rule: str = "conte
         coefficients = Coefficients(pool=weights, absolute=absolute)
         model.run_blocks(model.embed(ids, pos), attention_mask=attn, position_ids=pos, coefficients=coefficients)
         out.append(torch.stack(coefficients, 1).cpu())
-    return torch.cat(out)
+    return torch.cat(out)[torch.argsort(torch.tensor(order))]  # back to the order of `texts`
 
 
 def collect_coefficients(model, tok, concepts: list[Concept], token_rule: str = "content",

@@ -1,10 +1,18 @@
-"""`minipss perf`: the masked evaluation, through minipss and through the usual way, in one process.
+"""`minipss perf`: the masked evaluation, through minipss and through the usual way, in one process; with
+`--end-to-end`, the whole `minipss pss` job against the whole job done the usual way, as processes.
 
 The workload is the PSS hot path: for each concept, every mask (ratios x located/random) scores the
 concept's questions and its unrelated ones. Both paths run the same workload on the same weights; the
 answers are compared on a sample; the report gives prompts/s for each and their ratio, achieved TFLOP/s
 against this device's measured matmul rate, peak memory, and the projected time of a SpecWiki-sized run
-(525 concepts x 5 ratios x 60 questions = 157,500 masked prompts).
+(525 concepts x 5 ratios x 60 questions = 157,500 masked prompts). In `generate` mode minipss stops each
+row once its letter is decided; the reference decodes its 30 tokens, as the paper's protocol does.
+
+`--end-to-end` runs `python -m minipss pss` and `python -m minipss.reference` (the same job: coefficients
+recorded at the value matrices' input of transformers, baseline, every masked cell one mask at a time) as
+whole processes, alternating (minipss first in even rounds, the reference first in odd ones, so a change
+in the machine's load hits both), and prints each process's wall time, the ratio per round and whether the
+two found the same per-question correctness in every cell.
 """
 
 from __future__ import annotations
@@ -63,17 +71,10 @@ def workload(concepts: int, ratios: list[float], num_layers: int, d_ff: int, ski
 
 def run_minipss(model, tok, jobs, mode, skip, batch_size):
     from . import engine
-    from .scoring import mcq_answers
 
     out = []
     for qs, masks in jobs:
-        masks = masks.to(model.device, model.dtype)
-        if mode == "cloze":
-            out += engine.cloze_answers(model, tok, qs, masks, skip)
-        elif mode == "logits":
-            out += engine.letter_answers(model, tok, qs, masks, skip)
-        else:
-            out += [mcq_answers(model, tok, qs, "generate", m, batch_size) for m in masks]
+        out += engine.answers(model, tok, qs, masks.to(model.device, model.dtype), skip, mode)
     return out
 
 
@@ -135,8 +136,91 @@ def random_checkpoint(config: str, tokenizer_dir, folder: Path, dtype) -> Path:
     return folder
 
 
+def end_to_end(a) -> list[dict]:
+    """Both whole jobs as processes, alternating, per mode; prints the ratio table."""
+    import json
+    import os
+    import statistics
+    import subprocess
+    import sys
+    import tempfile
+
+    from . import benchmark_path
+
+    bench = a.bench or str(benchmark_path("minispecwiki"))
+    ratios = ",".join(map(str, a.ratios))
+    common = ["--model", a.model, "--bench", bench, "--ratios", ratios, "--concepts", str(a.concepts or 6),
+              "--skip-layers", str(a.skip_layers), "--dtype", a.dtype, "--device", a.device]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent.parent),
+                                                                    os.environ.get("PYTHONPATH")])))
+    rows = []
+    for mode in a.modes:
+        times = {"minipss": [], "reference": []}
+        cpu = {"minipss": [], "reference": []}  # user + system seconds: steadier than wall time on a busy machine
+        phases = {"minipss": [], "reference": []}
+        same = True
+        for rnd in range(a.repeats):
+            found = {}
+            for side in (("minipss", "reference") if rnd % 2 == 0 else ("reference", "minipss")):
+                folder = Path(tempfile.mkdtemp(prefix=f"minipss-e2e-{side}-"))
+                out = folder / "result.json"
+                if side == "minipss":
+                    cmd = [sys.executable, "-m", "minipss", "pss", *common, "--mode", mode, "--out", str(out), "--quiet"]
+                else:
+                    cmd = [sys.executable, "-m", "minipss.reference", *common, "--mode", mode, "--out", str(out)]
+                t, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                wall, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu[side].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+                if done.returncode:
+                    raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+                times[side].append(wall)
+                if side == "minipss":
+                    found[side] = {}
+                    for file in sorted(Path(str(out) + ".work").glob("cells*.jsonl")):
+                        for line in file.read_text().splitlines():
+                            row = json.loads(line)
+                            found[side][row["key"]] = row["correct"]
+                    phases[side].append(json.loads(out.read_text())["timing_s"])
+                else:
+                    saved = json.loads(out.read_text())
+                    found[side] = saved["cells"]
+                    phases[side].append(saved["timing"])
+                print(f"[{mode} round {rnd + 1}/{a.repeats}] {side}: {wall:.1f} s wall, {cpu[side][-1]:.1f} s CPU",
+                      file=sys.stderr, flush=True)
+            same = same and found["minipss"] == found["reference"]
+        ratios_ = [r / m for m, r in zip(times["minipss"], times["reference"])]
+        cpu_ratios = [r / m for m, r in zip(cpu["minipss"], cpu["reference"])]
+        rows.append({"mode": mode, "minipss_s": times["minipss"], "reference_s": times["reference"],
+                     "speedup_per_round": ratios_, "speedup_median": statistics.median(ratios_),
+                     "minipss_cpu_s": cpu["minipss"], "reference_cpu_s": cpu["reference"],
+                     "cpu_speedup_per_round": cpu_ratios, "cpu_speedup_median": statistics.median(cpu_ratios),
+                     "same_answers": same, "phases": phases})
+    print(f"\nwhole processes, {a.dtype}, {a.concepts or 6} concepts, ratios {ratios}, {a.repeats} alternating rounds")
+    print("| mode | minipss pss s | reference s | speed-up per round | median | CPU s minipss / reference | "
+          "CPU speed-up median | same correctness |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        fmt = lambda xs, f="{:.1f}": ", ".join(f.format(x) for x in xs)
+        print(f"| {r['mode']} | {fmt(r['minipss_s'])} | {fmt(r['reference_s'])} | "
+              f"{fmt(r['speedup_per_round'], '{:.2f}x')} | {r['speedup_median']:.2f}x | "
+              f"{fmt(r['minipss_cpu_s'])} / {fmt(r['reference_cpu_s'])} | {r['cpu_speedup_median']:.2f}x | "
+              f"{r['same_answers']} |")
+    print("\nphases (s, median over rounds): coefficients (includes loading) / baseline / masked")
+    for r in rows:
+        for side in ("minipss", "reference"):
+            med = {k: statistics.median(p[k] for p in r["phases"][side]) for k in ("coefficients", "baseline", "masked")}
+            print(f"  {r['mode']:8} {side:9} {med['coefficients']:.1f} / {med['baseline']:.1f} / {med['masked']:.1f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
 def main(a) -> dict:
     import tempfile
+
+    if a.end_to_end:
+        return end_to_end(a)
 
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -149,7 +233,7 @@ def main(a) -> dict:
     model = load_model(a.model, dtype=dtype, device=a.device)
     tok = load_tokenizer(a.model)
     c = model.config
-    jobs = workload(a.concepts, a.ratios, c.num_layers, c.intermediate_size, a.skip_layers)
+    jobs = workload(a.concepts or 2, a.ratios, c.num_layers, c.intermediate_size, a.skip_layers)
     prompts = sum(len(qs) * len(m) for qs, m in jobs)
     run_minipss(model, tok, jobs[:1], a.mode, a.skip_layers, a.batch_size)  # warm-up
     mine, t_mine = timed(lambda: run_minipss(model, tok, jobs, a.mode, a.skip_layers, a.batch_size), a.device)
@@ -179,10 +263,17 @@ def add_arguments(p) -> None:
     p.add_argument("--config", default=None,
                    help=f"random weights of a real config ({', '.join(CONFIGS)}, or a config.json path)")
     p.add_argument("--mode", default="cloze", choices=["generate", "logits", "cloze"])
-    p.add_argument("--concepts", type=int, default=2)
+    p.add_argument("--concepts", type=int, default=None, help="default 2 (6 with --end-to-end)")
     p.add_argument("--ratios", type=lambda t: [float(x) for x in t.split(",")], default=[0.01, 0.1, 0.3, 0.5])
     p.add_argument("--skip-layers", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="time the whole `minipss pss` job against the whole job the usual way, as processes")
+    p.add_argument("--modes", type=lambda t: t.split(","), default=["logits", "cloze", "generate"],
+                   help="--end-to-end: the scoring modes to run (default logits,cloze,generate)")
+    p.add_argument("--repeats", type=int, default=2, help="--end-to-end: alternating rounds per mode")
+    p.add_argument("--bench", default=None, help="--end-to-end: benchmark JSONL (default: the bundled one)")
+    p.add_argument("--json", default=None, help="--end-to-end: also write the table's numbers here")

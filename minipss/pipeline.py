@@ -11,7 +11,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -44,7 +43,7 @@ class Settings:
     token_rule: str = "content"  # which tokens the coefficient mean covers (spec §3)
     cloze_mean: bool = False  # cloze: mean instead of sum of option-token log-probs
     early_stop: bool = True  # generate: stop a row once its letter is decided (same answers)
-    engine: bool = True  # logits/cloze: score all of a concept's masks together, sharing work (same answers)
+    engine: bool = True  # score all of a concept's masks (and the baseline) together, sharing work (same answers)
     batch_size: int = 32
     device: str = "cpu"
     dtype: str = "float32"
@@ -275,6 +274,21 @@ def questions_of(concepts: list[Concept], i: int, others: list[int]):
     return concepts[i].mcq + [q for j in others for q in concepts[j].mcq]
 
 
+def engine_groups(todo: list[int], others: list[list[int]], counts: list[int], max_questions: int):
+    """Consecutive concepts whose questions (their own and their unrelated concepts') number at most
+    `max_questions` together; a concept alone may exceed it."""
+    group, seen = [], set()
+    for i in todo:
+        more = seen | {i, *others[i]}
+        if group and sum(counts[j] for j in more) > max_questions:
+            yield group
+            group, more = [], {i, *others[i]}
+        group.append(i)
+        seen = more
+    if group:
+        yield group
+
+
 def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool = False) -> dict:
     """Run the whole method and write `out` (JSON) and `out` with .csv; returns the result dict."""
     from . import load_model, load_tokenizer
@@ -325,9 +339,17 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     timing = {"coefficients": time.time() - t0}
 
     t1 = time.time()
-    for i in mine:
-        if f"baseline|{i}" not in work.cells:
-            work.save_cell(f"baseline|{i}", score(concepts[i].mcq))
+    missing = [i for i in mine if f"baseline|{i}" not in work.cells]
+    if s.engine and missing:  # the baseline is one more mask (all ones): every missing concept at once
+        qs = [q for i in missing for q in concepts[i].mcq]
+        ones = torch.ones(1, L, model.config.intermediate_size, device=model.device, dtype=model.dtype)
+        base = engine.answers(model, tok, qs, ones, s.skip_layers, s.mode, s.cloze_mean, s.early_stop)[0]
+        for i in missing:
+            n = len(concepts[i].mcq)
+            work.save_cell(f"baseline|{i}", [a == q.answer for a, q in zip(base[:n], concepts[i].mcq)])
+            base = base[n:]
+    for i in missing if not s.engine else ():
+        work.save_cell(f"baseline|{i}", score(concepts[i].mcq))
     timing["baseline"] = time.time() - t1
 
     counts = [len(c.mcq) for c in concepts]
@@ -335,21 +357,35 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     todo = [(k, i, r) for i in mine for r in s.ratios for k in kinds if f"{k}|{i}|{r}" not in work.cells]
     progress = Progress(len(todo), "masked", quiet)
     t2 = time.time()
-    for i in sorted({i for _, i, _ in todo}):
+
+    def cells_of(i):
+        """Concept i's missing cells and their masks."""
         cells = [(k, r) for k, j, r in todo if j == i]
         scores = locate(coeffs[i], unrelated_mean(coeffs, counts, others[i]))
         orders = {"located": ranking(scores), "random": random_ranking(scores.shape, s.seed * 1_000_003 + i)}
         fill = None if signed is None else unrelated_mean(signed, counts, others[i])
         masks = torch.stack([mask_for(orders[k], r, s.skip_layers, fill) for k, r in cells])
-        masks = masks.to(device=model.device, dtype=model.dtype)
-        qs = questions_of(concepts, i, others[i])
-        if s.engine and s.mode in ("logits", "cloze"):  # all of this concept's masks at once
-            fn = engine.letter_answers if s.mode == "logits" else partial(engine.cloze_answers, mean=s.cloze_mean)
-            answers = fn(model, tok, qs, masks, s.skip_layers)
-            results = [[a == q.answer for a, q in zip(ans, qs)] for ans in answers]
+        return cells, masks.to(device=model.device, dtype=model.dtype)
+
+    # the engine takes several concepts at once (their questions overlap: t* of one is t of others), so
+    # the blocks below skip run once per question for the group, not once per concept
+    for group in engine_groups(sorted({i for _, i, _ in todo}), others, counts, 256 if s.engine else 1):
+        pool, which, cells, masks = {}, [], [], []
+        for i in group:
+            c, m = cells_of(i)
+            keys = [(j, k) for j in [i] + others[i] for k in range(counts[j])]  # questions_of's order
+            which += [[pool.setdefault(key, len(pool)) for key in keys]] * len(c)
+            cells += [(k, i, r) for k, r in c]
+            masks.append(m)
+        masks = torch.cat(masks)
+        qs = [concepts[j].mcq[k] for j, k in pool]
+        if s.engine:  # all of this group's masks at once
+            answers = engine.answers(model, tok, qs, masks, s.skip_layers, s.mode, s.cloze_mean, s.early_stop,
+                                     which)
+            results = [[a == qs[q].answer for a, q in zip(ans, w)] for ans, w in zip(answers, which)]
         else:
-            results = [score(qs, m) for m in masks]
-        for (k, r), correct in zip(cells, results):
+            results = [score([qs[q] for q in w], m) for w, m in zip(which, masks)]
+        for (k, i, r), correct in zip(cells, results):
             work.save_cell(f"{k}|{i}|{r}", correct)
             progress.step(f"{concepts[i].name} r={r} {k}")
     timing["masked"] = time.time() - t2

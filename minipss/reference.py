@@ -1,8 +1,13 @@
 """The usual way, as a speed and answer reference for `minipss perf`: Hugging Face transformers with the
-value-vector mask applied at the input of every layer's value matrix (`down_proj`, `fc_out`, ...), one concept mask at a time
-(what a forward pre-hook does; here a thin wrapper module, so no hook is registered anywhere).
+value-vector mask applied at the input of every layer's value matrix (`down_proj`, `fc_out`, ...), one
+concept mask at a time (what a forward pre-hook does; here a thin wrapper module, so no hook is registered
+anywhere); the coefficients are that input, recorded.
 
-Needs the optional `transformers` package; the core never imports this module.
+`python -m minipss.reference --model M --bench B --out F.json --mode MODE ...` is the whole `minipss pss` job
+done this way as one process (coefficients, baseline, every masked cell one mask at a time), writing each
+cell's per-question correctness and answers, so that `minipss perf --end-to-end` can time both jobs as
+processes and compare what they found. Needs the optional `transformers` package; the core never imports
+this module.
 """
 
 from __future__ import annotations
@@ -11,19 +16,25 @@ import torch
 
 from .generate import left_pad
 from .models import family_of
-from .prompts import letter_in, mcq_prompt
+from .prompts import coefficient_prompt, letter_in, mcq_prompt
 from .scoring import GENERATE_TOKENS, best_letters, cloze_tokens, letter_token_ids
 
 
 class MaskedInput(torch.nn.Module):
-    """Multiplies its input by `self.mask` (when set), then runs the wrapped projection."""
+    """Multiplies its input by `self.mask` and adds `self.shift` (when set: mean-ablation), records the
+    token-weighted mean of its |input| into `self.record` (when collecting coefficients, §3.2), then runs
+    the wrapped projection."""
 
     def __init__(self, inner: torch.nn.Module):
         super().__init__()
-        self.inner, self.mask = inner, None
+        self.inner, self.mask, self.shift, self.record, self.pool, self.absolute = inner, None, None, None, None, True
 
     def forward(self, x):
-        return self.inner(x if self.mask is None else x * self.mask)
+        if self.mask is not None:
+            x = x * self.mask if self.shift is None else x * self.mask + self.shift
+        if self.record is not None:
+            self.record.append(torch.einsum("btf,bt->bf", (x.abs() if self.absolute else x).float(), self.pool))
+        return self.inner(x)
 
 
 def load_reference(path, dtype, device):
@@ -45,9 +56,43 @@ def load_reference(path, dtype, device):
 
 
 def set_mask(model, mask: torch.Tensor | None) -> None:
-    """One concept's mask `[L, d_ff]` for every following forward pass."""
+    """One concept's mask `[L, d_ff]` (or `[L, 2 * d_ff]`: multiplier, then value added) for every
+    following forward pass."""
     for i, w in enumerate(model.mask_wrappers):
-        w.mask = None if mask is None else mask[i]
+        d_ff = w.inner.in_features
+        w.mask = None if mask is None else mask[i, :d_ff]
+        w.shift = None if mask is None or mask.shape[-1] == d_ff else mask[i, d_ff:]
+
+
+@torch.inference_mode()
+def coefficients(model, tok, concepts, token_rule: str = "content", batch_size: int = 32,
+                 absolute: bool = True) -> torch.Tensor:
+    """Per concept, the mean over its questions of the mean |m| over each `Question: ... Answer: ...`
+    text's tokens, `[C, L, d_ff]`, read at the value matrices' input (as `method.collect_coefficients`)."""
+    texts = [coefficient_prompt(q) for c in concepts for q in c.mcq]
+    dev = next(model.parameters()).device
+    per_q = []
+    for start in range(0, len(texts), batch_size):
+        ids, attn, pos = left_pad([tok.encode(t) for t in texts[start:start + batch_size]], tok.pad_id, dev)
+        weights = attn.clone()
+        if token_rule == "content":
+            weights = weights * ~torch.isin(ids, torch.tensor(sorted(tok.special_ids), device=dev))
+        elif token_rule == "last":
+            weights = torch.zeros_like(attn)
+            weights[:, -1] = 1
+        weights = weights.float() / weights.float().sum(1, keepdim=True).clamp(min=1e-9)
+        for w in model.mask_wrappers:
+            w.record, w.pool, w.absolute = [], weights, absolute
+        model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=1)
+        per_q.append(torch.stack([w.record[0] for w in model.mask_wrappers], 1).cpu())
+        for w in model.mask_wrappers:
+            w.record = w.pool = None
+    per_q = torch.cat(per_q)
+    out, start = [], 0
+    for c in concepts:
+        out.append(per_q[start:start + len(c.mcq)].mean(0))
+        start += len(c.mcq)
+    return torch.stack(out)
 
 
 @torch.inference_mode()
@@ -81,3 +126,81 @@ def answers(model, tok, questions, mode: str, batch_size: int = 32) -> list[str 
                                  do_sample=False, pad_token_id=tok.pad_id, eos_token_id=tok.eos_ids or None)
             out += [letter_in(tok.decode(g[ids.shape[1]:].tolist())) for g in gen]
     return out
+
+
+def run_pss(model_dir, bench, out, mode: str, ratios: list[float], skip: int = 5, seed: int = 0,
+            concepts: int | None = None, n_unrelated: int = 5, control: bool = False, ablation: str = "zero",
+            token_rule: str = "content", batch_size: int = 32, dtype=torch.float32, device: str = "cpu") -> dict:
+    """The job of `minipss pss` (same concepts, unrelated sets, located and random masks, questions),
+    the usual way; writes `out`: `{"cells": {key: [correct per question]}, "answers": ..., "timing": ...}`
+    with the keys of `minipss pss`'s work folder (`baseline|i`, `located|i|r`, `random|i|r`)."""
+    import json
+    import time
+    from pathlib import Path
+
+    from . import load_tokenizer
+    from .benchmark import load_benchmark, unrelated_sets
+    from .method import locate, mask_for, random_ranking, ranking, unrelated_mean
+    from .pipeline import questions_of
+
+    t0 = time.time()
+    cs = load_benchmark(bench)[:concepts] if concepts else load_benchmark(bench)
+    others = unrelated_sets(cs, n_unrelated, seed)
+    model = load_reference(model_dir, dtype, device)
+    tok = load_tokenizer(model_dir)
+    coeffs = coefficients(model, tok, cs, token_rule, batch_size)
+    signed = coefficients(model, tok, cs, token_rule, batch_size, absolute=False) if ablation == "mean" else None
+    timing = {"coefficients": time.time() - t0}
+    cells, letters = {}, {}
+
+    def score(key, qs, mask=None):
+        set_mask(model, mask)
+        letters[key] = answers(model, tok, qs, mode, batch_size)
+        cells[key] = [a == q.answer for a, q in zip(letters[key], qs)]
+
+    t1 = time.time()
+    for i, c in enumerate(cs):
+        score(f"baseline|{i}", c.mcq)
+    timing["baseline"] = time.time() - t1
+    t2 = time.time()
+    counts = [len(c.mcq) for c in cs]
+    for i in range(len(cs)):
+        scores = locate(coeffs[i], unrelated_mean(coeffs, counts, others[i]))
+        orders = {"located": ranking(scores), "random": random_ranking(scores.shape, seed * 1_000_003 + i)}
+        fill = None if signed is None else unrelated_mean(signed, counts, others[i])
+        for r in ratios:
+            for kind in ["located"] + (["random"] if control else []):
+                mask = mask_for(orders[kind], r, skip, fill).to(device=device, dtype=dtype)
+                score(f"{kind}|{i}|{float(r)}", questions_of(cs, i, others[i]), mask)
+    timing["masked"] = time.time() - t2
+    timing["total"] = time.time() - t0
+    Path(out).write_text(json.dumps({"cells": cells, "answers": letters, "timing": timing}))
+    return {"cells": cells, "answers": letters, "timing": timing}
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m minipss.reference", description=run_pss.__doc__)
+    p.add_argument("--model", required=True)
+    p.add_argument("--bench", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--mode", default="generate", choices=["generate", "logits", "cloze"])
+    p.add_argument("--ratios", type=lambda t: [float(x) for x in t.split(",")], default=[0.1, 0.2, 0.3, 0.4, 0.5])
+    p.add_argument("--skip-layers", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--concepts", type=int, default=None)
+    p.add_argument("--control", action="store_true")
+    p.add_argument("--ablation", default="zero", choices=["zero", "mean"])
+    p.add_argument("--token-rule", default="content", choices=["content", "all", "last"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    run_pss(a.model, a.bench, a.out, a.mode, a.ratios, a.skip_layers, a.seed, a.concepts, control=a.control,
+            ablation=a.ablation, token_rule=a.token_rule, batch_size=a.batch_size, dtype=getattr(torch, a.dtype),
+            device=a.device)
+
+
+if __name__ == "__main__":
+    main()

@@ -80,6 +80,9 @@ def test_coefficients_pool_mean_abs_over_content_tokens(tiny):
     full = model(torch.tensor([tok.encode(text)]), return_coefficients=True).coefficients
     expect = torch.stack([m[0, 1:].abs().mean(0) for m in full])  # BOS left out
     assert torch.allclose(pooled[0], expect, atol=1e-6)
+    swapped = question_coefficients(model, tok, [text + " and more", text, text + "!"], batch_size=2)
+    assert torch.allclose(swapped[1], expect, atol=1e-6)  # batched by length, returned in input order
+    assert torch.allclose(swapped[0], pooled[1], atol=1e-6)
     last = question_coefficients(model, tok, [text], token_rule="last")
     assert torch.allclose(last[0], torch.stack([m[0, -1].abs() for m in full]), atol=1e-6)
 

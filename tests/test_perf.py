@@ -31,3 +31,39 @@ def test_perf_on_random_weights_of_a_config(tmp_path, capsys):
           "--ratios", "0.5", "--skip-layers", "1"])
     lines = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines() if line.strip())
     assert float(lines["answers_agree"]) == 1.0
+
+
+@pytest.mark.parametrize("mode", ["logits", "generate"])
+def test_the_usual_way_as_a_whole_job_finds_what_minipss_pss_finds(tmp_path, mode):
+    """`python -m minipss.reference` (transformers, masked down_proj, one mask at a time) and `minipss pss`
+    give the same per-question correctness in every cell (fp32)."""
+    import json
+
+    from minipss.pipeline import Settings, run_pss
+    from minipss.reference import run_pss as reference_pss
+    from tiny import make_bench
+
+    model = make_tiny_model(tmp_path / "m", layers=3, d_ff=32)
+    bench = make_bench(tmp_path / "b.jsonl", n_concepts=7, n_mcq=2)
+    run_pss(model, bench, tmp_path / "r.json", Settings(mode=mode, ratios=[0.25, 0.5], skip_layers=1,
+                                                         control=True), quiet=True)
+    cells = {}
+    for line in (tmp_path / "r.json.work" / "cells.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        cells[row["key"]] = row["correct"]
+    ref = reference_pss(model, bench, tmp_path / "ref.json", mode, [0.25, 0.5], skip=1, control=True)
+    assert ref["cells"] == cells and len(cells) == 7 * (1 + 2 * 2)
+    assert json.loads((tmp_path / "ref.json").read_text())["cells"] == cells
+
+
+def test_end_to_end_times_both_jobs_as_processes(tmp_path, capsys):
+    model = make_tiny_model(tmp_path / "m", layers=3, d_ff=32)
+    main(["perf", "--end-to-end", "--model", str(model), "--modes", "logits", "--repeats", "1",
+          "--ratios", "0.5", "--skip-layers", "1", "--json", str(tmp_path / "e2e.json")])
+    out = capsys.readouterr().out
+    assert "| logits |" in out
+    import json
+
+    row = json.loads((tmp_path / "e2e.json").read_text())[0]
+    assert row["same_answers"] and row["speedup_median"] > 0
+    assert len(row["minipss_s"]) == len(row["reference_s"]) == 1

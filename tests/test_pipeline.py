@@ -129,7 +129,7 @@ def test_too_few_concepts(setup, tmp_path, capsys):
     assert "at least 6" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("mode", ["cloze", "logits"])
+@pytest.mark.parametrize("mode", ["cloze", "logits", "generate"])
 def test_shared_work_engine_gives_the_plain_result(setup, tmp_path, mode):
     kw = dict(mode=mode, ratios=[0.1, 0.5], skip_layers=1, control=True)
     fast = run_pss(*setup, tmp_path / "a.json", Settings(engine=True, **kw), quiet=True)
@@ -147,3 +147,15 @@ def test_mean_ablation_runs_and_differs_from_zero_masking(setup, tmp_path):
     assert [c["by_ratio"] for c in mean["concepts"]] != [c["by_ratio"] for c in zero["concepts"]]
     fast = run_pss(*setup, tmp_path / "f.json", Settings(ablation="mean", engine=False, **kw), quiet=True)
     assert [c["by_ratio"] for c in fast["concepts"]] == [c["by_ratio"] for c in mean["concepts"]]
+
+
+def test_engine_groups_cover_every_concept_once_within_the_bound():
+    from minipss.pipeline import engine_groups
+
+    others = [[(i + k) % 9 for k in (1, 2)] for i in range(9)]
+    counts = [3] * 9
+    groups = list(engine_groups(list(range(9)), others, counts, 12))
+    assert [i for g in groups for i in g] == list(range(9)) and len(groups) > 1
+    for g in groups:
+        assert sum(counts[j] for j in {j for i in g for j in [i] + others[i]}) <= 12
+    assert list(engine_groups([0, 1], others, counts, 1)) == [[0], [1]]
