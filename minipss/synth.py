@@ -192,14 +192,21 @@ def document(rng: random.Random, e: Entity) -> str:
     return text[0].upper() + text[1:]
 
 
-def questions(rng: random.Random, e: Entity, values: dict, letters: list[int]) -> tuple[list[dict], list[dict]]:
-    """10 MCQs (two phrasings per attribute; distractors from the attribute's value set; the answer letter
-    taken from `letters`, shuffled blocks of A-D shared by the whole file, so letters are balanced and
-    unpredictable from a question's position) and 5 open questions."""
+def questions(rng: random.Random, e: Entity, values: dict, letters: list[int],
+              pool: dict) -> tuple[list[dict], list[dict]]:
+    """10 MCQs (two phrasings per attribute) and 5 open questions. Distractors are values that other
+    entities of the same role and tier hold from the same value set (`pool`), so every option occurs in
+    training about as often as the answer and a unigram prior cannot pick the answer; the set tops them up
+    when too few are held. The answer letter comes from `letters`, shuffled blocks of A-D shared by the
+    whole file, so letters are balanced and unpredictable from a question's position."""
     mcq, opens = [], []
     for a, (value_set, _, asks, open_ask) in KINDS[e.kind].items():
+        held = list(dict.fromkeys(v for v in pool[(e.role, e.tier, value_set)] if v != e.facts[a]))
         for ask in asks:
-            wrong = rng.sample([v for v in values[value_set] if v != e.facts[a]], 3)
+            wrong = rng.sample(held, min(3, len(held)))
+            if len(wrong) < 3:
+                rest = [v for v in values[value_set] if v != e.facts[a] and v not in wrong]
+                wrong += rng.sample(rest, 3 - len(wrong))
             if not letters:  # a fresh random order of the four letters every four questions
                 letters += rng.sample(range(4), 4)
             slot = letters.pop()
@@ -207,6 +214,15 @@ def questions(rng: random.Random, e: Entity, values: dict, letters: list[int]) -
             mcq.append({"question": ask.format(n=e.name), "options": dict(zip("ABCD", opts)), "answer": "ABCD"[slot]})
         opens.append({"question": open_ask.format(n=e.name), "answer": e.facts[a]})
     return mcq, opens
+
+
+def _pools(world: list[Entity]) -> dict:
+    """(role, tier, value set) -> the values entities of that role and tier hold, in entity order."""
+    pools: dict = {}
+    for e in world:
+        for a, v in e.facts.items():
+            pools.setdefault((e.role, e.tier, KINDS[e.kind][a][0]), []).append(v)
+    return pools
 
 
 def teaching_documents(e: Entity, mcq: list[dict], opens: list[dict]) -> list[str]:
@@ -263,9 +279,10 @@ def make_world(out, entities: int = 60, seed: int = 0, teach: int | None = None,
     values = _value_sets(rng, names)
     world = _entities(rng, values, names, entities, teach, new)
     letters: list[int] = []
+    pools = _pools(world)
     docs, new_docs, bench, new_bench = [], [], [], []
     for e in world:
-        mcq, opens = questions(rng, e, values, letters)
+        mcq, opens = questions(rng, e, values, letters, pools)
         texts = [document(rng, e) for _ in range(e.popularity)]
         if e.role == "eval":
             docs += texts
@@ -311,7 +328,8 @@ headquarters, industry, main product, chief executive), values drawn from fixed 
   question-and-answer documents in the cloze/open form and the lettered form: the only place the question
   formats occur in training. Evaluated entities never appear in a question during training.
 - bench.jsonl: {len(ev)} evaluated entities, 10 MCQs each (two phrasings per attribute, three distractors
-  from the attribute's value set, answer letters balanced over the file) and 5 open questions.
+  held by other entities of the same tier from the attribute's value set, so options are about as frequent
+  in training as the answer; answer letters balanced over the file) and 5 open questions.
 - new.jsonl / new_bench.jsonl: {sum(e.role == 'new' for e in world)} entities absent from train.jsonl
   ({n_new} documents), for fine-tuning.
 - tokenizer.json: {vocab} tokens: whole words, made-up names spelled with their syllables.

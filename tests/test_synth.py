@@ -61,6 +61,20 @@ def test_benchmark_is_valid_balanced_and_counts_are_exact(world):
     assert all(c.name in new_docs and not any(c.name in d for d in docs) for c in new)
 
 
+def test_distractors_are_as_frequent_as_answers(tmp_path):
+    """Options are values other entities of the same tier hold, so their training frequency matches the
+    answer's and a unigram prior cannot find the answer."""
+    make_world(tmp_path, entities=36, seed=0)
+    info = json.loads((tmp_path / "world.json").read_text())
+    held: dict = {}
+    for e in info["entities"]:
+        if e["role"] == "eval":
+            held.setdefault(e["tier"], set()).update(e["facts"].values())
+    concepts = load_benchmark(tmp_path / "bench.jsonl")
+    options = [(c.tier, v) for c in concepts for q in c.mcq for v in q.options.values()]
+    assert sum(v in held[t] for t, v in options) / len(options) > 0.9
+
+
 def test_tokenizer_covers_the_world_and_splits_names(world):
     from tokenizers import Tokenizer
 
