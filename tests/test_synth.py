@@ -127,3 +127,38 @@ def test_other_family_trains(world, tmp_path):
     assert minipss.load_model(final).config.model_type == "gptj"
     with pytest.raises(ValueError, match="other settings"):
         pretrain(world, tmp_path, PretrainSettings(family="gptj", layers=3, hidden=32, heads=2, steps=4), quiet=True)
+
+
+def test_mean_and_t_interval():
+    from minipss.study_synth import mean_ci
+
+    m, h = mean_ci([1.0, 2.0, 3.0])
+    assert m == pytest.approx(2.0) and h == pytest.approx(4.303 / 3 ** 0.5, rel=1e-4)
+    assert mean_ci([0.5]) == (0.5, None) and mean_ci([None]) == (None, None)
+
+
+def test_study_synth_smallest_run_and_rerun(tmp_path):
+    """All four studies on the smallest sizes through the CLI; a rerun reuses every saved step."""
+    from minipss.cli import main
+
+    argv = ["study-synth", "--out", str(tmp_path), "--entities", "6", "--seeds", "0,1", "--sizes", "2x16",
+            "--steps", "4", "--checkpoints", "2", "--ratios", "0.5", "--ft-steps", "2", "--threads", "1", "--quiet"]
+    main(argv)
+    report = json.loads((tmp_path / "study.json").read_text())
+    assert sorted(int(s) for s in report["emergence"]) == [1, 4]
+    assert all(len(rows) == 2 for rows in report["emergence"].values())
+    assert list(report["size"]) == ["2x16"] and len(report["frequency"]["rows"]) == 2
+    assert list(report["finetune"]) == ["before", "FT-FV", "FT-PV", "FT-CV", "FT-RV"]
+    for rows in report["finetune"].values():
+        assert all(0 <= r["new_acc"] <= 1 and r["pss_random"] is not None for r in rows)
+    text = (tmp_path / "study.md").read_text()
+    for title in ("Emergence", "Model size", "Frequency", "Fine-tuning", "Learning curves"):
+        assert title in text
+    pv = json.loads((tmp_path / "finetune" / "s0" / "FT-PV" / "model" / "value_vectors.json").read_text())
+    assert all(len(cols) == 4 for cols in pv["layers"].values())  # ceil(64 / 16) located columns per layer
+    before = {p: p.stat().st_mtime for p in tmp_path.rglob("model.safetensors")}
+    main(argv)
+    assert {p: p.stat().st_mtime for p in tmp_path.rglob("model.safetensors")} == before
+    again = json.loads((tmp_path / "study.json").read_text())
+    assert {k: v for k, v in again.items() if k != "seconds"} == \
+        {k: v for k, v in report.items() if k != "seconds"}
