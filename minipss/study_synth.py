@@ -64,14 +64,14 @@ def parameters(model_dir) -> int:
 # ---------------------------------------------------------------- steps, each saved as it finishes
 
 
-def pss_of(model_dir, bench, out: Path, a) -> dict:
+def pss_of(model_dir, bench, out: Path, a, skip: int | None = None) -> dict:
     """`run_pss` in cloze mode with the random control; the result file is kept and reused."""
     from .pipeline import Settings, run_pss
 
     if out.exists():
         return json.loads(out.read_text())
-    s = Settings(mode="cloze", ratios=a.ratios, skip_layers=a.skip_layers, seed=a.pss_seed, control=True,
-                 device=a.device, batch_size=64)
+    s = Settings(mode="cloze", ratios=a.ratios, skip_layers=a.skip_layers if skip is None else skip,
+                 seed=a.pss_seed, control=True, device=a.device, batch_size=64)
     return run_pss(model_dir, bench, out, s, quiet=True)
 
 
@@ -87,6 +87,37 @@ def cells(result: dict) -> dict:
         ctrl = summarise(group, [float(r) for r in result["pss_by_ratio"]], t["acc_before"], "control_by_ratio")
         row["tiers"][tier] = {"acc": t["acc_before"], "pss": t["pss"], "excess": t["excess_drop"],
                               "pss_random": ctrl["pss"], "excess_random": ctrl["excess_drop"]}
+    return row
+
+
+@torch.inference_mode()
+def layer_ablation(model_dir, bench: Path, out: Path, device: str) -> dict:
+    """Where the facts are: MCQ accuracy per tier with one layer's MLP zeroed (every value vector), with
+    layers 1.. zeroed, and with every MLP zeroed. Kept in `out`."""
+    from . import load_model, load_tokenizer
+    from .benchmark import load_benchmark
+    from .scoring import mcq_answers
+
+    if out.exists():
+        return json.loads(out.read_text())
+    model, tok = load_model(model_dir, device=device), load_tokenizer(model_dir)
+    concepts = load_benchmark(bench)
+    L, F = model.config.num_layers, model.config.intermediate_size
+    masks = {"none": None}
+    for layer in range(L):
+        masks[f"layer {layer}"] = torch.ones(L, F).index_fill_(0, torch.tensor([layer]), 0)
+    masks["layers 1.."] = torch.ones(L, F).index_fill_(0, torch.arange(1, L), 0)
+    masks["all"] = torch.zeros(L, F)
+    row = {}
+    for name, mask in masks.items():
+        row[name] = {}
+        for tier in ("high", "medium", "low"):
+            qs = [q for c in concepts if c.tier == tier for q in c.mcq]
+            m = None if mask is None else mask.to(model.device)
+            answers = mcq_answers(model, tok, qs, "cloze", m, 64)
+            row[name][tier] = sum(x == q.answer for x, q in zip(answers, qs)) / len(qs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(row))
     return row
 
 
@@ -188,6 +219,18 @@ def run(a) -> dict:
     report["emergence"] = {step: rows for step, rows in emergence.items()}
     report["frequency"] = {"popularity": TIER_DOCS, "rows": emergence.get(a.steps, [])}
 
+    # where the facts are, and PSS with every layer maskable (the final base models)
+    if "layers" in studies:
+        ablations, skip0 = [], []
+        for seed in a.seeds:
+            final = out / "models" / f"{base}-s{seed}" / f"step-{a.steps:06d}"
+            ablations.append(layer_ablation(final, world / "bench.jsonl",
+                                            out / "pss" / f"{base}-s{seed}-layers.json", a.device))
+            print(f"[study] PSS {base} seed {seed}, no layer skipped", file=sys.stderr, flush=True)
+            skip0.append(cells(pss_of(final, world / "bench.jsonl",
+                                      out / "pss" / f"{base}-s{seed}-step{a.steps}-skip0.json", a, skip=0)))
+        report["layers"] = {"ablation": ablations, "skip0": skip0}
+
     size_rows: dict[str, list[dict]] = {}
     if "size" in studies:
         for size in sizes:
@@ -247,6 +290,20 @@ def markdown(r: dict, base: str) -> str:
         for step in sorted(r["emergence"], key=int):
             rows = r["emergence"][step]
             lines.append(f"| {step} | " + " | ".join(fmt([x[k] for x in rows]) for k in COLUMNS) + " |")
+        lines.append("")
+    if r.get("layers"):
+        ab = r["layers"]["ablation"]
+        lines += ["### Where the facts are (base size, final checkpoint)", "",
+                  "MCQ accuracy with MLPs zeroed (every value vector of the named layers):", "",
+                  "| MLPs zeroed | acc high | acc medium | acc low |", "|---|---|---|---|"]
+        for name in ab[0]:
+            lines.append(f"| {name} | " + " | ".join(fmt([x[name][t] for x in ab]) for t in ("high", "medium", "low")) + " |")
+        sk = r["layers"]["skip0"]
+        lines += ["", "PSS with no layer left out of the masks (skip 0):", "",
+                  f"| concepts | {HEADS} |", "|---|---|---|---|---|---|",
+                  "| all | " + " | ".join(fmt([x[k] for x in sk]) for k in COLUMNS) + " |"]
+        for tier in ("high", "medium", "low"):
+            lines.append(f"| tier {tier} | " + " | ".join(fmt([x["tiers"][tier][k] for x in sk]) for k in COLUMNS) + " |")
         lines.append("")
     if r["size"]:
         lines += ["### Model size (Table 1)", "", f"| size | parameters | {HEADS} |", "|---|---|---|---|---|---|---|"]
@@ -390,7 +447,8 @@ def add_arguments(p) -> None:
     p.add_argument("--pss-seed", type=int, default=0, help="draws the unrelated concepts and random vectors")
     p.add_argument("--ft-steps", type=int, default=60)
     p.add_argument("--ft-lr", type=float, default=3e-3)
-    p.add_argument("--studies", default="emergence,size,frequency,finetune")
+    p.add_argument("--studies", default="emergence,size,frequency,finetune,layers",
+                   help="which to run; layers: MLP ablation per layer and PSS with no layer skipped")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")

@@ -152,7 +152,8 @@ def test_study_synth_smallest_run_and_rerun(tmp_path):
     for rows in report["finetune"].values():
         assert all(0 <= r["new_acc"] <= 1 and r["pss_random"] is not None for r in rows)
     text = (tmp_path / "study.md").read_text()
-    for title in ("Emergence", "Model size", "Frequency", "Fine-tuning", "Learning curves"):
+    assert set(report["layers"]["ablation"][0]) == {"none", "layer 0", "layer 1", "layers 1..", "all"}
+    for title in ("Emergence", "Model size", "Frequency", "Fine-tuning", "Learning curves", "Where the facts are"):
         assert title in text
     pv = json.loads((tmp_path / "finetune" / "s0" / "FT-PV" / "model" / "value_vectors.json").read_text())
     assert all(len(cols) == 4 for cols in pv["layers"].values())  # ceil(64 / 16) located columns per layer
