@@ -247,7 +247,7 @@ def run(a) -> dict:
             base_final = out / "models" / f"{base}-s{seed}" / f"step-{a.steps:06d}"
             for variant in (None, "fv", "pv", "cv", "rv"):
                 name = "before" if variant is None else VARIANT_NAMES[variant]
-                work = out / "finetune" / f"s{seed}" / name
+                work = out / "finetune" / f"steps{a.ft_steps}-lr{a.ft_lr:g}" / f"s{seed}" / name
                 ft.setdefault(name, []).append(finetune_row(base_final, world, work, variant, seed, a))
     report["finetune"] = ft
     report["seconds"] = round(time.time() - t0, 1)
@@ -322,7 +322,9 @@ def markdown(r: dict, base: str) -> str:
         lines.append("")
     if r["finetune"]:
         keys = ("new_acc", "open_acc", "old_acc", "pss", "pss_random", "excess", "excess_random")
+        st = r["settings"]
         lines += ["### Fine-tuning on new entities (Table 2)", "",
+                  f"{st['ft_steps']} steps, lr {st['ft_lr']:g}, batch 8, on `new.jsonl` (8 entities, 4 documents each).", "",
                   "| model | new MCQ acc | new open acc | old MCQ acc | PSS (new) | PSS random | excess drop | excess random |",
                   "|---|---|---|---|---|---|---|---|"]
         for name, rows in r["finetune"].items():

@@ -155,7 +155,7 @@ def test_study_synth_smallest_run_and_rerun(tmp_path):
     assert set(report["layers"]["ablation"][0]) == {"none", "layer 0", "layer 1", "layers 1..", "all"}
     for title in ("Emergence", "Model size", "Frequency", "Fine-tuning", "Learning curves", "Where the facts are"):
         assert title in text
-    pv = json.loads((tmp_path / "finetune" / "s0" / "FT-PV" / "model" / "value_vectors.json").read_text())
+    pv = json.loads((tmp_path / "finetune" / "steps2-lr0.003" / "s0" / "FT-PV" / "model" / "value_vectors.json").read_text())
     assert all(len(cols) == 4 for cols in pv["layers"].values())  # ceil(64 / 16) located columns per layer
     before = {p: p.stat().st_mtime for p in tmp_path.rglob("model.safetensors")}
     main(argv)
