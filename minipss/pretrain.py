@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-# model_types a random model can be made for (config.json written in that type's key dialect)
-FAMILY_TYPES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3_text", "gptj")
+from .config import FAMILIES
+
+FAMILY_TYPES = tuple(sorted(FAMILIES))  # every model_type minipss loads can be made at random
 
 
 @dataclass
