@@ -1,4 +1,5 @@
-"""The command line: `minipss pss`, `minipss sweep`, `minipss compare`, `minipss train`."""
+"""The command line: `minipss pss`, `minipss sweep`, `minipss compare`, `minipss train`, and the synthetic
+world: `minipss synth`, `minipss pretrain`, `minipss study-synth`."""
 
 from __future__ import annotations
 
@@ -135,6 +136,14 @@ def main(argv=None) -> None:
     from .perf import add_arguments as perf_arguments, main as perf_main
     perf_arguments(p)
     p.set_defaults(func=perf_main)
+
+    from . import pretrain, study_synth, synth
+    for name, module, text in (("synth", synth, "write a synthetic world: documents, benchmark, tokenizer"),
+                               ("pretrain", pretrain, "pretrain a random model of a given size on a world"),
+                               ("study-synth", study_synth, "the four training studies on a synthetic world")):
+        p = sub.add_parser(name, help=text)
+        module.add_arguments(p)
+        p.set_defaults(func=module.main)
 
     a = parser.parse_args(argv)
     try:

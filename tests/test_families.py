@@ -1,6 +1,7 @@
 """Every registered family runs the whole method: `minipss pss` in the three scoring modes and
 `minipss train` with each variant, on a tiny random model written by transformers."""
 
+import inspect
 import json
 
 import pytest
@@ -28,7 +29,10 @@ DOCS = "\n\n".join(f"Concept {i} is known for fact number {i * 7}, said the reco
 @pytest.fixture(scope="module", params=one_row_per_family())
 def family_model(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(request.param)
-    hf = make_hf_model(request.param, d / "m", vocab_size=259)  # the byte tokenizer's vocabulary
+    cls = getattr(transformers, CONFIGS[request.param][0])
+    context = "max_seq_len" if "max_seq_len" in inspect.signature(cls.__init__).parameters else "max_position_embeddings"
+    # the byte tokenizer's vocabulary, and room for the 3-shot prompt (about 500 bytes)
+    hf = make_hf_model(request.param, d / "m", vocab_size=259, **{context: 1024})
     with torch.no_grad():  # weights large enough that the MLPs matter (HF initialises at std 0.02)
         for p in hf.parameters():
             if p.dim() == 2:

@@ -1,0 +1,270 @@
+"""Pretraining from scratch on a synthetic world (`minipss pretrain`): every parameter trainable.
+
+    minipss pretrain --world DIR --out RUN [--family llama] [--layers 4] [--hidden 128] [--steps 1500]
+
+A random model of the chosen family and size is written in Hugging Face layout (config.json, random
+safetensors, the world's tokenizer.json) and trained on `DIR/train.jsonl` with AdamW, the trainer's data
+pipeline (`train.windows`, `train.batch_order`, `train.lm_loss`) and its warm-up + cosine schedule.
+Checkpoints `RUN/step-000100/` (HF layout, loadable by `minipss.load_model`) are saved at log-spaced steps;
+`RUN/last/` holds the model and optimizer state, so an interrupted run resumes and ends bit-identical to an
+uninterrupted one. `RUN/log.jsonl` has the loss every `--log-every` steps and, at every checkpoint, the
+benchmark accuracy (cloze mode) overall and per tier.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import FAMILIES
+
+FAMILY_TYPES = tuple(sorted(FAMILIES))  # every model_type minipss loads can be made at random
+
+
+@dataclass
+class PretrainSettings:
+    family: str = "llama"  # a model_type minipss loads
+    layers: int = 4
+    hidden: int = 128
+    ff: int = 0  # d_ff; 0: 4 * hidden
+    heads: int = 4
+    steps: int = 1500
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup: int = 50
+    batch_size: int = 16
+    seq_len: int = 128
+    seed: int = 0
+    checkpoints: list[int] = field(default_factory=list)  # empty: log-spaced (`log_spaced`)
+    log_every: int = 25
+    device: str = "cpu"
+
+
+def log_spaced(steps: int, n: int = 8) -> list[int]:
+    """About n checkpoint steps spread evenly in log space from ~1% of training to the end."""
+    first = max(1, steps // 100)
+    points = {round(math.exp(math.log(first) + (math.log(steps) - math.log(first)) * i / (n - 1)))
+              for i in range(n)} if steps > first else {steps}
+    return sorted(points | {steps})
+
+
+def model_config(s: PretrainSettings, vocab: int) -> dict:
+    """A config.json for a `s.layers` x `s.hidden` model of family `s.family` (the HF key dialect)."""
+    if s.family not in FAMILY_TYPES:
+        raise ValueError(f"--family {s.family!r}: choose one of {', '.join(FAMILY_TYPES)}")
+    if s.hidden % s.heads:
+        raise ValueError(f"--hidden {s.hidden} is not a multiple of --heads {s.heads}")
+    ff = s.ff or 4 * s.hidden
+    ids = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2, "vocab_size": vocab}
+    head_dim = s.hidden // s.heads
+    # the sizes under both spellings of config.json (LLaMA's and GPT's): each family reads its own
+    return {"model_type": s.family, "hidden_size": s.hidden, "intermediate_size": ff,
+            "num_hidden_layers": s.layers, "num_attention_heads": s.heads, "num_key_value_heads": s.heads,
+            "head_dim": head_dim, "query_pre_attn_scalar": head_dim, "max_position_embeddings": 1024,
+            "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "sliding_window": 1024,
+            "n_embd": s.hidden, "n_head": s.heads, "n_layer": s.layers, "n_inner": ff, "n_positions": 1024,
+            "rotary_dim": head_dim, **ids}
+
+
+def random_model(folder: Path, s: PretrainSettings, tokenizer: Path) -> Path:
+    """Write a randomly initialised model: matrices and embeddings N(0, 0.02), biases 0, norms as the
+    family's modules make them (1, or 0 for offset norms). Seeded by `s.seed`."""
+    from .config import from_hf
+    from .load import build_model
+
+    vocab = json.loads(tokenizer.read_text())["model"]["vocab"]
+    raw = model_config(s, len(vocab))
+    torch.manual_seed(s.seed)
+    model = build_model(from_hf(raw))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.02)
+            elif name.endswith(".bias"):
+                p.zero_()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(raw, indent=1))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True}))
+    shutil.copy(tokenizer, folder / "tokenizer.json")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    return folder
+
+
+def _save(model, source: Path, out: Path, extra: dict[str, torch.Tensor] | None = None,
+          state: dict | None = None) -> None:
+    """An HF layout folder written whole (temporary folder, then renamed into place)."""
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / name, tmp / name)
+    if extra is not None:
+        save_file(extra, str(tmp / "optimizer.safetensors"))
+        (tmp / "trainer_state.json").write_text(json.dumps(state))
+    old = out.parent / f".{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _optimizer_state(opt: torch.optim.AdamW, params: list) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, p in enumerate(params):
+        st = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            if key in st:
+                out[f"{i}.{key}"] = st[key].detach().clone().reshape(st[key].shape).contiguous()
+    return out
+
+
+def _load_optimizer_state(opt: torch.optim.AdamW, params: list, saved: dict[str, torch.Tensor]) -> None:
+    for i, p in enumerate(params):
+        if f"{i}.exp_avg" in saved:
+            opt.state[p] = {k: saved[f"{i}.{k}"].to(p.device) for k in ("exp_avg", "exp_avg_sq", "step")}
+
+
+@torch.inference_mode()
+def bench_accuracy(model, tok, bench: Path) -> dict:
+    """Cloze-mode MCQ accuracy overall and per tier (the learning curve)."""
+    from .benchmark import load_benchmark
+    from .scoring import mcq_answers
+
+    concepts = load_benchmark(bench)
+    qs = [q for c in concepts for q in c.mcq]
+    answers = mcq_answers(model, tok, qs, "cloze", batch_size=64)
+    ok = [a == q.answer for a, q in zip(answers, qs)]
+    out, pos = {"acc": sum(ok) / len(ok)}, 0
+    per: dict[str, list[bool]] = {}
+    for c in concepts:
+        per.setdefault(c.tier, []).extend(ok[pos:pos + len(c.mcq)])
+        pos += len(c.mcq)
+    out.update({f"acc_{t}": sum(v) / len(v) for t, v in per.items()})
+    return out
+
+
+def pretrain(world, out, s: PretrainSettings, quiet: bool = False, stop_after: int | None = None) -> Path:
+    """Train a fresh model on `world/train.jsonl`; checkpoints under `out`; returns the last one.
+    `stop_after`: return after that step as an interrupted run would (a checkpoint step, to resume from)."""
+    from . import load_model, load_tokenizer
+    from .train import TrainSettings, batch_order, learning_rate, lm_loss, read_documents, windows
+
+    world, out = Path(world), Path(out)
+    for name in ("train.jsonl", "tokenizer.json", "bench.jsonl"):
+        if not (world / name).is_file():
+            raise FileNotFoundError(f"{world / name}: not found (make the world with `minipss synth`)")
+    out.mkdir(parents=True, exist_ok=True)
+    init, last = out / "init", out / "last"
+    settings_file = out / "pretrain_settings.json"
+    if settings_file.exists() and json.loads(settings_file.read_text()) != asdict(s):
+        raise ValueError(f"{out} holds a run with other settings; remove it or choose another --out")
+    settings_file.write_text(json.dumps(asdict(s)))
+    if not (init / "model.safetensors").is_file():
+        random_model(init, s, world / "tokenizer.json")
+    resume = (last / "trainer_state.json").is_file()
+    model = load_model(last if resume else init, device=s.device)
+    tok = load_tokenizer(init)
+    model.requires_grad_(True)
+    params = [p for _, p in model.named_parameters()]
+    decay = [p for p in params if p.dim() >= 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                            lr=s.lr, betas=(0.9, 0.95))
+    start = 0
+    log = out / "log.jsonl"
+    if resume:
+        state = json.loads((last / "trainer_state.json").read_text())
+        _load_optimizer_state(opt, params, load_file(str(last / "optimizer.safetensors"), device=str(s.device)))
+        start = state["step"]
+        kept = [l for l in log.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= start] \
+            if log.exists() else []
+        log.write_text("".join(l + "\n" for l in kept))
+    elif log.exists():
+        log.unlink()
+    docs = windows(tok, read_documents(world / "train.jsonl"), s.seq_len)
+    order = batch_order(len(docs), s.batch_size, s.steps, s.seed)
+    schedule = TrainSettings(steps=s.steps, lr=s.lr, warmup=s.warmup)
+    saves = set(s.checkpoints or log_spaced(s.steps))
+    t0 = time.time()
+    for step in range(start, s.steps):
+        model.train()
+        loss = lm_loss(model, [docs[i] for i in order[step]], s.device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        lr = learning_rate(step, schedule)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step()
+        done = step + 1
+        row = None
+        if done % s.log_every == 0 or done in saves:
+            row = {"step": done, "loss": round(loss.item(), 5), "lr": lr, "seconds": round(time.time() - t0, 2)}
+        if done in saves:
+            model.eval()
+            row.update({k: round(v, 5) for k, v in bench_accuracy(model, tok, world / "bench.jsonl").items()})
+            _save(model, init, out / f"step-{done:06d}")
+            _save(model, init, last, _optimizer_state(opt, params), {"step": done})
+        if row is not None:
+            with open(log, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if not quiet:
+                print(f"[pretrain {done}/{s.steps}] " + " ".join(f"{k} {v}" for k, v in row.items() if k != "step"),
+                      file=sys.stderr, flush=True)
+        if stop_after is not None and done >= stop_after:
+            return last
+    final = out / f"step-{s.steps:06d}"
+    if not final.exists():
+        model.eval()
+        _save(model, init, final)
+    return final
+
+
+def checkpoints(run) -> list[tuple[int, Path]]:
+    """The saved (step, folder) pairs of a pretraining run, in step order."""
+    return sorted((int(p.name.split("-")[1]), p) for p in Path(run).glob("step-*") if p.is_dir())
+
+
+def settings_from(a) -> PretrainSettings:
+    marks = [int(x) for x in a.checkpoints.split(",") if x.strip()] if a.checkpoints else []
+    if any(m < 1 or m > a.steps for m in marks):
+        raise ValueError(f"--checkpoints {a.checkpoints}: every step must be in 1..{a.steps}")
+    return PretrainSettings(family=a.family, layers=a.layers, hidden=a.hidden, ff=a.ff, heads=a.heads,
+                            steps=a.steps, lr=a.lr, warmup=a.warmup, batch_size=a.batch_size,
+                            seq_len=a.seq_len, seed=a.seed, checkpoints=marks, log_every=a.log_every,
+                            device=a.device)
+
+
+def main(a) -> None:
+    print(pretrain(a.world, a.out, settings_from(a), a.quiet))
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--world", required=True, help="folder written by `minipss synth`")
+    p.add_argument("--out", required=True, help="run folder: step-NNNNNN/ checkpoints, last/, log.jsonl")
+    p.add_argument("--family", default="llama", choices=FAMILY_TYPES)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--ff", type=int, default=0, help="d_ff (default 4 x hidden)")
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoints", default=None, help="comma-separated steps (default: 8 log-spaced)")
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")

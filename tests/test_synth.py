@@ -1,0 +1,165 @@
+"""The synthetic world, pretraining from scratch and the training studies (minipss.synth, .pretrain,
+.study_synth): deterministic, balanced, loadable, and end to end on a tiny model."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+import minipss
+from minipss.benchmark import load_benchmark
+from minipss.pipeline import Settings, run_pss
+from minipss.pretrain import PretrainSettings, checkpoints, log_spaced, pretrain
+from minipss.synth import KINDS, TIER_DOCS, make_world
+
+FILES = ("train.jsonl", "bench.jsonl", "new.jsonl", "new_bench.jsonl", "world.json", "card.md", "tokenizer.json")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    make_world(out, entities=12, seed=3)
+    return out
+
+
+def test_same_seed_same_bytes_other_seed_other_world(world, tmp_path):
+    make_world(tmp_path / "again", entities=12, seed=3)
+    make_world(tmp_path / "other", entities=12, seed=4)
+    for name in FILES:
+        assert (world / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
+    assert (world / "train.jsonl").read_bytes() != (tmp_path / "other" / "train.jsonl").read_bytes()
+
+
+def test_benchmark_is_valid_balanced_and_counts_are_exact(world):
+    concepts = load_benchmark(world / "bench.jsonl")
+    assert len(concepts) == 12
+    assert Counter(c.tier for c in concepts) == {"high": 4, "medium": 4, "low": 4}
+    assert Counter(c.category for c in concepts) == {"person": 6, "company": 6}
+    letters = Counter(q.answer for c in concepts for q in c.mcq)
+    assert max(letters.values()) - min(letters.values()) <= 2 and set(letters) == set("ABCD")
+    info = json.loads((world / "world.json").read_text())
+    facts = {e["name"]: e for e in info["entities"]}
+    docs = [json.loads(l)["text"] for l in (world / "train.jsonl").read_text().splitlines()]
+    for c in concepts:
+        assert len(c.mcq) == 10 and len(c.open) == 5
+        assert c.popularity == TIER_DOCS[c.tier]
+        assert sum(c.name in d for d in docs) == c.popularity  # popularity: documents naming the entity
+        assert not any(c.name in d and "Question" in d for d in docs)  # questions only on teaching entities
+        e = facts[c.name]
+        for q in c.mcq:
+            assert len(set(q.options.values())) == 4
+            attr = next(a for a, spec in KINDS[e["kind"]].items() if q.options[q.answer] == e["facts"][a]
+                        and any(ask.format(n=c.name) == q.question for ask in spec[2]))
+            pool = info["values"][KINDS[e["kind"]][attr][0]]
+            assert all(v in pool for v in q.options.values())  # distractors from the same value set
+        for q in c.open:
+            assert q["answer"] in e["facts"].values()
+    assert any("Question" in d for d in docs)  # the formats are taught on the teaching entities
+    new = load_benchmark(world / "new_bench.jsonl")
+    new_docs = (world / "new.jsonl").read_text()
+    assert all(c.name in new_docs and not any(c.name in d for d in docs) for c in new)
+
+
+def test_distractors_are_as_frequent_as_answers(tmp_path):
+    """Options are values other entities of the same tier hold, so their training frequency matches the
+    answer's and a unigram prior cannot find the answer."""
+    make_world(tmp_path, entities=36, seed=0)
+    info = json.loads((tmp_path / "world.json").read_text())
+    held: dict = {}
+    for e in info["entities"]:
+        if e["role"] == "eval":
+            held.setdefault(e["tier"], set()).update(e["facts"].values())
+    concepts = load_benchmark(tmp_path / "bench.jsonl")
+    options = [(c.tier, v) for c in concepts for q in c.mcq for v in q.options.values()]
+    assert sum(v in held[t] for t, v in options) / len(options) > 0.9
+
+
+def test_tokenizer_covers_the_world_and_splits_names(world):
+    from tokenizers import Tokenizer
+
+    t = Tokenizer.from_file(str(world / "tokenizer.json"))
+    for line in (world / "train.jsonl").read_text().splitlines():
+        assert "<unk>" not in t.encode(json.loads(line)["text"]).tokens
+    name = load_benchmark(world / "bench.jsonl")[0].name
+    assert len(t.encode(name).tokens) >= 3  # names are spelled with shared syllables
+
+
+def test_bad_sizes_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="at least 6"):
+        make_world(tmp_path, entities=5)
+    assert not any(tmp_path.iterdir())
+
+
+def test_log_spaced_checkpoints():
+    marks = log_spaced(400, 6)
+    assert marks[0] == 4 and marks[-1] == 400 and marks == sorted(set(marks)) and len(marks) == 6
+
+
+def test_pretrain_checkpoint_pss_end_to_end_and_resume(world, tmp_path):
+    """World -> pretraining from random init -> HF checkpoints -> PSS, on a tiny model; an interrupted run
+    resumed from `last/` ends bit-identical to an uninterrupted one."""
+    torch.set_num_threads(1)
+    s = PretrainSettings(layers=2, hidden=32, heads=2, steps=30, lr=3e-3, warmup=3, batch_size=8, seq_len=64,
+                         checkpoints=[10, 30], log_every=10)
+    final = pretrain(world, tmp_path / "a", s, quiet=True)
+    assert [step for step, _ in checkpoints(tmp_path / "a")] == [10, 30]
+    log = [json.loads(l) for l in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [10, 20, 30] and "acc_high" in log[0] and log[-1]["loss"] < log[0]["loss"]
+    model = minipss.load_model(final)
+    assert model.config.num_layers == 2 and model.config.hidden_size == 32
+    pretrain(world, tmp_path / "b", s, quiet=True, stop_after=10)
+    assert not (tmp_path / "b" / "step-000030").exists()
+    pretrain(world, tmp_path / "b", s, quiet=True)
+    for step in (10, 30):
+        name = f"step-{step:06d}/model.safetensors"
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    result = run_pss(final, world / "bench.jsonl", tmp_path / "pss.json",
+                     Settings(mode="cloze", ratios=[0.5], skip_layers=1, control=True), quiet=True)
+    assert len(result["concepts"]) == 12 and set(result["tiers"]) == {"high", "medium", "low"}
+    assert result["pss"] is not None and result["control"]["pss"] is not None
+
+
+def test_other_family_trains(world, tmp_path):
+    s = PretrainSettings(family="gptj", layers=2, hidden=32, heads=2, steps=4, warmup=1, batch_size=4,
+                         seq_len=32, checkpoints=[4], log_every=2)
+    final = pretrain(world, tmp_path, s, quiet=True)
+    assert minipss.load_model(final).config.model_type == "gptj"
+    with pytest.raises(ValueError, match="other settings"):
+        pretrain(world, tmp_path, PretrainSettings(family="gptj", layers=3, hidden=32, heads=2, steps=4), quiet=True)
+
+
+def test_mean_and_t_interval():
+    from minipss.study_synth import mean_ci
+
+    m, h = mean_ci([1.0, 2.0, 3.0])
+    assert m == pytest.approx(2.0) and h == pytest.approx(4.303 / 3 ** 0.5, rel=1e-4)
+    assert mean_ci([0.5]) == (0.5, None) and mean_ci([None]) == (None, None)
+
+
+def test_study_synth_smallest_run_and_rerun(tmp_path):
+    """All four studies on the smallest sizes through the CLI; a rerun reuses every saved step."""
+    from minipss.cli import main
+
+    argv = ["study-synth", "--out", str(tmp_path), "--entities", "6", "--seeds", "0,1", "--sizes", "2x16",
+            "--steps", "4", "--checkpoints", "2", "--ratios", "0.5", "--ft-steps", "2", "--threads", "1", "--quiet"]
+    main(argv)
+    report = json.loads((tmp_path / "study.json").read_text())
+    assert sorted(int(s) for s in report["emergence"]) == [1, 4]
+    assert all(len(rows) == 2 for rows in report["emergence"].values())
+    assert list(report["size"]) == ["2x16"] and len(report["frequency"]["rows"]) == 2
+    assert list(report["finetune"]) == ["before", "FT-FV", "FT-PV", "FT-CV", "FT-RV"]
+    for rows in report["finetune"].values():
+        assert all(0 <= r["new_acc"] <= 1 and r["pss_random"] is not None for r in rows)
+    text = (tmp_path / "study.md").read_text()
+    assert set(report["layers"]["ablation"][0]) == {"none", "layer 0", "layer 1", "layers 1..", "all"}
+    for title in ("Emergence", "Model size", "Frequency", "Fine-tuning", "Learning curves", "Where the facts are"):
+        assert title in text
+    pv = json.loads((tmp_path / "finetune" / "steps2-lr0.003" / "s0" / "FT-PV" / "model" / "value_vectors.json").read_text())
+    assert all(len(cols) == 4 for cols in pv["layers"].values())  # ceil(64 / 16) located columns per layer
+    before = {p: p.stat().st_mtime for p in tmp_path.rglob("model.safetensors")}
+    main(argv)
+    assert {p: p.stat().st_mtime for p in tmp_path.rglob("model.safetensors")} == before
+    again = json.loads((tmp_path / "study.json").read_text())
+    assert {k: v for k, v in again.items() if k != "seconds"} == \
+        {k: v for k, v in report.items() if k != "seconds"}
