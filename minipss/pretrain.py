@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import FAMILIES
+from .load import checkpoint_state
+from .models import FAMILIES, build_model, from_hf
 
 FAMILY_TYPES = tuple(sorted(FAMILIES))  # every model_type minipss loads can be made at random
 
@@ -78,9 +79,6 @@ def model_config(s: PretrainSettings, vocab: int) -> dict:
 def random_model(folder: Path, s: PretrainSettings, tokenizer: Path) -> Path:
     """Write a randomly initialised model: matrices and embeddings N(0, 0.02), biases 0, norms as the
     family's modules make them (1, or 0 for offset norms). Seeded by `s.seed`."""
-    from .config import from_hf
-    from .load import build_model
-
     vocab = json.loads(tokenizer.read_text())["model"]["vocab"]
     raw = model_config(s, len(vocab))
     torch.manual_seed(s.seed)
@@ -95,7 +93,7 @@ def random_model(folder: Path, s: PretrainSettings, tokenizer: Path) -> Path:
     (folder / "config.json").write_text(json.dumps(raw, indent=1))
     (folder / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True}))
     shutil.copy(tokenizer, folder / "tokenizer.json")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    save_file(checkpoint_state(model), str(folder / "model.safetensors"))
     return folder
 
 

@@ -139,7 +139,7 @@ def finetune_row(base: Path, world: Path, work: Path, variant: str | None, seed:
     """Train (unless `variant` is None: the base model) and evaluate on the new and the old entities."""
     from . import load_model, load_tokenizer
     from .benchmark import load_benchmark
-    from .config import read_config
+    from .models import read_config
     from .pretrain import bench_accuracy
     from .scoring import open_answers
     from .train import TrainSettings, located_scores, train, value_vector_sets
