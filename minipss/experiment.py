@@ -15,7 +15,15 @@ from pathlib import Path
 
 import torch
 
-from .train import VARIANTS, TrainSettings, located_scores, train, value_vector_sets
+from . import benchmark_path, load_model, load_tokenizer
+from .benchmark import load_benchmark
+from .hallucination import lid_for_questions, sample_answers, semantic_entropy
+from .method import mean
+from .models import read_config
+from .pipeline import Settings, run_pss
+from .scoring import mcq_answers, open_answers
+from .train import TrainSettings, VARIANTS, located_scores, train, value_vector_sets
+
 
 METRICS = ("mcq_acc", "open_acc", "pss", "semantic_entropy", "semantic_entropy_weighted", "lid")
 
@@ -27,13 +35,6 @@ def passages_path() -> Path:
 def evaluate(model_dir, bench, names: list[str], s, work: Path) -> dict:
     """MCQ and open accuracy on the chosen concepts, PSS with the chosen concepts as the benchmark,
     semantic entropy and LID on their open questions."""
-    from . import load_model, load_tokenizer
-    from .benchmark import load_benchmark
-    from .hallucination import lid_for_questions, sample_answers, semantic_entropy
-    from .method import mean
-    from .pipeline import Settings, run_pss
-    from .scoring import mcq_answers, open_answers
-
     model = load_model(model_dir, dtype=getattr(torch, s.dtype), device=s.device)
     tok = load_tokenizer(model_dir)
     concepts = [c for c in load_benchmark(bench) if c.name in names]
@@ -71,9 +72,6 @@ def markdown(table: dict) -> str:
 
 
 def run(a) -> dict:
-    from . import benchmark_path, load_model, load_tokenizer
-    from .models import read_config
-
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     bench = Path(a.bench or benchmark_path("minispecwiki"))

@@ -11,6 +11,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from .load import checkpoint_files
+
+
 CHUNK = 1 << 22
 
 
@@ -25,8 +28,6 @@ def file_digest(path) -> str:
 
 def model_digest(folder) -> dict[str, str]:
     """Digests of a model folder's config, tokenizer and every weights file (the index included)."""
-    from .load import checkpoint_files
-
     folder = Path(folder)
     weights = hashlib.sha256()
     files = checkpoint_files(folder)

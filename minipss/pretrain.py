@@ -25,8 +25,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import load_model, load_tokenizer
+from .benchmark import load_benchmark
 from .load import checkpoint_state
 from .models import FAMILIES, build_model, from_hf
+from .scoring import mcq_answers
+from .train import TrainSettings, batch_order, learning_rate, lm_loss, read_documents, windows
+
 
 FAMILY_TYPES = tuple(sorted(FAMILIES))  # every model_type minipss loads can be made at random
 
@@ -136,9 +141,6 @@ def _load_optimizer_state(opt: torch.optim.AdamW, params: list, saved: dict[str,
 @torch.inference_mode()
 def bench_accuracy(model, tok, bench: Path) -> dict:
     """Cloze-mode MCQ accuracy overall and per tier (the learning curve)."""
-    from .benchmark import load_benchmark
-    from .scoring import mcq_answers
-
     concepts = load_benchmark(bench)
     qs = [q for c in concepts for q in c.mcq]
     answers = mcq_answers(model, tok, qs, "cloze", batch_size=64)
@@ -155,9 +157,6 @@ def bench_accuracy(model, tok, bench: Path) -> dict:
 def pretrain(world, out, s: PretrainSettings, quiet: bool = False, stop_after: int | None = None) -> Path:
     """Train a fresh model on `world/train.jsonl`; checkpoints under `out`; returns the last one.
     `stop_after`: return after that step as an interrupted run would (a checkpoint step, to resume from)."""
-    from . import load_model, load_tokenizer
-    from .train import TrainSettings, batch_order, learning_rate, lm_loss, read_documents, windows
-
     world, out = Path(world), Path(out)
     for name in ("train.jsonl", "tokenizer.json", "bench.jsonl"):
         if not (world / name).is_file():

@@ -24,6 +24,18 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+
+from . import load_model, load_tokenizer
+from .benchmark import load_benchmark
+from .models import read_config
+from .pipeline import Settings, run_pss
+from .pretrain import PretrainSettings, bench_accuracy, checkpoints, log_spaced, pretrain
+from .report import summarise
+from .scoring import mcq_answers, open_answers
+from .synth import TIER_DOCS, make_world
+from .train import TrainSettings, located_scores, train, value_vector_sets
+
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 VARIANT_NAMES = {"fv": "FT-FV", "pv": "FT-PV", "cv": "FT-CV", "rv": "FT-RV"}
@@ -55,8 +67,6 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def parameters(model_dir) -> int:
-    from safetensors import safe_open
-
     with safe_open(str(Path(model_dir) / "model.safetensors"), framework="pt") as f:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
@@ -66,8 +76,6 @@ def parameters(model_dir) -> int:
 
 def pss_of(model_dir, bench, out: Path, a, skip: int | None = None) -> dict:
     """`run_pss` in cloze mode with the random control; the result file is kept and reused."""
-    from .pipeline import Settings, run_pss
-
     if out.exists():
         return json.loads(out.read_text())
     s = Settings(mode="cloze", ratios=a.ratios, skip_layers=a.skip_layers if skip is None else skip,
@@ -80,7 +88,6 @@ def cells(result: dict) -> dict:
     row = {"acc": result["acc_before"], "pss": result["pss"], "excess": result["excess_drop"],
            "pss_random": result["control"]["pss"], "excess_random": result["control"]["excess_drop"],
            "tiers": {}}
-    from .report import summarise
 
     for tier, t in result["tiers"].items():
         group = [c for c in result["concepts"] if c["tier"] == tier]
@@ -94,10 +101,6 @@ def cells(result: dict) -> dict:
 def layer_ablation(model_dir, bench: Path, out: Path, device: str) -> dict:
     """Where the facts are: MCQ accuracy per tier with one layer's MLP zeroed (every value vector), with
     layers 1.. zeroed, and with every MLP zeroed. Kept in `out`."""
-    from . import load_model, load_tokenizer
-    from .benchmark import load_benchmark
-    from .scoring import mcq_answers
-
     if out.exists():
         return json.loads(out.read_text())
     model, tok = load_model(model_dir, device=device), load_tokenizer(model_dir)
@@ -122,8 +125,6 @@ def layer_ablation(model_dir, bench: Path, out: Path, device: str) -> dict:
 
 
 def pretrain_run(world: Path, run: Path, size: str, seed: int, a, checkpoints=None) -> Path:
-    from .pretrain import PretrainSettings, pretrain
-
     layers, hidden = parse_size(size)
     s = PretrainSettings(family=a.family, layers=layers, hidden=hidden, heads=max(1, hidden // 32),
                          steps=a.steps, lr=a.lr, batch_size=a.batch_size, seed=seed,
@@ -137,13 +138,6 @@ def pretrain_run(world: Path, run: Path, size: str, seed: int, a, checkpoints=No
 
 def finetune_row(base: Path, world: Path, work: Path, variant: str | None, seed: int, a) -> dict:
     """Train (unless `variant` is None: the base model) and evaluate on the new and the old entities."""
-    from . import load_model, load_tokenizer
-    from .benchmark import load_benchmark
-    from .models import read_config
-    from .pretrain import bench_accuracy
-    from .scoring import open_answers
-    from .train import TrainSettings, located_scores, train, value_vector_sets
-
     saved = work / "row.json"
     if saved.exists():
         return json.loads(saved.read_text())
@@ -184,9 +178,6 @@ def finetune_row(base: Path, world: Path, work: Path, variant: str | None, seed:
 
 
 def run(a) -> dict:
-    from .pretrain import checkpoints, log_spaced
-    from .synth import TIER_DOCS, make_world
-
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
 from .prompts import FEW_SHOT
+
 
 TIER_DOCS = {"high": 16, "medium": 4, "low": 1}  # documents per entity: its exact popularity
 TEACH_DOCS = 4  # documents per teaching entity (plus its question-and-answer documents)
@@ -247,10 +251,6 @@ def build_tokenizer(texts: list[str], names: Names):
     letters as a fallback). Tokens: <pad> <eos> <bos> <unk>, then words by count then spelling, then the
     pieces sorted. An entity is thus several tokens shared with other entities, so the model has to
     combine them (in its MLPs) to recall a fact, instead of reading it off a one-entity embedding."""
-    from collections import Counter
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
     pre = pre_tokenizers.Whitespace()
     counts = Counter(w for t in texts for w, _ in pre.pre_tokenize_str(t) if w not in names.words)
     words = sorted(counts, key=lambda w: (-counts[w], w))

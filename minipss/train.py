@@ -22,7 +22,16 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from . import load_model, load_tokenizer
+from .benchmark import load_benchmark, unrelated_sets
+from .cli import at_least
+from .fingerprint import differences, file_digest, model_digest, short
+from .generate import right_pad
 from .load import checkpoint_state
+from .method import collect_coefficients, locate, unrelated_mean
+from .models import read_config
+from .pipeline import check_device, check_prompt_lengths, context_length
+
 
 VARIANTS = ("fv", "pv", "cv", "rv")
 
@@ -48,8 +57,6 @@ class TrainSettings:
 
     def check(self) -> None:
         """Refuse out-of-range values, naming the option, before any work."""
-        from .pipeline import check_device
-
         if self.variant not in VARIANTS:
             raise ValueError(f"--variant {self.variant!r}: choose one of {', '.join(VARIANTS)}")
         for name, low in (("steps", 1), ("batch_size", 1), ("accum", 1), ("seq_len", 2), ("warmup", 0),
@@ -211,8 +218,6 @@ def batch_order(n: int, batch_size: int, batches: int, seed: int) -> list[list[i
 
 def lm_loss(model, seqs: list[list[int]], device) -> torch.Tensor:
     """Next-token cross-entropy over right-padded sequences (padding ignored)."""
-    from .generate import right_pad
-
     ids, mask = right_pad(seqs, 0, device)
     logits = model(ids, attention_mask=mask).logits[:, :-1].float()
     target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
@@ -257,8 +262,6 @@ RUN_FILE = "run.json"  # in --out: what the run is computed from (written before
 def run_fingerprint(model_dir, data, s: TrainSettings, sets: dict | None, origin: dict | None = None) -> dict:
     """What a training run depends on: the source model's and the data's contents, every setting, the
     trained columns (and, from the command line, how they were chosen)."""
-    from .fingerprint import file_digest, model_digest
-
     keep = {k: v for k, v in asdict(s).items() if k not in ("save_every", "device")}
     keep.update({f"model {k}": v for k, v in model_digest(model_dir).items()})
     keep["data"] = file_digest(data)
@@ -273,8 +276,6 @@ def check_out(source: Path, data: Path, out: Path, fingerprint: dict, ignore=())
     """Before any work: what `out` holds. "new" (nothing of ours: start), "resume" (an unfinished run of
     the same fingerprint), "done" (a finished one). Anything else is refused, and no input is ever
     written over."""
-    from .fingerprint import differences
-
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file; give a folder (new or of an earlier run)")
     outputs = {(out / n).resolve() for n in ("config.json", "model.safetensors", "tokenizer.json",
@@ -310,11 +311,6 @@ def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[in
     """Train and write `out`; resumes when `out` holds a checkpoint of an unfinished run with the same
     source, data, settings and columns (refused when any differs); returns at once when it holds the
     finished run."""
-    from . import load_model, load_tokenizer
-    from .models import read_config
-    from .fingerprint import short
-    from .pipeline import context_length
-
     s, source, out, data = settings, Path(model_dir), Path(out), Path(data)
     s.check()
     if not data.is_file():
@@ -404,9 +400,6 @@ def located_scores(model, tok, bench, names: list[str], seed: int = 0, rank_by: 
     """S = |m_t - m_t*| (Eq. 5) with t the questions of the named concepts together and t* the questions
     of their unrelated concepts (drawn as in the PSS run with the same seed), chosen concepts left out.
     `rank_by="abs"` ranks by the concepts' own |m| alone (the paper's "most highly activated")."""
-    from .benchmark import load_benchmark, unrelated_sets
-    from .method import collect_coefficients, locate, unrelated_mean
-
     concepts = load_benchmark(bench)
     index = {c.name: i for i, c in enumerate(concepts)}
     unknown = [n for n in names if n not in index]
@@ -425,14 +418,10 @@ def located_scores(model, tok, bench, names: list[str], seed: int = 0, rank_by: 
 
 def main(a) -> None:
     """`minipss train` (spec/interfaces.md)."""
-    from . import load_model, load_tokenizer
-
     s = TrainSettings(variant=a.variant, steps=a.steps, lr=a.lr, seed=a.seed, device=a.device, dtype=a.dtype,
                       batch_size=a.batch_size, accum=a.accum, seq_len=a.seq_len, warmup=a.warmup,
                       weight_decay=a.weight_decay, r_pv=a.r_pv, save_every=a.save_every)
     s.check()
-    from .models import read_config
-    from .fingerprint import file_digest
     c = read_config(a.model)
     if not 0 <= a.pv_first_layer < c.num_layers:
         raise ValueError(f"--pv-first-layer {a.pv_first_layer}: the model has layers 0..{c.num_layers - 1}")
@@ -453,9 +442,6 @@ def main(a) -> None:
     read_documents(a.data)
     scores = None
     if a.variant != "fv":
-        from .benchmark import load_benchmark
-        from .pipeline import check_prompt_lengths
-
         model = load_model(a.model, device=a.device)
         tok = load_tokenizer(a.model)
         check_prompt_lengths(load_benchmark(a.bench), tok, c, a.model, None, Path(a.bench))
@@ -468,8 +454,6 @@ def main(a) -> None:
 
 
 def add_arguments(p) -> None:
-    from .cli import at_least
-
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="text file (documents split on blank lines) or JSONL {text}")
     p.add_argument("--out", required=True, help="output HF layout folder")
