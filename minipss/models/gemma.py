@@ -14,6 +14,28 @@ from torch import nn
 from ..decoder import Decoder
 from ..layers import GatedMLP, RMSNorm, SelfAttention
 
+# GGUF (llama.cpp) architectures of this family -> their HF model_type.
+GGUF_ARCHS = {"gemma3": "gemma3_text"}
+# GGUF tensor-name pieces -> HF ones (`blk.N.<piece>` -> `model.layers.N.<HF piece>`). llama.cpp's `ffn_norm`
+# is Gemma's pre-MLP norm and `post_attention_norm` its post-norm on the attention output.
+GGUF_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "attn_output": "self_attn.o_proj",
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+
 
 class GemmaBlock(nn.Module):
     def __init__(self, cfg):

@@ -11,6 +11,27 @@ from torch import nn
 from ..decoder import Decoder
 from ..layers import GatedMLP, RMSNorm, SelfAttention
 
+# GGUF (llama.cpp) architectures of this family -> their HF model_type.
+GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2"}
+# GGUF tensor-name pieces -> HF ones: `token_embd.weight` -> `model.embed_tokens.weight`,
+# `blk.N.<piece>.weight|bias` -> `model.layers.N.<HF piece>.weight|bias`.
+GGUF_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
 
 class LlamaBlock(nn.Module):
     def __init__(self, cfg):
