@@ -1,4 +1,4 @@
-"""The command line: `minipss pss`, `minipss sweep`, `minipss compare`, `minipss train`."""
+"""The command line: `minipss pss`, `minipss sweep`, `minipss compare`, `minipss study`, `minipss train`."""
 
 from __future__ import annotations
 
@@ -106,6 +106,11 @@ def main(argv=None) -> None:
     p.add_argument("results", nargs="+")
     p.add_argument("--plots", default=None, help="folder for PNG figures (needs the plot extra)")
     p.set_defaults(func=lambda a: __import__("minipss.compare", fromlist=["main"]).main(a))
+
+    p = sub.add_parser("study", help="several models, one benchmark, one setting: Table 1, Figures 2, 3, 5, a report")
+    from .study import add_arguments as study_arguments, main as study_main
+    study_arguments(p)
+    p.set_defaults(func=study_main)
 
     p = sub.add_parser("train", help="fine-tune only chosen value vectors (FT-FV/PV/CV/RV, §5)")
     from .train import add_arguments, main as train_main
