@@ -258,7 +258,8 @@ def plot(summary: dict, folder: Path) -> list[Path]:
         points = [(float(k), r["g_minus_c"], r["control_g_minus_c"]) for k, r in m["by_ratio"].items() if float(k) > 0]
         (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], "-o", ms=3, label=label)
         if all(p[2] is not None for p in points):
-            ax.plot([p[0] for p in points], [p[2] for p in points], "--", color=line.get_color(), label=f"{label} random")
+            ax.plot([p[0] for p in points], [p[2] for p in points], "--x", ms=4, color=line.get_color(),
+                    label=f"{label} random")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xscale("log")
     ax.set(xlabel="mask ratio (log)", ylabel="General_after - Concept_after", title="G - C by mask ratio")
