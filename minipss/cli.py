@@ -1,5 +1,5 @@
-"""The command line: `minipss pss`, `minipss sweep`, `minipss compare`, `minipss train`, and the synthetic
-world: `minipss synth`, `minipss pretrain`, `minipss study-synth`."""
+"""The command line: `minipss pss`, `sweep`, `compare`, `study`, `train`, `experiment`, `perf`, and the
+synthetic world: `minipss synth`, `pretrain`, `study-synth`."""
 
 from __future__ import annotations
 
@@ -121,6 +121,11 @@ def main(argv=None) -> None:
     p.add_argument("results", nargs="+")
     p.add_argument("--plots", default=None, help="folder for PNG figures (needs the plot extra)")
     p.set_defaults(func=lambda a: __import__("minipss.compare", fromlist=["main"]).main(a))
+
+    p = sub.add_parser("study", help="several models, one benchmark, one setting: Table 1, Figures 2, 3, 5, a report")
+    from .study import add_arguments as study_arguments, main as study_main
+    study_arguments(p)
+    p.set_defaults(func=study_main)
 
     p = sub.add_parser("train", help="fine-tune only chosen value vectors (FT-FV/PV/CV/RV, §5)")
     from .train import add_arguments, main as train_main

@@ -1,138 +1,208 @@
-"""Convert the Gemma 3 GGUF file into a Hugging Face layout folder.
+"""Convert a GGUF file (llama.cpp's format) into a Hugging Face layout folder.
 
-Follows spec/gemma3-gguf.md: dequantize every tensor with `gguf.quants.dequantize` (the result is
-already PyTorch's `[out, in]`), rename to Gemma3ForCausalLM keys, subtract the 1 that llama.cpp folds
-into every norm weight, and write `model.safetensors` (float32, so nothing more is lost),
-`config.json` (the hub's v4 dialect, `model_type: gemma3_text`) and `tokenizer.json`.
+One conversion for the GGUF architectures `llama` (SmolLM2), `qwen2` (Qwen2.5) and `gemma3`:
+
+- every tensor is dequantized with `gguf.quants.dequantize` (already PyTorch's `[out, in]`) and renamed
+  through the `gguf_names` of the family that declares the architecture (`Family.gguf_archs`);
+- what llama.cpp's converter did to the weights is undone: for the `llama` architecture it permuted the
+  rows of q_proj and k_proj (per head, the rotary pairs interleaved: `(2, half)` -> `(half, 2)`), for
+  Gemma it stored every norm weight as `w + 1`;
+- `config.json` comes from the `<arch>.*` metadata (plus what the file does not carry, e.g. Gemma 3's
+  local RoPE base); the head is tied exactly when the file has no `output.weight`;
+- `tokenizer.json` and `tokenizer_config.json` (whether BOS is added) come from the file's own
+  vocabulary (see `minipss.gguf_tokenizer`).
+
+`model.safetensors` is float32, so nothing more is lost, and is written one tensor at a time, so
+converting a 1.5B model needs memory for its largest tensor, not for the model.
 """
 
 import json
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.torch import save_file
 
-from .gguf_tokenizer import build_tokenizer_json, metadata
+from .models import family_of_gguf
+from .gguf_tokenizer import adds_bos, build_tokenizer_json, metadata
 
-# GGUF name -> HF name; `blk.N.<part>` becomes `model.layers.N.<BLOCK_NAMES[part]>`.
-TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm"}
-BLOCK_NAMES = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
-    "attn_output": "self_attn.o_proj",
-    "post_attention_norm": "post_attention_layernorm",
-    "ffn_norm": "pre_feedforward_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "post_ffw_norm": "post_feedforward_layernorm",
-}
+HF_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
+ROWS_PERMUTED = {"llama"}  # architectures whose q/k rows llama.cpp permuted for its RoPE layout
+NORMS_PLUS_ONE = {"gemma3"}  # architectures whose norm weights llama.cpp stored as w + 1
 
-# Gemma 3 facts the file does not carry (spec: "Not in the file, Gemma 3 defaults").
-ROPE_LOCAL_BASE_FREQ = 10_000.0
-SLIDING_WINDOW_PATTERN = 6  # every 6th layer attends globally
-HIDDEN_ACTIVATION = "gelu_pytorch_tanh"
+# Gemma 3 facts the file does not carry (spec: gemma3-gguf.md, "Not in the file, Gemma 3 defaults").
+GEMMA3_ROPE_LOCAL_BASE_FREQ = 10_000.0
+GEMMA3_SLIDING_WINDOW_PATTERN = 6  # every 6th layer attends globally
 
 
-def read_config(reader) -> dict:
-    """config.json for Gemma3ForCausalLM, from the `gemma3.*` metadata plus Gemma 3's defaults."""
+def _optional(reader, key: str):
+    field = reader.get_field(key)
+    return None if field is None else field.contents()
+
+
+def _eps(value: float) -> float:
+    """Stored as a float32 (9.99999997e-07): keep the 7 digits it holds, which gives back 1e-06."""
+    return float(f"{value:.7g}")
+
+
+def read_config(reader, tied: bool = True) -> dict:
+    """config.json (the hub's v4 dialect) from the file's metadata; `tied`: no `output.weight` in it."""
     arch = metadata(reader, "general.architecture")
-    if arch != "gemma3":
-        raise ValueError(f"{reader.data.filename}: general.architecture is {arch!r}, expected 'gemma3'")
-    n_layers = metadata(reader, "gemma3.block_count")
-    head_dim = metadata(reader, "gemma3.attention.key_length")
-    return {
-        "architectures": ["Gemma3ForCausalLM"],
-        "model_type": "gemma3_text",
-        "hidden_size": metadata(reader, "gemma3.embedding_length"),
-        "intermediate_size": metadata(reader, "gemma3.feed_forward_length"),
+    model_type = family_of_gguf(arch).gguf_archs[arch]
+    key = lambda name: metadata(reader, f"{arch}.{name}")  # noqa: E731
+    scaling = _optional(reader, f"{arch}.rope.scaling.type")
+    if scaling not in (None, "none"):
+        raise ValueError(f"{reader.data.filename}: {arch}.rope.scaling.type {scaling!r} is not supported")
+    hidden, heads = key("embedding_length"), key("attention.head_count")
+    head_dim = _optional(reader, f"{arch}.attention.key_length") or hidden // heads
+    rotary = _optional(reader, f"{arch}.rope.dimension_count")
+    if rotary not in (None, head_dim):
+        raise ValueError(f"{reader.data.filename}: rotary dimension {rotary} != head dim {head_dim} is not supported")
+    n_layers = key("block_count")
+    config = {
+        "architectures": [HF_CLASSES[model_type]],
+        "model_type": model_type,
+        "hidden_size": hidden,
+        "intermediate_size": key("feed_forward_length"),
         "num_hidden_layers": n_layers,
-        "num_attention_heads": metadata(reader, "gemma3.attention.head_count"),
-        "num_key_value_heads": metadata(reader, "gemma3.attention.head_count_kv"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": _optional(reader, f"{arch}.attention.head_count_kv") or heads,
         "head_dim": head_dim,
-        # stored as a float32 (9.99999997e-07): keep the 7 digits it holds, which gives back 1e-06
-        "rms_norm_eps": float(f'{metadata(reader, "gemma3.attention.layer_norm_rms_epsilon"):.7g}'),
-        "rope_theta": metadata(reader, "gemma3.rope.freq_base"),
-        "rope_local_base_freq": ROPE_LOCAL_BASE_FREQ,
+        "rms_norm_eps": _eps(key("attention.layer_norm_rms_epsilon")),
+        "rope_theta": float(_optional(reader, f"{arch}.rope.freq_base") or 10_000.0),
         "rope_scaling": None,
-        "sliding_window": metadata(reader, "gemma3.attention.sliding_window"),
-        "sliding_window_pattern": SLIDING_WINDOW_PATTERN,
-        "layer_types": [
-            "full_attention" if (i + 1) % SLIDING_WINDOW_PATTERN == 0 else "sliding_attention" for i in range(n_layers)
-        ],
-        "query_pre_attn_scalar": head_dim,
-        "hidden_activation": HIDDEN_ACTIVATION,
-        "max_position_embeddings": metadata(reader, "gemma3.context_length"),
+        "max_position_embeddings": key("context_length"),
         "vocab_size": len(metadata(reader, "tokenizer.ggml.tokens")),
-        "bos_token_id": metadata(reader, "tokenizer.ggml.bos_token_id"),
-        "eos_token_id": metadata(reader, "tokenizer.ggml.eos_token_id"),
-        "pad_token_id": metadata(reader, "tokenizer.ggml.padding_token_id"),
-        "tie_word_embeddings": True,
-        "final_logit_softcapping": None,
-        "attn_logit_softcapping": None,
+        "bos_token_id": _optional(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _optional(reader, "tokenizer.ggml.eos_token_id"),
+        "pad_token_id": _optional(reader, "tokenizer.ggml.padding_token_id"),
+        "tie_word_embeddings": tied,
         "torch_dtype": "float32",
     }
+    if arch == "gemma3":
+        config.update({
+            "rope_local_base_freq": GEMMA3_ROPE_LOCAL_BASE_FREQ,
+            "sliding_window": key("attention.sliding_window"),
+            "sliding_window_pattern": GEMMA3_SLIDING_WINDOW_PATTERN,
+            "layer_types": ["full_attention" if (i + 1) % GEMMA3_SLIDING_WINDOW_PATTERN == 0 else "sliding_attention"
+                            for i in range(n_layers)],
+            "query_pre_attn_scalar": head_dim,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "final_logit_softcapping": None,
+            "attn_logit_softcapping": None,
+        })  # fmt: skip
+    else:
+        config.update({"hidden_act": "silu", "attention_bias": False, "mlp_bias": False})
+        if arch == "qwen2":  # Qwen2's q/k/v biases are implied by its model_type
+            config.update({"use_sliding_window": False, "sliding_window": None, "max_window_layers": n_layers})
+    return config
 
 
-def hf_name(gguf_name: str) -> str:
-    """`blk.3.ffn_down.weight` -> `model.layers.3.mlp.down_proj.weight`; KeyError if unknown."""
+def hf_name(gguf_name: str, names: dict) -> str:
+    """`blk.3.ffn_down.weight` -> `model.layers.3.mlp.down_proj.weight` through `names`; KeyError if unknown."""
     stem, _, kind = gguf_name.rpartition(".")
-    if stem in TOP_NAMES:
-        return f"{TOP_NAMES[stem]}.{kind}"
+    if stem in names and not stem.startswith("blk."):
+        return f"{names[stem]}.{kind}"
     blk, layer, part = (stem.split(".", 2) + ["", ""])[:3]
-    if blk != "blk" or not layer.isdigit() or part not in BLOCK_NAMES:
+    if blk != "blk" or not layer.isdigit() or part not in names:
         raise KeyError(gguf_name)
-    return f"model.layers.{layer}.{BLOCK_NAMES[part]}.{kind}"
+    return f"model.layers.{layer}.{names[part]}.{kind}"
 
 
-def expected_shapes(config: dict) -> dict[str, tuple]:
-    """Every HF tensor the model needs and its shape (the head is tied: no lm_head)."""
+def expected_shapes(config: dict, arch: str) -> dict[str, tuple]:
+    """Every HF tensor the model needs and its shape."""
     d, f, hd = config["hidden_size"], config["intermediate_size"], config["head_dim"]
     q, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
     block = {
-        "input_layernorm": (d,), "self_attn.q_proj": (q, d), "self_attn.k_proj": (kv, d),
-        "self_attn.v_proj": (kv, d), "self_attn.q_norm": (hd,), "self_attn.k_norm": (hd,),
-        "self_attn.o_proj": (d, q), "post_attention_layernorm": (d,), "pre_feedforward_layernorm": (d,),
-        "mlp.gate_proj": (f, d), "mlp.up_proj": (f, d), "mlp.down_proj": (d, f), "post_feedforward_layernorm": (d,),
+        "input_layernorm.weight": (d,), "self_attn.q_proj.weight": (q, d), "self_attn.k_proj.weight": (kv, d),
+        "self_attn.v_proj.weight": (kv, d), "self_attn.o_proj.weight": (d, q), "post_attention_layernorm.weight": (d,),
+        "mlp.gate_proj.weight": (f, d), "mlp.up_proj.weight": (f, d), "mlp.down_proj.weight": (d, f),
     }  # fmt: skip
+    if arch == "qwen2":
+        block.update({"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,)})
+    if arch == "gemma3":
+        block.update({"self_attn.q_norm.weight": (hd,), "self_attn.k_norm.weight": (hd,),
+                      "pre_feedforward_layernorm.weight": (d,), "post_feedforward_layernorm.weight": (d,)})
     shapes = {"model.embed_tokens.weight": (config["vocab_size"], d), "model.norm.weight": (d,)}
+    if not config["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (config["vocab_size"], d)
     for i in range(config["num_hidden_layers"]):
-        shapes.update({f"model.layers.{i}.{part}.weight": shape for part, shape in block.items()})
+        shapes.update({f"model.layers.{i}.{part}": shape for part, shape in block.items()})
     return shapes
 
 
-def read_tensors(reader, config: dict) -> dict[str, torch.Tensor]:
-    """Dequantized float32 tensors under HF names, norms minus 1; asserts names and shapes match."""
-    from gguf.quants import dequantize
+def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k permutation: per head, rows stored as (half, 2) pairs go back to (2, half)."""
+    rows = w.shape[0]
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
-    tensors = {}
+
+def plan(reader) -> tuple[dict, list]:
+    """The config and, in file order, (GGUF tensor, HF name, shape); asserts the names and shapes match."""
+    arch = metadata(reader, "general.architecture")
+    names = family_of_gguf(arch).gguf_names
+    config = read_config(reader, tied=all(t.name != "output.weight" for t in reader.tensors))
+    items = []
     for t in reader.tensors:
         try:
-            name = hf_name(t.name)
+            items.append((t, hf_name(t.name, names), tuple(int(n) for n in reversed(t.shape))))
         except KeyError:
             raise ValueError(f"{reader.data.filename}: unexpected tensor {t.name!r}") from None
-        w = np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)
-        if name.endswith("norm.weight"):
-            w -= 1.0  # llama.cpp stores Gemma's norm weights as w + 1
-        tensors[name] = torch.from_numpy(w)
-
-    want = expected_shapes(config)
-    got = {name: tuple(w.shape) for name, w in tensors.items()}
+    want = expected_shapes(config, arch)
+    got = {name: shape for _, name, shape in items}
     if got != want:
         missing, extra = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
         wrong = sorted(n for n in want.keys() & got.keys() if want[n] != got[n])
         raise ValueError(
             f"{reader.data.filename}: tensors missing {missing[:5]}, unexpected {extra[:5]}, wrong shape {wrong[:5]}"
         )
-    return tensors
+    return config, items
+
+
+def hf_tensor(t, name: str, config: dict, arch: str) -> np.ndarray:
+    """One tensor dequantized to float32, with llama.cpp's changes undone."""
+    from gguf.quants import dequantize
+
+    w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+    if arch in NORMS_PLUS_ONE and name.endswith("norm.weight"):
+        w = w - 1.0
+    if arch in ROWS_PERMUTED and ".self_attn.q_proj." in name:
+        w = unpermute_rows(w, config["num_attention_heads"])
+    if arch in ROWS_PERMUTED and ".self_attn.k_proj." in name:
+        w = unpermute_rows(w, config["num_key_value_heads"])
+    return np.ascontiguousarray(w)
+
+
+def write_safetensors(path: Path, items, convert) -> None:
+    """A float32 safetensors file written tensor by tensor: the header from the known shapes, then the data."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for _, name, shape in items:
+        size = 4 * int(np.prod(shape, dtype=np.int64))
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for item in items:
+            w = convert(*item[:2])
+            if w.shape != item[2]:
+                raise ValueError(f"{item[0].name}: dequantized to {w.shape}, expected {item[2]}")
+            f.write(w.astype("<f4", copy=False).tobytes())
+
+
+def tokenizer_config(reader) -> dict:
+    """What `minipss.load_tokenizer` and transformers read beside tokenizer.json: BOS or not, special tokens."""
+    tokens = metadata(reader, "tokenizer.ggml.tokens")
+    out = {"add_bos_token": adds_bos(reader), "add_eos_token": False}
+    for name, key in (("bos_token", "bos"), ("eos_token", "eos"), ("pad_token", "padding"), ("unk_token", "unknown")):
+        index = _optional(reader, f"tokenizer.ggml.{key}_token_id")
+        if index is not None:
+            out[name] = tokens[index]
+    return out
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:
@@ -140,28 +210,30 @@ def _publish(tmp: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         os.replace(tmp, out_dir)
         return
-    for name in ("model.safetensors", "tokenizer.json", "config.json"):
-        os.replace(tmp / name, out_dir / name)
+    for path in tmp.iterdir():
+        os.replace(path, out_dir / path.name)
     shutil.rmtree(tmp)
 
 
-def convert_gemma3_gguf(gguf_path, out_dir) -> Path:
-    """Convert a Gemma 3 GGUF file into an HF layout folder; returns the folder."""
+def convert_gguf(gguf_path, out_dir) -> Path:
+    """Convert a GGUF file (llama, qwen2 or gemma3 architecture) into an HF layout folder; returns it."""
     import gguf
 
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if not gguf_path.is_file():
         raise FileNotFoundError(f"{gguf_path}: no such GGUF file")
     reader = gguf.GGUFReader(gguf_path)
-    config = read_config(reader)
-    tensors = read_tensors(reader, config)
+    arch = metadata(reader, "general.architecture")
+    config, items = plan(reader)
+    tokenizer_json = build_tokenizer_json(reader)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     tmp.chmod(0o755)
     try:
-        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
-        (tmp / "tokenizer.json").write_text(build_tokenizer_json(reader), encoding="utf-8")
+        write_safetensors(tmp / "model.safetensors", items, lambda t, name: hf_tensor(t, name, config, arch))
+        (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(reader), indent=2) + "\n", encoding="utf-8")
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         for path in tmp.iterdir():
             path.chmod(0o644)
@@ -169,3 +241,8 @@ def convert_gemma3_gguf(gguf_path, out_dir) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def convert_gemma3_gguf(gguf_path, out_dir) -> Path:
+    """Convert a Gemma 3 GGUF file (kept name; see `convert_gguf`)."""
+    return convert_gguf(gguf_path, out_dir)

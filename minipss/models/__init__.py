@@ -37,6 +37,15 @@ def family_of(model_type) -> Family:
     return FAMILIES[model_type]
 
 
+def family_of_gguf(arch: str) -> Family:
+    """The family that converts GGUF files of llama.cpp's `general.architecture` `arch`."""
+    for family in REGISTERED:
+        if arch in family.gguf_archs:
+            return family
+    known = sorted(a for family in REGISTERED for a in family.gguf_archs)
+    raise ValueError(f"GGUF architecture {arch!r} is not supported (known: {', '.join(known)})")
+
+
 def from_hf(cfg: dict) -> ModelConfig:
     """Normalise a Hugging Face config dict; ValueError on an unsupported model_type or a missing key."""
     family = family_of(cfg.get("model_type"))

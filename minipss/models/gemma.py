@@ -16,6 +16,29 @@ from ..config import DEFAULT_WINDOW, ModelConfig, activation, common_fields, lay
 from ..decoder import Decoder, Family
 from ..layers import GatedMLP, RMSNorm, SelfAttention
 
+# GGUF (llama.cpp) architectures of this family -> their HF model_type.
+GGUF_ARCHS = {"gemma3": "gemma3_text"}
+# GGUF tensor-name pieces -> HF ones (`blk.N.<piece>` -> `model.layers.N.<HF piece>`). llama.cpp's `ffn_norm`
+# is Gemma's pre-MLP norm and `post_attention_norm` its post-norm on the attention output.
+GGUF_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "attn_output": "self_attn.o_proj",
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+
+
 # what HF's config classes assume when a key is absent (hub multimodal Gemma 3 text_config blocks omit many)
 GEMMA3_TEXT_DEFAULTS = {"vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
                         "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
@@ -108,6 +131,7 @@ class GemmaModel(Decoder):
 
 
 FAMILY = Family(
+    gguf_archs=GGUF_ARCHS, gguf_names=GGUF_NAMES,
     model_types=("gemma", "gemma2", "gemma3_text", "gemma3"), parse_config=parse_config, model=GemmaModel,
     adds_bos=("gemma", "gemma2", "gemma3_text", "gemma3"),
     renamed_prefixes={"language_model.model.": "model.", "model.language_model.": "model.",

@@ -12,6 +12,27 @@ from ..config import DEFAULT_WINDOW, ModelConfig, activation, common_fields, lay
 from ..decoder import Decoder, Family
 from ..layers import GatedMLP, RMSNorm, SelfAttention
 
+# GGUF (llama.cpp) architectures of this family -> their HF model_type.
+GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2"}
+# GGUF tensor-name pieces -> HF ones: `token_embd.weight` -> `model.embed_tokens.weight`,
+# `blk.N.<piece>.weight|bias` -> `model.layers.N.<HF piece>.weight|bias`.
+GGUF_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
 
 def parse_config(cfg: dict) -> ModelConfig:
     mt, n, heads = cfg["model_type"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
@@ -78,4 +99,5 @@ class LlamaModel(Decoder):
 
 # Yi ships as "llama"
 FAMILY = Family(model_types=("llama", "mistral", "qwen2", "qwen3"), parse_config=parse_config,
+                gguf_archs=GGUF_ARCHS, gguf_names=GGUF_NAMES,
                 model=LlamaModel, adds_bos=("llama", "mistral"))

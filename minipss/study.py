@@ -1,0 +1,371 @@
+"""`minipss study`: the paper's cross-model findings (§6) on several models, one benchmark, one setting.
+
+    minipss study [--models smollm2-135m,gemma-3-270m,qwen2.5-coder-0.5b,qwen2.5-coder-1.5b] [--out runs/study]
+
+Runs `minipss pss` for each model (a name that `python -m minipss.weights` knows, converted on first use,
+or a model folder) into `OUT/<model>/result.json`; each run resumes from its own work folder, and a model
+whose result already holds these settings is not run again. Then it writes, in `OUT/`:
+
+- Table 1: accuracy before masking and PSS per model, with the spread over concepts (standard deviation
+  and a bootstrap 95% interval), the excess drop and the random-vector control beside them;
+- Figure 2: accuracy against PSS across models, Pearson and Spearman with bootstrap intervals over concepts;
+- Figure 3: General_after - Concept_after against the mask ratio, one curve per model (dashed: random);
+- Figure 5: PSS per popularity tier;
+- `study.md` (the tables, the figures embedded) and `study.json` (every number in it).
+
+Every model is scored in plain text-completion mode (the prompts of `minipss.prompts`, no chat template),
+also those that are instruction-tuned; the report says which are.
+
+Where models ran with different ratio sets (e.g. fewer for a large model on a CPU), every cross-model
+number uses the ratios all of them share, and the report names them. The bootstrap resamples concepts
+with replacement (one draw of concepts shared by all models, for the correlations), 1000 times, seeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+from .benchmark import TIERS
+from .compare import PLOT_EXTRA, pearson, spearman
+from .method import mean, model_pss
+
+DEFAULT_MODELS = ("smollm2-135m", "gemma-3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+DEFAULT_RATIOS = "0.001,0.01,0.1,0.5"
+# settings a stored result must share to be reused as it is
+SAME = ("mode", "ratios", "skip_layers", "seed", "concepts", "n_unrelated", "control", "ablation", "token_rule",
+        "cloze_mean", "dtype")
+
+
+# ---- running ---------------------------------------------------------------------------------------
+
+def model_folder(name: str) -> Path:
+    """A known real model's converted folder (converting it if needed), or an existing folder."""
+    from .weights import MODELS, ensure
+
+    if name in MODELS:
+        return ensure(name)
+    folder = Path(name)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"--models: {name!r} is neither a known model ({', '.join(MODELS)}) nor a model folder")
+    return folder.absolute()
+
+
+def label_of(name: str) -> str:
+    return Path(name).name if "/" in name else name
+
+
+def run_models(models, bench, out, settings_for, quiet=False) -> dict[str, dict]:
+    """`minipss pss` per model into `out/<label>/result.json`; returns {label: result}."""
+    from .pipeline import run_pss
+
+    results = {}
+    for name in models:
+        label, settings = label_of(name), settings_for(name)
+        path = Path(out) / label / "result.json"
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            if all(stored.get("settings", {}).get(k) == v for k, v in asdict(settings).items() if k in SAME):
+                results[label] = stored
+                if not quiet:
+                    print(f"{label}: reusing {path}", flush=True)
+                continue
+        if not quiet:
+            print(f"{label}: minipss pss -> {path}", flush=True)
+        results[label] = run_pss(model_folder(name), bench, path, settings, quiet)
+    return results
+
+
+# ---- numbers ---------------------------------------------------------------------------------------
+
+def common_ratios(results: dict[str, dict]) -> list[str]:
+    """Ratio keys every result has, in increasing order."""
+    keys = set.intersection(*(set(r["pss_by_ratio"]) for r in results.values()))
+    return sorted(keys, key=float)
+
+
+def scores(rows: list[dict], ratios: list[str], kind: str = "by_ratio") -> dict:
+    """Accuracy before masking, PSS (Eq. 6, mean over `ratios`) and excess drop of a group of concept rows."""
+    acc = mean(r["concept_before"] for r in rows)
+    pss = mean(model_pss([r[kind][k]["concept_after"] for r in rows], [r[kind][k]["general_after"] for r in rows],
+                         acc, float(k)) for k in ratios)
+    excess = mean(r[kind][k]["excess_drop"] for r in rows for k in ratios)
+    return {"acc": acc, "pss": pss, "excess": excess}
+
+
+def interval(values) -> list[float] | None:
+    values = sorted(v for v in values if v is not None)
+    if len(values) < 20:
+        return None
+    return [values[int(0.025 * (len(values) - 1))], values[int(0.975 * (len(values) - 1))]]
+
+
+def std(values) -> float | None:
+    values = [v for v in values if v is not None]
+    if len(values) < 2:
+        return None
+    m = sum(values) / len(values)
+    return (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def summarise(results: dict[str, dict], instruct: dict[str, bool | None], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Every number of the report: per model, per ratio, per tier, and the correlations across models."""
+    ratios = common_ratios(results)
+    rng = random.Random(seed)
+    models = {}
+    for label, res in results.items():
+        rows = res["concepts"]
+        own = scores(rows, ratios)
+        boots = [scores([rows[rng.randrange(len(rows))] for _ in rows], ratios) for _ in range(n_boot)]
+        control = scores(rows, ratios, "control_by_ratio") if all("control_by_ratio" in r for r in rows) else None
+        models[label] = {
+            "instruction_tuned": instruct.get(label),
+            "concepts": len(rows),
+            "ratios": sorted(res["pss_by_ratio"], key=float),
+            "acc_before": own["acc"], "pss": own["pss"], "excess_drop": own["excess"],
+            "acc_ci": interval(b["acc"] for b in boots), "pss_ci": interval(b["pss"] for b in boots),
+            "excess_ci": interval(b["excess"] for b in boots),
+            "acc_std_over_concepts": std(r["concept_before"] for r in rows),
+            "pss_std_over_concepts": std(mean(r["by_ratio"][k]["pss"] for k in ratios) for r in rows),
+            "control_pss": control and control["pss"], "control_excess_drop": control and control["excess"],
+            "by_ratio": {k: {"pss": res["pss_by_ratio"][k], "g_minus_c": res["g_minus_c_by_ratio"][k],
+                             "excess_drop": res["excess_by_ratio"][k],
+                             "control_pss": res.get("control", {}).get("pss_by_ratio", {}).get(k),
+                             "control_g_minus_c": res.get("control", {}).get("g_minus_c_by_ratio", {}).get(k),
+                             "control_excess_drop": res.get("control", {}).get("excess_by_ratio", {}).get(k)}
+                         for k in sorted(res["pss_by_ratio"], key=float)},
+            "tiers": {t: {"concepts": len(group), **scores(group, ratios)}
+                      for t in TIERS if (group := [r for r in rows if r["tier"] == t])},
+            "warning": res.get("warning"),
+        }
+
+    # correlations across models, with a bootstrap over the concepts every model was scored on
+    shared = sorted(set.intersection(*({r["concept"] for r in res["concepts"]} for res in results.values())))
+    by_name = {label: {r["concept"]: r for r in res["concepts"]} for label, res in results.items()}
+    xs = [m["acc_before"] for m in models.values()]
+    corr = {}
+    for what in ("pss", "excess_drop"):
+        ys = [m[what] for m in models.values()]
+        draws = {"pearson": [], "spearman": []}
+        for _ in range(n_boot if shared else 0):
+            pick = [shared[rng.randrange(len(shared))] for _ in shared]
+            s = [scores([by_name[label][c] for c in pick], ratios) for label in results]
+            bx, by = [v["acc"] for v in s], [v["pss" if what == "pss" else "excess"] for v in s]
+            if None not in bx and None not in by:
+                draws["pearson"].append(pearson(bx, by))
+                draws["spearman"].append(spearman(bx, by))
+        corr[what] = {"pearson": pearson(xs, ys) if None not in ys else None,
+                      "spearman": spearman(xs, ys) if None not in ys else None,
+                      "pearson_ci": interval(draws["pearson"]), "spearman_ci": interval(draws["spearman"])}
+    return {"common_ratios": ratios, "shared_concepts": shared, "bootstrap": n_boot, "models": models,
+            "accuracy_vs": corr}
+
+
+# ---- report ----------------------------------------------------------------------------------------
+
+def _f(x, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _ci(ci) -> str:
+    return "" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _pct(key: str) -> str:
+    return f"{float(key) * 100:g}%"
+
+
+def markdown(summary: dict, settings: dict, figures: list[Path]) -> str:
+    """The study report: settings, Table 1, correlations, per-ratio and per-tier tables, the figures."""
+    models, ratios = summary["models"], summary["common_ratios"]
+    lines = ["# Parameter specialization across models", "",
+             f"Benchmark `{Path(settings['bench']).name}`, mode `{settings['mode']}`, dtype {settings['dtype']}, "
+             f"first {settings['concepts'] or 'all'} concepts, skip {settings['skip_layers']} layers, seed {settings['seed']}, "
+             f"{'with' if settings['control'] else 'without'} the random-vector control. Every model is scored as plain text "
+             "completion, without a chat template. Cross-model numbers use the mask ratios all models share: "
+             f"{', '.join(_pct(k) for k in ratios)}. Intervals: bootstrap 95% over concepts ({summary['bootstrap']} draws).", "",
+             "## Table 1", "",
+             "| model | instruction-tuned | concepts | ratios run | accuracy before | PSS | excess drop | random: PSS | random: excess drop |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, m in models.items():
+        tuned = {True: "yes", False: "no", None: "?"}[m["instruction_tuned"]]
+        lines.append(
+            f"| {label} | {tuned} | {m['concepts']} | {', '.join(_pct(k) for k in m['ratios'])} | "
+            f"{_f(m['acc_before'])} ± {_f(m['acc_std_over_concepts'])}{_ci(m['acc_ci'])} | "
+            f"{_f(m['pss'])} ± {_f(m['pss_std_over_concepts'])}{_ci(m['pss_ci'])} | {_f(m['excess_drop'])}{_ci(m['excess_ci'])} | "
+            f"{_f(m['control_pss'])} | {_f(m['control_excess_drop'])} |")
+    lines += ["", "± is the standard deviation over concepts (of a concept's accuracy, and of its own PSS with the "
+              "per-concept denominator); the model's PSS itself is Eq. 6 over all concepts.", ""]
+    warnings = [f"- {label}: {m['warning']}" for label, m in models.items() if m.get("warning")]
+    lines += (["Warnings:", *warnings, ""] if warnings else [])
+
+    lines += ["## Accuracy against PSS and excess drop across models (Figure 2)", "",
+              f"{len(models)} models; bootstrap over the {len(summary['shared_concepts'])} concepts all were scored on.", "",
+              "| accuracy before vs | Pearson | Spearman |", "| --- | --- | --- |"]
+    for what, c in summary["accuracy_vs"].items():
+        lines.append(f"| {what.replace('_', ' ')} | {_f(c['pearson'])}{_ci(c['pearson_ci'])} | "
+                     f"{_f(c['spearman'])}{_ci(c['spearman_ci'])} |")
+
+    lines += ["", "## By mask ratio (Figure 3)", "",
+              "| model | ratio | PSS | G - C | excess drop | random: PSS | random: G - C | random: excess drop |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, m in models.items():
+        for k, r in m["by_ratio"].items():
+            lines.append(f"| {label} | {_pct(k)} | {_f(r['pss'])} | {_f(r['g_minus_c'])} | {_f(r['excess_drop'])} | "
+                         f"{_f(r['control_pss'])} | {_f(r['control_g_minus_c'])} | {_f(r['control_excess_drop'])} |")
+
+    lines += ["", "## By popularity tier (Figure 5)", "",
+              "| model | " + " | ".join(f"{t}: acc / PSS / excess" for t in TIERS) + " |",
+              "| --- | " + " | ".join("---" for _ in TIERS) + " |"]
+    for label, m in models.items():
+        cells = [f"{_f(t['acc'])} / {_f(t['pss'])} / {_f(t['excess'])}" if (t := m["tiers"].get(tier)) else "-"
+                 for tier in TIERS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, folder: Path) -> list[Path]:
+    """Figures 2, 3 and 5 as PNGs in `folder`. Needs matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(f"plotting needs matplotlib: {PLOT_EXTRA}") from None
+    models, paths = summary["models"], []
+
+    fig = Figure(figsize=(6.5, 4.8))
+    ax = fig.subplots()
+    for label, m in models.items():
+        if m["acc_before"] is None or m["pss"] is None:
+            continue
+        err = lambda v, ci: [[v - ci[0]], [ci[1] - v]] if ci else None  # noqa: E731
+        ax.errorbar(m["acc_before"], m["pss"], xerr=err(m["acc_before"], m["acc_ci"]), yerr=err(m["pss"], m["pss_ci"]),
+                    fmt="o", capsize=3, label=label)
+    c = summary["accuracy_vs"]["pss"]
+    ax.set(xlabel="accuracy before masking", ylabel="PSS (mean over " + ", ".join(map(_pct, summary["common_ratios"])) + ")",
+           title=f"Pearson {_f(c['pearson'])}{_ci(c['pearson_ci'])}, Spearman {_f(c['spearman'])}")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, folder / "fig2_accuracy_vs_pss.png"))
+
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    for label, m in models.items():
+        points = [(float(k), r["g_minus_c"], r["control_g_minus_c"]) for k, r in m["by_ratio"].items() if float(k) > 0]
+        (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], "-o", ms=3, label=label)
+        if all(p[2] is not None for p in points):
+            ax.plot([p[0] for p in points], [p[2] for p in points], "--x", ms=4, color=line.get_color(),
+                    label=f"{label} random")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xscale("log")
+    ax.set(xlabel="mask ratio (log)", ylabel="General_after - Concept_after", title="G - C by mask ratio")
+    ax.legend(fontsize=6)
+    paths.append(_save(fig, folder / "fig3_g_minus_c_by_ratio.png"))
+
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    width = 0.8 / max(len(models), 1)
+    for i, (label, m) in enumerate(models.items()):
+        heights = [float("nan") if (t := m["tiers"].get(tier)) is None or t["pss"] is None else t["pss"] for tier in TIERS]
+        ax.bar([k + (i - (len(models) - 1) / 2) * width for k in range(len(TIERS))], heights, width, label=label)
+    ax.set_xticks(range(len(TIERS)), TIERS)
+    ax.set(xlabel="tier", ylabel="PSS", title="PSS by popularity tier")
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, folder / "fig5_pss_by_tier.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def write_report(results: dict[str, dict], out, settings: dict, instruct: dict, n_boot: int = 1000) -> Path:
+    """study.json, the PNGs (when matplotlib is there) and study.md in `out`; returns study.md's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(results, instruct, n_boot)
+    try:
+        figures = plot(summary, out)
+    except ImportError as e:
+        print(f"no figures: {e}")
+        figures = []
+    (out / "study.json").write_text(json.dumps({"settings": settings, **summary}, indent=1))
+    path = out / "study.md"
+    path.write_text(markdown(summary, settings, figures))
+    return path
+
+
+# ---- command line ----------------------------------------------------------------------------------
+
+def _per_model(items, convert, what: str) -> dict:
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--{what}-for {item!r}: expected NAME=VALUE")
+        out[name] = convert(value)
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli import _floats
+
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help="comma-separated names from `python -m minipss.weights --list` or model folders")
+    p.add_argument("--out", default="runs/study", help="folder for the per-model results and the report")
+    p.add_argument("--bench", default=None, help="benchmark JSONL (default: the bundled minispecwiki)")
+    p.add_argument("--mode", default="cloze", choices=["generate", "logits", "cloze"])
+    p.add_argument("--ratios", type=_floats, default=_floats(DEFAULT_RATIOS), help=f"mask ratios (default {DEFAULT_RATIOS})")
+    p.add_argument("--ratios-for", action="append", metavar="MODEL=R1,R2", help="other ratios for one model (repeatable)")
+    p.add_argument("--concepts", type=int, default=12, help="first N concepts (default 12: 4 per tier); 0 for all")
+    p.add_argument("--no-control", action="store_true", help="leave out the random-vector control")
+    p.add_argument("--skip-layers", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws over concepts (default 1000)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def main(a) -> None:
+    from . import benchmark_path
+    from .pipeline import Settings
+    from .weights import MODELS
+
+    models = [m.strip() for m in a.models.split(",") if m.strip()]
+    if len(models) < 2:
+        raise ValueError("--models: a study needs two or more models")
+    ratios_for = _per_model(a.ratios_for, lambda v: [float(x) for x in v.split(",") if x.strip()], "ratios")
+    unknown = set(ratios_for) - set(models)
+    if unknown:
+        raise ValueError(f"--ratios-for names {', '.join(sorted(unknown))}, which --models does not list")
+    for r in [*a.ratios, *(x for rs in ratios_for.values() for x in rs)]:
+        if not 0 <= r <= 1:
+            raise ValueError(f"ratio {r} is outside [0, 1]")
+    for name in models:
+        if name not in MODELS and not (Path(name) / "config.json").is_file():
+            raise ValueError(f"--models: {name!r} is neither a known model ({', '.join(MODELS)}) nor a model folder")
+    bench = Path(a.bench) if a.bench else benchmark_path("minispecwiki")
+
+    def settings_for(name: str) -> Settings:
+        return Settings(mode=a.mode, ratios=ratios_for.get(name, a.ratios), skip_layers=a.skip_layers, seed=a.seed,
+                        concepts=a.concepts or None, control=not a.no_control, dtype=a.dtype, device=a.device,
+                        batch_size=a.batch_size)
+
+    results = run_models(models, bench, a.out, settings_for, a.quiet)
+    instruct = {label_of(m): (MODELS[m].instruct if m in MODELS else None) for m in models}
+    settings = {"bench": str(bench), "mode": a.mode, "dtype": a.dtype, "concepts": a.concepts or None,
+                "skip_layers": a.skip_layers, "seed": a.seed, "control": not a.no_control,
+                "ratios": {label_of(m): settings_for(m).ratios for m in models}}
+    path = write_report(results, a.out, settings, instruct, a.bootstrap)
+    print(path.read_text())
+    print(f"report: {path}")
+    for png in sorted(Path(a.out).glob("fig*.png")):
+        print(f"figure: {png}")

@@ -1,0 +1,110 @@
+"""`minipss study` on tiny random models: per-model runs, reuse, the report's numbers, figures, bad input."""
+
+import json
+
+import pytest
+
+from minipss.cli import main
+from minipss.compare import pearson, spearman
+from minipss.study import common_ratios, summarise
+
+from tiny import make_bench, make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    d = tmp_path_factory.mktemp("study")
+    models = [make_tiny_model(d / f"m{i}", seed=i) for i in range(3)]
+    bench = make_bench(d / "bench.jsonl", n_concepts=7, n_mcq=4)
+    out = d / "out"
+    argv = ["study", "--models", ",".join(map(str, models)), "--bench", str(bench), "--out", str(out),
+            "--ratios", "0.01,0.5", "--ratios-for", f"{models[2]}=0.5", "--concepts", "0", "--dtype", "float32",
+            "--bootstrap", "200", "--skip-layers", "1", "--quiet"]
+    main(argv)
+    return models, bench, out, argv
+
+
+def test_every_model_gets_its_own_result_with_its_ratios(study):
+    models, _, out, _ = study
+    results = [json.loads((out / m.name / "result.json").read_text()) for m in models]
+    assert [sorted(r["pss_by_ratio"]) for r in results] == [["0.01", "0.5"], ["0.01", "0.5"], ["0.5"]]
+    assert all(r["settings"]["mode"] == "cloze" and r["settings"]["control"] for r in results)
+    assert all(len(r["concepts"]) == 7 for r in results)
+
+
+def test_report_numbers_are_the_results_own_over_the_shared_ratios(study):
+    models, _, out, _ = study
+    data = json.loads((out / "study.json").read_text())
+    assert data["common_ratios"] == ["0.5"]
+    results = {m.name: json.loads((out / m.name / "result.json").read_text()) for m in models}
+    for name, r in results.items():
+        row = data["models"][name]
+        assert row["acc_before"] == pytest.approx(r["acc_before"])  # 4 MCQs per concept: the plain mean
+        assert row["pss"] == pytest.approx(r["pss_by_ratio"]["0.5"])
+        assert row["excess_drop"] == pytest.approx(r["excess_by_ratio"]["0.5"])
+        assert row["control_pss"] == pytest.approx(r["control"]["pss_by_ratio"]["0.5"])
+        for tier, t in r["tiers"].items():
+            assert row["tiers"][tier]["acc"] == pytest.approx(t["acc_before"])
+        lo, hi = row["acc_ci"]
+        assert lo <= hi and 0 <= lo and hi <= 1
+    xs = [data["models"][m.name]["acc_before"] for m in models]
+    ys = [data["models"][m.name]["pss"] for m in models]
+    assert data["accuracy_vs"]["pss"]["pearson"] == pytest.approx(pearson(xs, ys))
+    assert data["accuracy_vs"]["pss"]["spearman"] == pytest.approx(spearman(xs, ys))
+
+
+def test_markdown_report_has_table_1_every_model_and_embeds_the_figures(study):
+    pytest.importorskip("matplotlib")
+    models, _, out, _ = study
+    text = (out / "study.md").read_text()
+    assert "## Table 1" in text
+    for m in models:
+        assert f"| {m.name} | ? |" in text  # not a known model: instruction tuning unknown
+    for png in ("fig2_accuracy_vs_pss.png", "fig3_g_minus_c_by_ratio.png", "fig5_pss_by_tier.png"):
+        assert f"]({png})" in text
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_second_run_reuses_the_results(study, capsys):
+    models, _, out, argv = study
+    before = {m.name: (out / m.name / "result.json").stat().st_mtime_ns for m in models}
+    main([a for a in argv if a != "--quiet"])
+    printed = capsys.readouterr().out
+    assert all(f"{m.name}: reusing" in printed for m in models)
+    assert {m.name: (out / m.name / "result.json").stat().st_mtime_ns for m in models} == before
+    assert "figure: " in printed.splitlines()[-1]
+
+
+def test_bootstrap_over_one_concept_set_gives_no_interval_below_twenty_draws():
+    rows = [{"concept": f"c{i}", "tier": "high", "concept_before": 0.5,
+             "by_ratio": {"0.1": {"concept_after": 0.2, "general_after": 0.4, "pss": 0.4, "excess_drop": 0.1}}}
+            for i in range(3)]
+    result = {"pss_by_ratio": {"0.1": 0.4}, "g_minus_c_by_ratio": {"0.1": 0.2}, "excess_by_ratio": {"0.1": 0.1},
+              "concepts": rows}
+    s = summarise({"a": result, "b": result}, {"a": True, "b": False}, n_boot=5)
+    assert common_ratios({"a": result}) == ["0.1"]
+    assert s["models"]["a"]["pss"] == pytest.approx(abs(0.4 - 0.2) / 0.5)
+    assert s["models"]["a"]["pss_ci"] is None and s["accuracy_vs"]["pss"]["pearson"] is None
+    assert s["models"]["a"]["excess_drop"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--models", "only-one"], "two or more"),
+    (["--ratios-for", "nobody=0.1"], "does not list"),
+    (["--ratios", "0.1,2"], "outside"),
+])
+def test_bad_arguments_exit_2_with_a_message(study, tmp_path, capsys, extra, message):
+    models, bench, _, _ = study
+    argv = ["study", "--models", f"{models[0]},{models[1]}", "--bench", str(bench), "--out", str(tmp_path / "o"),
+            *extra]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_unknown_model_name_is_named(tmp_path, capsys):
+    bench = make_bench(tmp_path / "b.jsonl", n_concepts=7)
+    with pytest.raises(SystemExit) as e:
+        main(["study", "--models", f"no-such-model,{tmp_path}", "--bench", str(bench), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "no-such-model" in capsys.readouterr().err
