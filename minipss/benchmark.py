@@ -4,7 +4,7 @@
      "mcq": [{"question": ..., "options": {"A": ..., "B": ..., "C": ..., "D": ...}, "answer": "A"}, ...],
      "open": [{"question": ..., "answer": ...}, ...]}   # open is optional
 
-A bad file is rejected as a whole, naming the file, line and field at fault (spec/pss-method.md §1).
+A bad file is rejected as a whole, naming the file, line and field at fault (METHOD.md §2).
 """
 
 from __future__ import annotations

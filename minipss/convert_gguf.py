@@ -32,7 +32,7 @@ HF_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gemma3_
 ROWS_PERMUTED = {"llama"}  # architectures whose q/k rows llama.cpp permuted for its RoPE layout
 NORMS_PLUS_ONE = {"gemma3"}  # architectures whose norm weights llama.cpp stored as w + 1
 
-# Gemma 3 facts the file does not carry (spec: gemma3-gguf.md, "Not in the file, Gemma 3 defaults").
+# Gemma 3 facts the file does not carry.
 GEMMA3_ROPE_LOCAL_BASE_FREQ = 10_000.0
 GEMMA3_SLIDING_WINDOW_PATTERN = 6  # every 6th layer attends globally
 

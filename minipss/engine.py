@@ -193,7 +193,7 @@ def generate_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip
 
 def answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int, mode: str,
             cloze_mean: bool = False, early_stop: bool = True, which=None) -> list[list[str | None]]:
-    """The answers `[M][Q]` of every mask in `masks` in scoring mode `mode` (spec §5); with `which`, mask
+    """The answers `[M][Q]` of every mask in `masks` in scoring mode `mode` (METHOD.md §5); with `which`, mask
     m's answers to the questions `which[m]` only."""
     if mode == "logits":
         return letter_answers(model, tok, questions, masks, skip, which=which)

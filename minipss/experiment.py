@@ -150,7 +150,7 @@ def add_arguments(p) -> None:
     p.add_argument("--ratios", type=lambda t: [float(x) for x in t.split(",")], default=[0.01])
     p.add_argument("--skip-layers", type=int, default=5)
     p.add_argument("--samples", type=int, default=10, help="sampled answers per open question")
-    p.add_argument("--open-tokens", type=int, default=150, help="greedy tokens per open answer (spec §5)")
+    p.add_argument("--open-tokens", type=int, default=150, help="greedy tokens per open answer (METHOD.md §5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

@@ -3,8 +3,8 @@
 A GGUF file carries a tokenizer as metadata (`tokenizer.ggml.*`) but no tokenizer.json. It names one
 of two kinds in `tokenizer.ggml.model`:
 
-`llama`: SentencePiece-style BPE (Gemma), with a vocabulary but no merges. We rebuild, following
-spec/gemma3-gguf.md ("Tokenizer"):
+`llama`: SentencePiece-style BPE (Gemma), with a vocabulary but no merges. We rebuild, from the
+file's own vocabulary:
 - vocabulary: `tokenizer.ggml.tokens` in file order, tokens made only of spaces respelled with "▁";
 - merges: every way to cut a token into two vocabulary tokens, ranked by the merged token's position
   in the vocabulary (Gemma's scores do not follow its merge order; its file order does);

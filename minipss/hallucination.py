@@ -1,6 +1,6 @@
 """Hallucination metrics of §5.2 and Appendix C.3: semantic entropy and local intrinsic dimension (LID).
 
-Decisions where the paper is silent are in spec/pss-method.md §8: with no NLI model offline, two answers
+Decisions where the paper is silent are in METHOD.md §8: with no NLI model offline, two answers
 mean the same when their normalised forms match or one contains the other; LID is the Levina-Bickel MLE
 on the residual stream at the last token, the middle layer by default, against question + gold answer
 of the other questions.
@@ -20,7 +20,7 @@ from .prompts import normalise, open_prompt
 # --- Semantic entropy (§5.2, Appendix C.3) ---------------------------------------------------------
 
 def equivalent(a: str, b: str) -> bool:
-    """Normalised forms equal, or one (non-empty) contains the other as whole words (spec §8)."""
+    """Normalised forms equal, or one (non-empty) contains the other as whole words (METHOD.md §8)."""
     a, b = normalise(a), normalise(b)
     if a == b:
         return True
@@ -31,7 +31,7 @@ def equivalent(a: str, b: str) -> bool:
 
 def cluster_answers(answers: list[str]) -> list[int]:
     """A cluster id per answer, greedy in order: an answer joins the first cluster whose representative
-    (its first member) is equivalent to it, else opens a new one (spec §8, our stand-in for NLI)."""
+    (its first member) is equivalent to it, else opens a new one (METHOD.md §8, our stand-in for NLI)."""
     representatives: list[str] = []
     ids = []
     for answer in answers:
@@ -87,7 +87,7 @@ def sample_answers(model, tok, question: str, n: int = 10, temperature: float = 
                    max_new_tokens: int = 50, seed: int = 0,
                    mlp_mask: torch.Tensor | None = None) -> tuple[list[str], list[float]]:
     """`n` sampled answers to an open question, zero-shot `open_prompt`, each cut at its first newline,
-    and the mean token log-prob of each (§5.2; spec §8: 10 samples, temperature 1.0, 50 tokens).
+    and the mean token log-prob of each (§5.2; METHOD.md §8: 10 samples, temperature 1.0, 50 tokens).
 
     Sampling draws from a `torch.Generator` seeded with `seed`, so the same seed gives the same answers.
     The mean covers the tokens through the one that brought the newline; an answer of no tokens at all
@@ -108,7 +108,7 @@ def sample_answers(model, tok, question: str, n: int = 10, temperature: float = 
 # --- Local intrinsic dimension (Appendix C.3) ------------------------------------------------------
 
 def levina_bickel(points: torch.Tensor, reference: torch.Tensor, k: int = 20) -> torch.Tensor:
-    """Levina-Bickel MLE of the local intrinsic dimension of each point, `[N]` (Appendix C.3, spec §8):
+    """Levina-Bickel MLE of the local intrinsic dimension of each point, `[N]` (Appendix C.3, METHOD.md §8):
     `LID = -1 / mean_{j<k} log(d_j / d_k)`, d_1 <= ... <= d_k the distances to its k nearest reference
     points. A reference point at distance exactly 0 (the point itself) is not a neighbour."""
     if k < 2:
@@ -127,7 +127,7 @@ def levina_bickel(points: torch.Tensor, reference: torch.Tensor, k: int = 20) ->
 def hidden_at_last_token(model, tok, texts: list[str], layer: int | None = None,
                          batch_size: int = 32) -> torch.Tensor:
     """The residual stream after block `layer` (default the middle one, L // 2) at each text's last
-    token, `[N, D]` in fp32 (Appendix C.3, spec §8). Batched with left padding and explicit positions,
+    token, `[N, D]` in fp32 (Appendix C.3, METHOD.md §8). Batched with left padding and explicit positions,
     so the last token sits at the last column of every row."""
     n_layers = model.config.num_layers
     layer = n_layers // 2 if layer is None else layer
@@ -145,7 +145,7 @@ def hidden_at_last_token(model, tok, texts: list[str], layer: int | None = None,
 def lid_for_questions(model, tok, questions: list[dict], answers: list[str], layer: int | None = None,
                       k: int = 20) -> list[float]:
     """Per question i, the LID of `open_prompt(q_i) + " " + answers[i]` against the reference
-    `open_prompt(q_j) + " " + gold_j` for all j != i (Appendix C.3, spec §8); lower reads as more
+    `open_prompt(q_j) + " " + gold_j` for all j != i (Appendix C.3, METHOD.md §8); lower reads as more
     truthful. `questions` are `{"question", "answer"}` dicts. With fewer than k other questions, k is
     clipped to their number (M - 1); that needs at least 3 questions."""
     if len(questions) != len(answers):

@@ -1,7 +1,7 @@
 """The paper's method, step by step: collect coefficients, locate value vectors, build masks, score PSS.
 
 Section and equation numbers refer to the paper; decisions where it is silent are in
-spec/pss-method.md and are switchable arguments here.
+METHOD.md (§3-§6) and are switchable arguments here.
 """
 
 from __future__ import annotations

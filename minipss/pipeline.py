@@ -32,7 +32,7 @@ SWEEP_RATIOS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 @dataclass
 class Settings:
     """Every choice the result depends on; all are written into the result file."""
-    mode: str = "generate"  # generate | logits | cloze (spec §5)
+    mode: str = "generate"  # generate | logits | cloze (METHOD.md §5)
     ratios: list[float] = field(default_factory=lambda: list(PAPER_RATIOS))
     skip_layers: int = 5  # layers 0..skip-1 are never masked (§4.1)
     seed: int = 0  # draws the unrelated concepts and the random-control vectors
@@ -40,7 +40,7 @@ class Settings:
     n_unrelated: int = 5  # concepts whose questions form t* (§3.2)
     control: bool = False  # also mask random vectors, same count per layer (the reviewers' control)
     ablation: str = "zero"  # zero | mean: masked m_j set to 0 (§4.1) or to their mean on unrelated questions
-    token_rule: str = "content"  # which tokens the coefficient mean covers (spec §3)
+    token_rule: str = "content"  # which tokens the coefficient mean covers (METHOD.md §3)
     cloze_mean: bool = False  # cloze: mean instead of sum of option-token log-probs
     early_stop: bool = True  # generate: stop a row once its letter is decided (same answers)
     engine: bool = True  # score all of a concept's masks (and the baseline) together, sharing work (same answers)

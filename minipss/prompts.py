@@ -1,4 +1,4 @@
-"""The prompt formats of the paper (Appendix B.1, C.1) and of our cloze mode (spec/pss-method.md §3, §5)."""
+"""The prompt formats of the paper (Appendix B.1, C.1) and of our cloze mode (METHOD.md §3, §5)."""
 
 from __future__ import annotations
 

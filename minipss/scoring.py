@@ -1,4 +1,4 @@
-"""Scoring multiple-choice and open questions under a value-vector mask (spec/pss-method.md §5).
+"""Scoring multiple-choice and open questions under a value-vector mask (METHOD.md §5).
 
 Three MCQ modes: `generate` (the paper's: 3-shot prompt, greedy up to 30 tokens, first standalone
 letter), `logits` (argmax over the letter tokens at the first generated position) and `cloze` (the

@@ -341,7 +341,7 @@ headquarters, industry, main product, chief executive), values drawn from fixed 
 
 
 def main(a) -> None:
-    """`minipss synth` (spec/interfaces.md)."""
+    """`minipss synth`."""
     summary = make_world(a.out, a.entities, a.seed)
     print(json.dumps(summary))
 

@@ -49,7 +49,7 @@ class TrainSettings:
     seq_len: int = 128
     clip: float = 1.0  # max gradient norm over the trainable columns (0: off)
     warmup: int = 10  # linear warm-up steps, then cosine decay to 10% of lr
-    r_pv: float = 0.5 / 8  # PV: top ceil(d_ff * r_pv) per layer (spec §7: k/8 of the 50% ratio)
+    r_pv: float = 0.5 / 8  # PV: top ceil(d_ff * r_pv) per layer (METHOD.md §7: k/8 of the 50% ratio)
     seed: int = 0
     save_every: int = 0  # 0: only at the end
     device: str = "cpu"
@@ -85,7 +85,7 @@ class TrainSettings:
 
 def value_vector_sets(variant: str, num_layers: int, d_ff: int, scores: torch.Tensor | None = None,
                       r_pv: float = 0.5 / 8, seed: int = 0, first_layer: int = 0) -> dict[int, list[int]]:
-    """Column indices per layer (spec §7). `scores` `[L, d_ff]` is the locator score S for the union of
+    """Column indices per layer (METHOD.md §7). `scores` `[L, d_ff]` is the locator score S for the union of
     the fine-tuned concepts; PV takes its top ceil(d_ff * r_pv) per layer in layers >= first_layer
     (default: every layer), CV the rest of every layer, RV as many random ones as PV per layer."""
     if variant not in VARIANTS:
@@ -417,7 +417,7 @@ def located_scores(model, tok, bench, names: list[str], seed: int = 0, rank_by: 
 
 
 def main(a) -> None:
-    """`minipss train` (spec/interfaces.md)."""
+    """`minipss train`."""
     s = TrainSettings(variant=a.variant, steps=a.steps, lr=a.lr, seed=a.seed, device=a.device, dtype=a.dtype,
                       batch_size=a.batch_size, accum=a.accum, seq_len=a.seq_len, warmup=a.warmup,
                       weight_decay=a.weight_decay, r_pv=a.r_pv, save_every=a.save_every)

@@ -1,4 +1,4 @@
-"""Get the real models minipss runs on, as Hugging Face layout folders (spec: interfaces.md, "Weights").
+"""Get the real models minipss runs on, as Hugging Face layout folders.
 
     python -m minipss.weights gemma-3-270m | smollm2-135m | qwen2.5-coder-0.5b | qwen2.5-coder-1.5b [--out DIR]
     python -m minipss.weights --list

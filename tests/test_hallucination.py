@@ -1,4 +1,4 @@
-"""Hallucination metrics (spec §8): semantic entropy over answer clusters, Levina-Bickel LID, and the
+"""Hallucination metrics (METHOD.md §8): semantic entropy over answer clusters, Levina-Bickel LID, and the
 model-side pieces (seeded sampling, last-token hidden states)."""
 
 import math

