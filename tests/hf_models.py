@@ -4,7 +4,7 @@ rope scaling, random norm weights)."""
 
 import torch
 
-from minipss.models import family_of
+from minipss.models import value_matrix_slots
 
 WINDOW = 6  # sliding windows in the fixtures; test sequences are longer
 
@@ -147,11 +147,8 @@ class Recorder(torch.nn.Module):
 
 def record_coefficients(model):
     """Replace each block's value matrix (as our family file names it) with a Recorder."""
-    ours = family_of(model.config.model_type).model
     recs = []
-    for block in model.get_submodule(ours.blocks_path):
-        parent, _, name = ours.value_matrix.rpartition(".")
-        owner = block.get_submodule(parent) if parent else block
+    for owner, name in value_matrix_slots(model, model.config.model_type):
         rec = Recorder(getattr(owner, name))
         setattr(owner, name, rec)
         recs.append(rec)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from torch import nn
+
 from ..config import ModelConfig, check_config, check_raw_sizes
 from ..decoder import Decoder, Family
 from . import falcon, gemma, gpt2, gpt_neox, gptj, llama, mpt, olmo, olmo2
@@ -72,6 +74,18 @@ def read_config(folder: str | Path) -> ModelConfig:
         raise ValueError(f"{path}: {e}") from None
     check_config(cfg, path)
     return cfg
+
+
+def value_matrix_slots(model: nn.Module, model_type: str) -> list[tuple[nn.Module, str]]:
+    """(parent module, attribute name) of each block's value matrix, in a model whose modules carry the
+    checkpoint's names: ours, or transformers' own (which is how the reference and the parity tests put a
+    recording or masking wrapper at the input of transformers' value matrices, without hooks)."""
+    ours = family_of(model_type).model
+    slots = []
+    for block in model.get_submodule(ours.blocks_path):
+        parent, _, name = ours.value_matrix.rpartition(".")
+        slots.append((block.get_submodule(parent) if parent else block, name))
+    return slots
 
 
 def build_model(cfg: ModelConfig) -> Decoder:
