@@ -5,6 +5,8 @@
     out = model(ids, mlp_mask=mask, return_coefficients=True)
 """
 
+from pathlib import Path
+
 from .load import load_model
 from .tokenizer import load_tokenizer
 
@@ -13,8 +15,6 @@ __version__ = "0.1.0"
 
 def benchmark_path(name: str = "minispecwiki"):
     """Path of a benchmark JSONL bundled with the package."""
-    from pathlib import Path
-
     path = Path(__file__).parent / "data" / f"{name}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no bundled benchmark named {name!r} ({path})")

@@ -4,32 +4,20 @@ synthetic world: `minipss synth`, `pretrain`, `study-synth`."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
-    return values
-
-
-def at_least(low: int):
-    """An argparse type: an integer >= low."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
-        return value
-    parse.__name__ = f"integer >= {low}"
-    return parse
+from . import benchmark_path, pretrain, study_synth, synth
+from .compare import load_results, main as compare_main, plot
+from .experiment import add_arguments as experiment_arguments, run as experiment_run
+from .options import at_least, numbers
+from .perf import add_arguments as perf_arguments, main as perf_main
+from .pipeline import PAPER_RATIOS, SWEEP_RATIOS, Settings, run_pss
+from .report import summary
+from .study import add_arguments as study_arguments, main as study_main
+from .train import add_arguments, main as train_main
+from .weights import ensure_gemma3_270m
 
 
 def _pss_args(p: argparse.ArgumentParser, ratios: str) -> None:
@@ -37,7 +25,7 @@ def _pss_args(p: argparse.ArgumentParser, ratios: str) -> None:
     p.add_argument("--bench", required=True, help="benchmark JSONL (see minipss.benchmark_path)")
     p.add_argument("--out", required=True, help="result JSON (a CSV and a .work folder go beside it)")
     p.add_argument("--mode", default="generate", choices=["generate", "logits", "cloze"])
-    p.add_argument("--ratios", type=_floats, default=_floats(ratios), help=f"mask ratios (default {ratios})")
+    p.add_argument("--ratios", type=numbers, default=numbers(ratios), help=f"mask ratios (default {ratios})")
     p.add_argument("--skip-layers", type=at_least(0), default=5, help="layers never masked (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concepts", type=at_least(6), default=None, help="keep the first N concepts (at least 6)")
@@ -51,24 +39,19 @@ def _pss_args(p: argparse.ArgumentParser, ratios: str) -> None:
     p.add_argument("--ablation", default="zero", choices=["zero", "mean"],
                    help="masked coefficients set to 0 (default) or to their mean on the unrelated questions")
     p.add_argument("--no-engine", action="store_true",
-                   help="logits/cloze: score one mask at a time instead of sharing work across masks")
+                   help="score one mask at a time instead of sharing work across masks")
     p.add_argument("--quiet", action="store_true")
 
 
 def _settings(a, control: bool):
-    from .pipeline import Settings
-
     return Settings(mode=a.mode, ratios=a.ratios, skip_layers=a.skip_layers, seed=a.seed, concepts=a.concepts,
                     control=control, ablation=a.ablation, token_rule=a.token_rule, cloze_mean=a.cloze_mean,
                     early_stop=not a.no_early_stop, engine=not a.no_engine, batch_size=a.batch_size, device=a.device, dtype=a.dtype)
 
 
 def cmd_pss(a, control=None) -> None:
-    from .pipeline import run_pss
-    from .report import summary
-
     result = run_pss(a.model, a.bench, a.out, _settings(a, a.control if control is None else control), a.quiet)
-    if result["settings"].get("processes", 1) > 1 and int(__import__("os").environ.get("RANK", "0")):
+    if result["settings"].get("processes", 1) > 1 and int(os.environ.get("RANK", "0")):
         return  # rank 0 reports
     print(summary(result))
     print(f"\nresults: {a.out} and {Path(a.out).with_suffix('.csv')}")
@@ -77,9 +60,6 @@ def cmd_pss(a, control=None) -> None:
 def cmd_quickstart(a) -> None:
     """Convert the real model if needed, then PSS in cloze mode on a balanced subset of the bundled
     benchmark (bf16: on CPUs with bf16 units it is several times faster than fp32)."""
-    from . import benchmark_path
-    from .weights import ensure_gemma3_270m
-
     model = ensure_gemma3_270m()
     argv = ["--model", str(model), "--bench", str(benchmark_path("minispecwiki")), "--out", a.out,
             "--mode", "cloze", "--dtype", "bfloat16", "--concepts", str(a.concepts),
@@ -89,8 +69,6 @@ def cmd_quickstart(a) -> None:
     cmd_pss(sweep.parse_args(argv), control=True)
     folder = Path(a.out).parent
     try:
-        from .compare import load_results, plot
-
         for path in plot(load_results([a.out]), folder):
             print(f"figure: {path}")
     except ImportError:
@@ -98,8 +76,6 @@ def cmd_quickstart(a) -> None:
 
 
 def main(argv=None) -> None:
-    from .pipeline import PAPER_RATIOS, SWEEP_RATIOS
-
     parser = argparse.ArgumentParser(prog="minipss", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -120,29 +96,24 @@ def main(argv=None) -> None:
     p = sub.add_parser("compare", help="compare result files: table, correlations, figures")
     p.add_argument("results", nargs="+")
     p.add_argument("--plots", default=None, help="folder for PNG figures (needs the plot extra)")
-    p.set_defaults(func=lambda a: __import__("minipss.compare", fromlist=["main"]).main(a))
+    p.set_defaults(func=compare_main)
 
     p = sub.add_parser("study", help="several models, one benchmark, one setting: Table 1, Figures 2, 3, 5, a report")
-    from .study import add_arguments as study_arguments, main as study_main
     study_arguments(p)
     p.set_defaults(func=study_main)
 
     p = sub.add_parser("train", help="fine-tune only chosen value vectors (FT-FV/PV/CV/RV, §5)")
-    from .train import add_arguments, main as train_main
     add_arguments(p)
     p.set_defaults(func=train_main)
 
     p = sub.add_parser("experiment", help="the §5 experiment: four fine-tuning variants, before and after")
-    from .experiment import add_arguments as experiment_arguments, run as experiment_run
     experiment_arguments(p)
     p.set_defaults(func=experiment_run)
 
     p = sub.add_parser("perf", help="benchmark the masked evaluation against transformers + masked down_proj")
-    from .perf import add_arguments as perf_arguments, main as perf_main
     perf_arguments(p)
     p.set_defaults(func=perf_main)
 
-    from . import pretrain, study_synth, synth
     for name, module, text in (("synth", synth, "write a synthetic world: documents, benchmark, tokenizer"),
                                ("pretrain", pretrain, "pretrain a random model of a given size on a world"),
                                ("study-synth", study_synth, "the four training studies on a synthetic world")):

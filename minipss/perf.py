@@ -17,11 +17,28 @@ two found the same per-question correctness in every cell.
 
 from __future__ import annotations
 
+import json
+import os
 import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
+
+from . import benchmark_path, engine, load_model, load_tokenizer
+from .benchmark import load_benchmark, unrelated_sets
+from .load import build_model, checkpoint_state
+from .method import mask_for, random_ranking
+from .models import from_hf
+from .pipeline import questions_of
+from .reference import answers, load_reference, set_mask
+
 
 SPECWIKI_PROMPTS = 525 * 5 * 60
 
@@ -54,11 +71,6 @@ def workload(concepts: int, ratios: list[float], num_layers: int, d_ff: int, ski
     """(questions per concept, masks per concept) from the bundled benchmark: each concept's own and
     unrelated questions, and one mask per ratio for located-like and random vectors (speed does not
     depend on which vectors are masked)."""
-    from . import benchmark_path
-    from .benchmark import load_benchmark, unrelated_sets
-    from .method import mask_for, random_ranking
-    from .pipeline import questions_of
-
     cs = load_benchmark(benchmark_path("minispecwiki"))
     others = unrelated_sets(cs, 5, seed)
     jobs = []
@@ -70,8 +82,6 @@ def workload(concepts: int, ratios: list[float], num_layers: int, d_ff: int, ski
 
 
 def run_minipss(model, tok, jobs, mode, skip, batch_size):
-    from . import engine
-
     out = []
     for qs, masks in jobs:
         out += engine.answers(model, tok, qs, masks.to(model.device, model.dtype), skip, mode)
@@ -79,8 +89,6 @@ def run_minipss(model, tok, jobs, mode, skip, batch_size):
 
 
 def run_reference(ref, tok, jobs, mode, batch_size):
-    from .reference import answers, set_mask
-
     out = []
     dtype = next(ref.parameters()).dtype
     dev = next(ref.parameters()).device
@@ -110,14 +118,6 @@ CONFIGS = {
 def random_checkpoint(config: str, tokenizer_dir, folder: Path, dtype) -> Path:
     """A Hugging Face layout folder with random weights for a named config (or a config.json path), the
     vocabulary sized to the tokenizer's, so that both minipss and the reference load the same weights."""
-    import json
-    import shutil
-
-    from safetensors.torch import save_file
-
-    from .models import from_hf
-    from .load import build_model, checkpoint_state
-
     raw = dict(CONFIGS[config]) if config in CONFIGS else json.loads(Path(config).read_text())
     tok_cfg = json.loads((Path(tokenizer_dir) / "config.json").read_text())
     raw.update(vocab_size=from_hf(tok_cfg).vocab_size, bos_token_id=tok_cfg.get("bos_token_id"),
@@ -138,15 +138,6 @@ def random_checkpoint(config: str, tokenizer_dir, folder: Path, dtype) -> Path:
 
 def end_to_end(a) -> list[dict]:
     """Both whole jobs as processes, alternating, per mode; prints the ratio table."""
-    import json
-    import os
-    import statistics
-    import subprocess
-    import sys
-    import tempfile
-
-    from . import benchmark_path
-
     bench = a.bench or str(benchmark_path("minispecwiki"))
     ratios = ",".join(map(str, a.ratios))
     common = ["--model", a.model, "--bench", bench, "--ratios", ratios, "--concepts", str(a.concepts or 6),
@@ -217,15 +208,10 @@ def end_to_end(a) -> list[dict]:
 
 
 def main(a) -> dict:
-    import tempfile
-
     if a.end_to_end:
         return end_to_end(a)
 
     from torch.utils.flop_counter import FlopCounterMode
-
-    from . import load_model, load_tokenizer
-    from .reference import load_reference
 
     dtype = getattr(torch, a.dtype)
     if a.config:

@@ -17,13 +17,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from . import engine, load_model, load_tokenizer
 from .benchmark import Concept, load_benchmark, unrelated_sets
-from . import engine
-from .fingerprint import differences, short
-from .method import TOKEN_RULES, collect_coefficients, locate, mask_for, random_ranking, ranking, unrelated_mean
+from .fingerprint import differences, file_digest, model_digest, short
+from .method import (TOKEN_RULES, collect_coefficients, locate, mask_for, random_ranking, ranking,
+    unrelated_mean)
+from .prompts import coefficient_prompt, mcq_prompt
 from .report import build_result, write_result
-from .scoring import MODES, letter_token_ids, mcq_answers
+from .scoring import GENERATE_TOKENS, MODES, cloze_tokens, letter_token_ids, mcq_answers
 from .shard import Shard
+
 
 PAPER_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
 SWEEP_RATIOS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -55,8 +58,6 @@ class Settings:
         """What a resumed run must share with the saved work: the contents of the model folder and of the
         benchmark, and every setting that changes an answer (ratios and control may grow; batch size,
         device, engine and early stop give the same answers)."""
-        from .fingerprint import file_digest, model_digest
-
         keep = {k: v for k, v in asdict(self).items()
                 if k not in ("ratios", "control", "batch_size", "device", "engine", "early_stop")}
         keep.update({f"model {k}": v for k, v in model_digest(model).items()})
@@ -155,9 +156,6 @@ def check_prompt_lengths(concepts: list[Concept], tok, config, model_dir, mode: 
                          bench: Path) -> None:
     """Refuse, before any work, a question whose prompt (plus what is generated after it) would run past
     the model's `max_position_embeddings`. `mode` None checks only the coefficient prompts."""
-    from .prompts import coefficient_prompt, mcq_prompt
-    from .scoring import GENERATE_TOKENS, cloze_tokens
-
     limit = context_length(config)
     if limit is None:
         return
@@ -291,8 +289,6 @@ def engine_groups(todo: list[int], others: list[list[int]], counts: list[int], m
 
 def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool = False) -> dict:
     """Run the whole method and write `out` (JSON) and `out` with .csv; returns the result dict."""
-    from . import load_model, load_tokenizer
-
     s = settings or Settings()
     t0 = time.time()
     bench, out = Path(bench), Path(out)

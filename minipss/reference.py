@@ -12,10 +12,19 @@ this module.
 
 from __future__ import annotations
 
+import argparse
+import json
+import time
+from pathlib import Path
+
 import torch
 
+from . import load_tokenizer
+from .benchmark import load_benchmark, unrelated_sets
 from .generate import left_pad
-from .models import family_of
+from .method import locate, mask_for, random_ranking, ranking, unrelated_mean
+from .models import value_matrix_slots
+from .pipeline import questions_of
 from .prompts import coefficient_prompt, letter_in, mcq_prompt
 from .scoring import GENERATE_TOKENS, best_letters, cloze_tokens, letter_token_ids
 
@@ -43,11 +52,8 @@ def load_reference(path, dtype, device):
     except ImportError:
         raise ModuleNotFoundError('the reference needs transformers: pip install "minipss[test]"') from None
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    ours = family_of(model.config.model_type).model  # transformers names its modules as the checkpoint does
-    wrappers = []
-    for block in model.get_submodule(ours.blocks_path):
-        parent, _, name = ours.value_matrix.rpartition(".")
-        owner = block.get_submodule(parent) if parent else block
+    wrappers = []  # transformers names its modules as the checkpoint does: our family says where
+    for owner, name in value_matrix_slots(model, model.config.model_type):
         w = MaskedInput(getattr(owner, name))
         setattr(owner, name, w)
         wrappers.append(w)
@@ -134,15 +140,6 @@ def run_pss(model_dir, bench, out, mode: str, ratios: list[float], skip: int = 5
     """The job of `minipss pss` (same concepts, unrelated sets, located and random masks, questions),
     the usual way; writes `out`: `{"cells": {key: [correct per question]}, "answers": ..., "timing": ...}`
     with the keys of `minipss pss`'s work folder (`baseline|i`, `located|i|r`, `random|i|r`)."""
-    import json
-    import time
-    from pathlib import Path
-
-    from . import load_tokenizer
-    from .benchmark import load_benchmark, unrelated_sets
-    from .method import locate, mask_for, random_ranking, ranking, unrelated_mean
-    from .pipeline import questions_of
-
     t0 = time.time()
     cs = load_benchmark(bench)[:concepts] if concepts else load_benchmark(bench)
     others = unrelated_sets(cs, n_unrelated, seed)
@@ -179,8 +176,6 @@ def run_pss(model_dir, bench, out, mode: str, ratios: list[float], skip: int = 5
 
 
 def main(argv=None) -> None:
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m minipss.reference", description=run_pss.__doc__)
     p.add_argument("--model", required=True)
     p.add_argument("--bench", required=True)

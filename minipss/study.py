@@ -29,9 +29,14 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
+from . import benchmark_path
 from .benchmark import TIERS
+from .options import numbers
 from .compare import PLOT_EXTRA, pearson, spearman
 from .method import mean, model_pss
+from .pipeline import Settings, run_pss
+from .weights import MODELS, ensure
+
 
 DEFAULT_MODELS = ("smollm2-135m", "gemma-3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 DEFAULT_RATIOS = "0.001,0.01,0.1,0.5"
@@ -44,8 +49,6 @@ SAME = ("mode", "ratios", "skip_layers", "seed", "concepts", "n_unrelated", "con
 
 def model_folder(name: str) -> Path:
     """A known real model's converted folder (converting it if needed), or an existing folder."""
-    from .weights import MODELS, ensure
-
     if name in MODELS:
         return ensure(name)
     folder = Path(name)
@@ -60,8 +63,6 @@ def label_of(name: str) -> str:
 
 def run_models(models, bench, out, settings_for, quiet=False) -> dict[str, dict]:
     """`minipss pss` per model into `out/<label>/result.json`; returns {label: result}."""
-    from .pipeline import run_pss
-
     results = {}
     for name in models:
         label, settings = label_of(name), settings_for(name)
@@ -314,14 +315,12 @@ def _per_model(items, convert, what: str) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import _floats
-
     p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                    help="comma-separated names from `python -m minipss.weights --list` or model folders")
     p.add_argument("--out", default="runs/study", help="folder for the per-model results and the report")
     p.add_argument("--bench", default=None, help="benchmark JSONL (default: the bundled minispecwiki)")
     p.add_argument("--mode", default="cloze", choices=["generate", "logits", "cloze"])
-    p.add_argument("--ratios", type=_floats, default=_floats(DEFAULT_RATIOS), help=f"mask ratios (default {DEFAULT_RATIOS})")
+    p.add_argument("--ratios", type=numbers, default=numbers(DEFAULT_RATIOS), help=f"mask ratios (default {DEFAULT_RATIOS})")
     p.add_argument("--ratios-for", action="append", metavar="MODEL=R1,R2", help="other ratios for one model (repeatable)")
     p.add_argument("--concepts", type=int, default=12, help="first N concepts (default 12: 4 per tier); 0 for all")
     p.add_argument("--no-control", action="store_true", help="leave out the random-vector control")
@@ -335,10 +334,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(a) -> None:
-    from . import benchmark_path
-    from .pipeline import Settings
-    from .weights import MODELS
-
     models = [m.strip() for m in a.models.split(",") if m.strip()]
     if len(models) < 2:
         raise ValueError("--models: a study needs two or more models")

@@ -30,6 +30,7 @@ from . import load_model, load_tokenizer
 from .benchmark import load_benchmark
 from .models import read_config
 from .pipeline import Settings, run_pss
+from .options import numbers
 from .pretrain import PretrainSettings, bench_accuracy, checkpoints, log_spaced, pretrain
 from .report import summarise
 from .scoring import mcq_answers, open_answers
@@ -409,10 +410,6 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
 def main(a) -> None:
     if len(a.seeds) < 1:
         raise ValueError("--seeds: give at least one seed")
@@ -435,7 +432,7 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoints", type=int, default=6, help="log-spaced checkpoints of the base size")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--ratios", type=_floats, default=[0.1, 0.3, 0.5])
+    p.add_argument("--ratios", type=numbers, default=[0.1, 0.3, 0.5])
     p.add_argument("--skip-layers", type=int, default=1)
     p.add_argument("--pss-seed", type=int, default=0, help="draws the unrelated concepts and random vectors")
     p.add_argument("--ft-steps", type=int, default=60)

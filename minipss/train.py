@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from . import load_model, load_tokenizer
 from .benchmark import load_benchmark, unrelated_sets
-from .cli import at_least
+from .options import at_least
 from .fingerprint import differences, file_digest, model_digest, short
 from .generate import right_pad
 from .load import checkpoint_state

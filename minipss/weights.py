@@ -16,7 +16,10 @@ import hashlib
 import os
 import sys
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
+
+from .convert_gguf import convert_gguf
 
 WEIGHTS_DIR = Path("weights")
 GEMMA3_270M_DIR = WEIGHTS_DIR / "gemma-3-270m"
@@ -95,8 +98,6 @@ def install_hint(model: RealModel) -> str:
 
 def part_files(name: str) -> list[Path]:
     """The installed data files that make up a model's GGUF, in order (read from distribution file lists)."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
     model = _model(name)
     paths = []
     for package, member in model.parts:
@@ -180,7 +181,6 @@ def ensure(name: str, out=None) -> Path:
         import gguf  # noqa: F401  (used by convert_gguf)
     except ImportError as e:
         raise ModuleNotFoundError(f"converting {model.title} needs the package gguf ({e}): {install_hint(model)}") from e
-    from .convert_gguf import convert_gguf
 
     _log(f"checking the GGUF file of {model.title} from its PyPI package(s) ...")
     path = gguf_file(name, out.parent / "gguf")
