@@ -47,5 +47,11 @@ def load_tokenizer(path) -> Tokenizer:
     add_bos = cfg.model_type in family_of(cfg.model_type).adds_bos
     extra = folder / "tokenizer_config.json"
     if extra.is_file():
-        add_bos = json.loads(extra.read_text()).get("add_bos_token", add_bos)
+        try:
+            settings = json.loads(extra.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{extra}: invalid JSON ({e})") from None
+        if not isinstance(settings, dict):
+            raise ValueError(f"{extra}: must be a JSON object")
+        add_bos = settings.get("add_bos_token", add_bos)
     return Tokenizer(tok, cfg.bos_token_id, cfg.eos_token_ids, cfg.pad_token_id, bool(add_bos))

@@ -413,3 +413,14 @@ def test_trainer_non_utf8_data_names_the_line(setup, tmp_path, capsys):
     data.write_bytes(b"first doc\n\nsecond \xff doc\n")
     refused(capsys, ["train", "--model", str(setup[0]), "--data", str(data), "--out", str(tmp_path / "o"),
                      "--variant", "fv"], r"d.txt:3: not UTF-8 text")
+
+
+def test_a_broken_tokenizer_config_is_named(setup, tmp_path, capsys):
+    model, bench = setup
+    copy = tmp_path / "m"
+    shutil.copytree(model, copy)
+    (copy / "tokenizer_config.json").write_text("{not json")
+    refused(capsys, ["pss", "--model", str(copy), "--bench", str(bench), "--out", str(tmp_path / "r.json"),
+                     "--mode", "cloze", "--ratios", "0.1", "--skip-layers", "1", "--quiet"],
+            r"tokenizer_config\.json: invalid JSON")
+    assert not (tmp_path / "r.json").exists()
