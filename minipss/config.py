@@ -49,6 +49,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
     pad_token_id: int | None = None
+    adds_bos: bool = False  # the tokenizer prepends BOS (tokenizer_config.json's add_bos_token may override)
     max_positions: int | None = None  # max_position_embeddings (n_positions), when the config says
     raw: dict = field(default_factory=dict, repr=False)  # the config.json it came from
 

@@ -195,7 +195,6 @@ class Family:
     - `model_types`: the config.json `model_type`s it serves;
     - `parse_config`: config.json (either dialect) -> `ModelConfig`;
     - `model`: the `Decoder` subclass, its modules named as the checkpoint's keys;
-    - `adds_bos`: the model_types whose tokenizer prepends BOS (tokenizer_config.json may override);
     - `ignored_keys`: checkpoint key suffixes that are buffers, not weights;
     - `transposed`: key suffixes stored `[in, out]` (GPT-2's Conv1D), transposed on load and save;
     - `renamed_prefixes` / `skipped_prefixes`: checkpoint prefixes mapped to ours, or not text weights
@@ -205,7 +204,6 @@ class Family:
     model_types: tuple[str, ...]
     parse_config: Callable[[dict], ModelConfig]
     model: type[Decoder]
-    adds_bos: tuple[str, ...] = ()
     ignored_keys: tuple[str, ...] = (".rotary_emb.inv_freq",)
     transposed: tuple[str, ...] = ()
     renamed_prefixes: dict[str, str] = field(default_factory=dict)

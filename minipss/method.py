@@ -114,7 +114,7 @@ def ratio_of(a: float | None, b: float | None) -> float | None:
 
 def concept_cell(before_c: float, before_g: float, after_c: float, after_g: float, acc_before: float,
                  ratio: float) -> dict:
-    """Every score of one concept at one ratio (Eq. 6 and the reviewers' raw parts, §6 of our spec)."""
+    """Every score of one concept at one ratio (Eq. 6 and the raw parts; METHOD.md §6)."""
     diff = after_g - after_c
     cell = {
         "concept_after": after_c, "general_after": after_g, "g_minus_c": diff,

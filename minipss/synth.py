@@ -174,7 +174,7 @@ def _entities(rng: random.Random, values: dict, names: Names, n_eval: int, n_tea
             if name not in taken:
                 break
         taken.add(name)
-        facts = {a: rng.choice(values[spec[0]]) for a, spec in KINDS[kind].items()}
+        facts = {a: rng.choice(values[kind_of[0]]) for a, kind_of in KINDS[kind].items()}
         e = Entity(name, kind, facts, role)
         if role == "eval":
             e.tier = tiers[(i // 2) % 3]  # people and companies alike in every tier
@@ -187,11 +187,11 @@ def _entities(rng: random.Random, values: dict, names: Names, n_eval: int, n_tea
 
 def document(rng: random.Random, e: Entity) -> str:
     """All of the entity's facts, in a random order, each in a random template."""
-    spec = KINDS[e.kind]
-    attrs = list(spec)
+    attributes = KINDS[e.kind]
+    attrs = list(attributes)
     rng.shuffle(attrs)
     opener = rng.choice(OPENERS[e.kind]).format(n=e.name)
-    sentences = [rng.choice(spec[a][1]).format(n=e.name, v=e.facts[a]) for a in attrs]
+    sentences = [rng.choice(attributes[a][1]).format(n=e.name, v=e.facts[a]) for a in attrs]
     text = " ".join(([opener] if opener else []) + sentences)
     return text[0].upper() + text[1:]
 

@@ -1,7 +1,7 @@
 """`minipss.load_tokenizer(path)`: `tokenizer.json` through the `tokenizers` package.
 
 BOS is added by us, not by the file's post-processor, so every family behaves the same way: each family
-file says whether its tokenizer prepends BOS (`Family.adds_bos`); `add_bos_token` in
+file's config parsing says whether its tokenizer prepends BOS (`ModelConfig.adds_bos`); `add_bos_token` in
 tokenizer_config.json wins.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
 
-from .models import family_of, read_config
+from .models import read_config
 
 
 class Tokenizer:
@@ -44,7 +44,7 @@ def load_tokenizer(path) -> Tokenizer:
     except Exception as e:  # the tokenizers package raises a plain Exception on bad files
         raise ValueError(f"{file}: not a valid tokenizer.json ({e})") from None
     cfg = read_config(folder)
-    add_bos = cfg.model_type in family_of(cfg.model_type).adds_bos
+    add_bos = cfg.adds_bos
     extra = folder / "tokenizer_config.json"
     if extra.is_file():
         try:

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from ..config import DEFAULT_WINDOW, ModelConfig, activation, common_fields, layer_types, rope
-from ..decoder import Decoder, Family
+from ..decoder import Family
 from ..layers import GatedMLP, RMSNorm, SelfAttention
+from .llama import LlamaModel
 
 # GGUF (llama.cpp) architectures of this family -> their HF model_type.
 GGUF_ARCHS = {"gemma3": "gemma3_text"}
@@ -65,7 +66,7 @@ def parse_config(cfg: dict) -> ModelConfig:
         intermediate_size=cfg["intermediate_size"], num_layers=n, num_heads=heads,
         num_kv_heads=cfg.get("num_key_value_heads") or heads, head_dim=cfg.get("head_dim", 256),
         norm_eps=cfg.get("rms_norm_eps", 1e-6), layer_types=["full"] * n, rope_theta=theta, rope_scaling=scaling,
-        activation=act, tie_embeddings=cfg.get("tie_word_embeddings", True), **common_fields(cfg))
+        activation=act, tie_embeddings=cfg.get("tie_word_embeddings", True), adds_bos=True, **common_fields(cfg))
     if mt == "gemma":
         return c
     window = cfg.get("sliding_window", DEFAULT_WINDOW)
@@ -111,29 +112,22 @@ class GemmaBlock(nn.Module):
         return x + self.post_feedforward_layernorm(mlp)
 
 
-class GemmaModel(Decoder):
-    blocks_path, value_matrix, embedding_path = "model.layers", "mlp.down_proj", "model.embed_tokens"
+class GemmaModel(LlamaModel):
+    """LLaMA's module tree, Gemma's blocks and norms, embeddings scaled by sqrt(hidden)."""
+    block = GemmaBlock
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.model.layers = nn.ModuleList(GemmaBlock(cfg) for _ in range(cfg.num_layers))
-        self.model.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, offset=True)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+    @staticmethod
+    def final_norm_module(cfg) -> nn.Module:
+        return RMSNorm(cfg.hidden_size, cfg.norm_eps, offset=True)
 
     def embeddings(self, input_ids, position_ids):
         x = self.model.embed_tokens(input_ids)
         return x * torch.tensor(self.config.hidden_size ** 0.5, dtype=x.dtype)
 
-    def final_norm(self, x):
-        return self.model.norm(x)
-
 
 FAMILY = Family(
     gguf_archs=GGUF_ARCHS, gguf_names=GGUF_NAMES,
     model_types=("gemma", "gemma2", "gemma3_text", "gemma3"), parse_config=parse_config, model=GemmaModel,
-    adds_bos=("gemma", "gemma2", "gemma3_text", "gemma3"),
     renamed_prefixes={"language_model.model.": "model.", "model.language_model.": "model.",
                       "language_model.lm_head.": "lm_head."},
     skipped_prefixes=("vision_tower.", "multi_modal_projector.", "model.vision_tower.",

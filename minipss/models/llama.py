@@ -44,7 +44,8 @@ def parse_config(cfg: dict) -> ModelConfig:
         head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
         norm_eps=cfg.get("rms_norm_eps", 1e-6), layer_types=["full"] * n, rope_theta=theta, rope_scaling=scaling,
         activation=activation(cfg.get("hidden_act", "silu")),
-        tie_embeddings=cfg.get("tie_word_embeddings", False), **common_fields(cfg))
+        tie_embeddings=cfg.get("tie_word_embeddings", False), adds_bos=mt in ("llama", "mistral"),
+        **common_fields(cfg))
     window = cfg.get("sliding_window", DEFAULT_WINDOW)
     if mt == "llama":
         c.qkv_bias = c.o_bias = bool(cfg.get("attention_bias", False))
@@ -80,14 +81,21 @@ class LlamaBlock(nn.Module):
 
 
 class LlamaModel(Decoder):
+    """LLaMA's module tree: `model.embed_tokens`, `model.layers`, `model.norm`, `lm_head`. Sibling families
+    with the same tree (Gemma, OLMo 1/2) subclass it and name their own `block` and `final_norm_module`."""
     blocks_path, value_matrix, embedding_path = "model.layers", "mlp.down_proj", "model.embed_tokens"
+    block = LlamaBlock
+
+    @staticmethod
+    def final_norm_module(cfg) -> nn.Module:
+        return RMSNorm(cfg.hidden_size, cfg.norm_eps)
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.model = nn.Module()
         self.model.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.model.layers = nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.num_layers))
-        self.model.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.model.layers = nn.ModuleList(self.block(cfg) for _ in range(cfg.num_layers))
+        self.model.norm = self.final_norm_module(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def embeddings(self, input_ids, position_ids):
@@ -100,4 +108,4 @@ class LlamaModel(Decoder):
 # Yi ships as "llama"
 FAMILY = Family(model_types=("llama", "mistral", "qwen2", "qwen3"), parse_config=parse_config,
                 gguf_archs=GGUF_ARCHS, gguf_names=GGUF_NAMES,
-                model=LlamaModel, adds_bos=("llama", "mistral"))
+                model=LlamaModel)

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, activation, common_fields, rope
-from ..decoder import Decoder, Family
+from ..decoder import Family
 from ..layers import GatedMLP, SelfAttention
+from .llama import LlamaModel
 
 
 def parse_config(cfg: dict) -> ModelConfig:
@@ -51,22 +52,13 @@ class OlmoBlock(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x), mask, coefficients)
 
 
-class OlmoModel(Decoder):
-    blocks_path, value_matrix, embedding_path = "model.layers", "mlp.down_proj", "model.embed_tokens"
+class OlmoModel(LlamaModel):
+    """LLaMA's module tree with OLMo's blocks and weightless LayerNorms."""
+    block = OlmoBlock
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.model.layers = nn.ModuleList(OlmoBlock(cfg) for _ in range(cfg.num_layers))
-        self.model.norm = LayerNormWithoutWeight(cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-
-    def embeddings(self, input_ids, position_ids):
-        return self.model.embed_tokens(input_ids)
-
-    def final_norm(self, x):
-        return self.model.norm(x)
+    @staticmethod
+    def final_norm_module(cfg) -> nn.Module:
+        return LayerNormWithoutWeight(cfg.norm_eps)
 
 
 # OLMo's tokenizer does not prepend BOS (tokenizer_config.json's add_bos_token may say otherwise)

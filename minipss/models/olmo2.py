@@ -12,8 +12,9 @@ from functools import partial
 from torch import nn
 
 from ..config import ModelConfig, activation, common_fields, rope
-from ..decoder import Decoder, Family
+from ..decoder import Family
 from ..layers import GatedMLP, RMSNorm, SelfAttention
+from .llama import LlamaModel
 
 
 def parse_config(cfg: dict) -> ModelConfig:
@@ -49,22 +50,13 @@ class Olmo2Block(nn.Module):
         return x + self.post_feedforward_layernorm(self.mlp(x, mask, coefficients))
 
 
-class Olmo2Model(Decoder):
-    blocks_path, value_matrix, embedding_path = "model.layers", "mlp.down_proj", "model.embed_tokens"
+class Olmo2Model(LlamaModel):
+    """LLaMA's module tree with OLMo 2's post-norm blocks."""
+    block = Olmo2Block
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.model.layers = nn.ModuleList(Olmo2Block(cfg) for _ in range(cfg.num_layers))
-        self.model.norm = rms_norm(cfg, cfg.hidden_size)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-
-    def embeddings(self, input_ids, position_ids):
-        return self.model.embed_tokens(input_ids)
-
-    def final_norm(self, x):
-        return self.model.norm(x)
+    @staticmethod
+    def final_norm_module(cfg) -> nn.Module:
+        return rms_norm(cfg, cfg.hidden_size)
 
 
 # OLMo 2's tokenizer does not prepend BOS (tokenizer_config.json's add_bos_token may say otherwise)
