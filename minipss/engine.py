@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .benchmark import MCQ
-from .generate import left_pad, right_pad
+from .generate import GreedyHead, left_pad, right_pad
 from .layers import KVCache
 from .prompts import letter_decided, letter_in, mcq_prompt
 from .scoring import GENERATE_TOKENS, cloze_tokens, letter_token_ids, target_logprobs
@@ -156,12 +156,13 @@ def generate_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip
     dev, L = model.device, model.config.num_layers
     max_rows = max_rows or (64 if dev.type == "cpu" else 512)
     eos = torch.tensor(list(tok.eos_ids) or [-1], device=dev)
+    greedy = GreedyHead(model)
     found, tokens = {}, {}
     for ms, qs, x, cache, attn, real in _prompt_batches(model, tok, questions, masks, skip, max_rows,
                                                         whole_cache=True, which=which):
         R = len(qs)
         h = x[torch.arange(R, device=dev), real - 1 - (attn.shape[1] - x.shape[1])]
-        nxt = model.head(h).float().argmax(-1)
+        nxt = greedy(h)
         attn = left_align(cache, attn, real)
         row_masks = masks[ms]
         alive = torch.arange(R, device=dev)
@@ -182,7 +183,7 @@ def generate_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
             x = model.run_blocks(model.embed(nxt[:, None], pos), 0, L, attn, pos, mlp_mask=row_masks[alive],
                                  cache=cache)
-            nxt = model.head(x[:, -1]).float().argmax(-1)
+            nxt = greedy(x[:, -1])
             pos = pos + 1
         for r, (m, q) in enumerate(zip(ms.tolist(), qs.tolist())):
             found[m, q], tokens[m, q] = letter_in(tok.decode(out[r])), out[r]

@@ -60,3 +60,29 @@ def test_sampling_is_seeded(pair):
     run = lambda s: generate(ours, PROMPTS, 6, temperature=1.0, generator=torch.Generator().manual_seed(s))
     assert run(3) == run(3)
     assert any(run(3) != run(s) for s in range(4, 8))
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma2"])  # gemma2: a final softcap, so no screening
+def test_greedy_head_picks_the_full_argmax(model_type, tmp_path):
+    """The bf16-screened argmax equals the full fp32 argmax on many states of every scale, with exact
+    ties (the lowest id wins) and with logits apart by less than bf16 can tell."""
+    from minipss.generate import GreedyHead
+    from tiny import make_tiny_model
+
+    extra = dict(final_logit_softcapping=30.0) if model_type == "gemma2" else {}
+    model = minipss.load_model(make_tiny_model(tmp_path / "m", model_type=model_type, d_ff=32, **extra))
+    head = model.get_submodule(model.head_path).weight
+    x = torch.randn(400, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    x = x * torch.logspace(-2, 2, 400)[:, None]
+    with torch.no_grad():
+        top = int(model.head(x).argmax(-1).mode().values)
+        tie = 0 if top != 0 else 1
+        head[tie] = head[top]
+    full = model.head(x).argmax(-1)
+    assert (full == min(top, tie)).sum() >= 5 and not (full == max(top, tie)).any()
+    assert torch.equal(GreedyHead(model)(x), full)
+    with torch.no_grad():
+        head[250] = head[top] * (1 + 2 ** -20)  # the same in bf16, a little larger in fp32
+    full = model.head(x).argmax(-1)
+    assert (full == 250).sum() >= 5
+    assert torch.equal(GreedyHead(model)(x), full)
