@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from .benchmark import MCQ
-from .generate import GreedyHead, left_pad, right_pad
+from .generate import GreedyHead
+from .padding import left_pad, right_pad
 from .layers import KVCache
 from .prompts import letter_decided, letter_in, mcq_prompt
 from .scoring import GENERATE_TOKENS, cloze_tokens, letter_token_ids, target_logprobs

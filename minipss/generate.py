@@ -12,30 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .layers import KVCache
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device="cpu"):
-    """`(ids, attention_mask, position_ids)` for prompts padded on the left; positions count real tokens
-    from 0 in every row, as HF generate does."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    return ids.to(device), mask.to(device), positions(mask).to(device)
-
-
-def right_pad(seqs: Sequence[Sequence[int]], pad_id: int = 0, device="cpu"):
-    """`(ids, attention_mask)` for sequences padded on the right (continuations of a cached prefix,
-    training batches): padding comes after every real token, so causal attention never reads it."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
+from .padding import left_pad
 
 
 class GreedyHead:
@@ -70,10 +47,6 @@ class GreedyHead:
         vocab = candidate.any(0).nonzero().squeeze(1)  # ascending: ties go to the lowest id, as in argmax
         exact = torch.nn.functional.linear(h, self.weight[vocab]).masked_fill(~candidate[:, vocab], float("-inf"))
         return vocab[exact.argmax(-1)]
-
-
-def positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
 @torch.inference_mode()

@@ -13,7 +13,8 @@ from collections import Counter
 
 import torch
 
-from .generate import generate, left_pad
+from .generate import generate
+from .padding import left_pad
 from .prompts import normalise, open_prompt
 
 

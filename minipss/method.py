@@ -12,7 +12,7 @@ import torch
 
 from .benchmark import Concept
 from .decoder import Coefficients
-from .generate import left_pad
+from .padding import left_pad
 from .prompts import coefficient_prompt
 
 TOKEN_RULES = ("content", "all", "last")

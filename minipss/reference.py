@@ -21,7 +21,7 @@ import torch
 
 from . import load_tokenizer
 from .benchmark import load_benchmark, unrelated_sets
-from .generate import left_pad
+from .padding import left_pad
 from .method import locate, mask_for, random_ranking, ranking, unrelated_mean
 from .models import value_matrix_slots
 from .pipeline import questions_of

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from .benchmark import MCQ
-from .generate import generate, left_pad, right_pad
+from .generate import generate
+from .padding import left_pad, right_pad
 from .layers import KVCache
 from .prompts import cloze_context, letter_decided, letter_in, mcq_prompt, open_correct, open_prompt
 

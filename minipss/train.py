@@ -26,7 +26,7 @@ from . import load_model, load_tokenizer
 from .benchmark import load_benchmark, unrelated_sets
 from .options import at_least
 from .fingerprint import differences, file_digest, model_digest, short
-from .generate import right_pad
+from .padding import right_pad
 from .load import checkpoint_state
 from .method import collect_coefficients, locate, unrelated_mean
 from .models import read_config

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import minipss
-from minipss.generate import generate, left_pad
+from minipss.generate import generate
+from minipss.padding import left_pad
 from hf_models import record_coefficients
 
 pytest.importorskip("gguf")

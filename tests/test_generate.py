@@ -20,7 +20,7 @@ PROMPTS = [[5, 9, 14, 3, 77, 21, 8, 90, 4], [11, 2, 6], [45, 46, 47, 48, 49, 50]
 def test_greedy_equals_transformers_generate(pair):
     hf, ours = pair
     mine = generate(ours, PROMPTS, max_new_tokens=8, pad_id=0)
-    from minipss.generate import left_pad
+    from minipss.padding import left_pad
     ids, mask, _ = left_pad(PROMPTS, pad_id=0)
     ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
                       pad_token_id=0, eos_token_id=None)
