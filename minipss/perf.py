@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from . import benchmark_path, engine, load_model, load_tokenizer
+from . import benchmark_path, load_model, load_tokenizer, many_masks
 from .benchmark import load_benchmark, unrelated_sets
 from .load import build_model, checkpoint_state
 from .method import mask_for, random_ranking
@@ -84,7 +84,7 @@ def workload(concepts: int, ratios: list[float], num_layers: int, d_ff: int, ski
 def run_minipss(model, tok, jobs, mode, skip, batch_size):
     out = []
     for qs, masks in jobs:
-        out += engine.answers(model, tok, qs, masks.to(model.device, model.dtype), skip, mode)
+        out += many_masks.answers(model, tok, qs, masks.to(model.device, model.dtype), skip, mode)
     return out
 
 

@@ -17,14 +17,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from . import engine, load_model, load_tokenizer
+from . import load_model, many_masks, load_tokenizer
 from .benchmark import Concept, load_benchmark, unrelated_sets
 from .fingerprint import differences, file_digest, model_digest, short
 from .method import (TOKEN_RULES, collect_coefficients, locate, mask_for, random_ranking, ranking,
     unrelated_mean)
 from .prompts import coefficient_prompt, mcq_prompt
 from .report import build_result, write_result
-from .scoring import GENERATE_TOKENS, MODES, cloze_tokens, letter_token_ids, mcq_answers
+from .scoring import GENERATE_TOKENS, MODES, cloze_tokens, letter_vocab, mcq_answers
 from .shard import Shard
 
 
@@ -306,7 +306,7 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
         raise ValueError(f"--skip-layers {s.skip_layers} leaves nothing to mask in a model of {L} layers")
     check_prompt_lengths(concepts, tok, model.config, model_dir, s.mode, bench)
     if s.mode == "logits":
-        letter_token_ids(tok)  # refuses a tokenizer without single-token letters
+        letter_vocab(tok)  # refuses a tokenizer without single-token letters
     work = WorkDir(out, s.fingerprint(model_dir, bench), shard.rank)
 
     def expected_length(key: str) -> int | None:  # answers a saved cell must hold
@@ -339,7 +339,7 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     if s.engine and missing:  # the baseline is one more mask (all ones): every missing concept at once
         qs = [q for i in missing for q in concepts[i].mcq]
         ones = torch.ones(1, L, model.config.intermediate_size, device=model.device, dtype=model.dtype)
-        base = engine.answers(model, tok, qs, ones, s.skip_layers, s.mode, s.cloze_mean, s.early_stop)[0]
+        base = many_masks.answers(model, tok, qs, ones, s.skip_layers, s.mode, s.cloze_mean, s.early_stop)[0]
         for i in missing:
             n = len(concepts[i].mcq)
             work.save_cell(f"baseline|{i}", [a == q.answer for a, q in zip(base[:n], concepts[i].mcq)])
@@ -376,7 +376,7 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
         masks = torch.cat(masks)
         qs = [concepts[j].mcq[k] for j, k in pool]
         if s.engine:  # all of this group's masks at once
-            answers = engine.answers(model, tok, qs, masks, s.skip_layers, s.mode, s.cloze_mean, s.early_stop,
+            answers = many_masks.answers(model, tok, qs, masks, s.skip_layers, s.mode, s.cloze_mean, s.early_stop,
                                      which)
             results = [[a == qs[q].answer for a, q in zip(ans, w)] for ans, w in zip(answers, which)]
         else:

@@ -26,7 +26,7 @@ from .method import locate, mask_for, random_ranking, ranking, unrelated_mean
 from .models import value_matrix_slots
 from .pipeline import questions_of
 from .prompts import coefficient_prompt, letter_in, mcq_prompt
-from .scoring import GENERATE_TOKENS, best_letters, cloze_tokens, letter_token_ids
+from .scoring import GENERATE_TOKENS, best_letters, best_option, cloze_tokens, letter_vocab
 
 
 class MaskedInput(torch.nn.Module):
@@ -117,16 +117,17 @@ def answers(model, tok, questions, mode: str, batch_size: int = 32) -> list[str 
                     for r, (_, o) in enumerate(pairs)]
             for q in chunk:
                 k = len(q.options)
-                mine, sums = sums[:k], sums[k:]
-                out.append(list(q.options)[max(range(k), key=mine.__getitem__)])
+                out.append(best_option(q, sums[:k]))
+                sums = sums[k:]
         return out
-    letters = letter_token_ids(tok) if mode == "logits" else None
+    if mode == "logits":
+        vocab, owner = letter_vocab(tok)
     for start in range(0, len(questions), batch_size):
         chunk = questions[start:start + batch_size]
         ids, attn, pos = left_pad([tok.encode(mcq_prompt(q)) for q in chunk], tok.pad_id, dev)
         if mode == "logits":
             logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=1).logits[:, -1]
-            out += best_letters(logits, letters)
+            out += best_letters(logits[:, vocab.to(dev)], owner)
         else:
             gen = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=GENERATE_TOKENS,
                                  do_sample=False, pad_token_id=tok.pad_id, eos_token_id=tok.eos_ids or None)

@@ -27,45 +27,61 @@ def _rows(masks, idx):
     return masks if masks is None or masks.dim() == 2 or masks.shape[0] == 1 else masks[idx]
 
 
-def _chunks(n: int, size: int):
+def _batches(n: int, size: int):
     for start in range(0, n, size):
         yield list(range(start, min(n, start + size)))
 
 
-def letter_token_ids(tok) -> dict[str, list[int]]:
-    """Single-token spellings of each letter, with and without a leading space."""
-    out = {}
-    for letter in "ABCD":
-        ids = {tuple(tok.encode(s, bos=False)) for s in (f" {letter}", letter)}
-        out[letter] = sorted(t[0] for t in ids if len(t) == 1)
-        if not out[letter]:
+def letter_vocab(tok) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ids of every single-token spelling of the letters (` X` and `X`) and, per id, the index of its
+    letter in `ABCD`: the only logits `logits` mode reads."""
+    ids, owner = [], []
+    for i, letter in enumerate("ABCD"):
+        spellings = {tuple(tok.encode(s, bos=False)) for s in (f" {letter}", letter)}
+        single = sorted(t[0] for t in spellings if len(t) == 1)
+        if not single:
             raise ValueError(f"the tokenizer has no single token for {letter!r}; use --mode cloze or generate")
-    return out
+        ids += single
+        owner += [i] * len(single)
+    return torch.tensor(ids), torch.tensor(owner)
 
 
-def best_letters(logits: torch.Tensor, letters: dict[str, list[int]]) -> list[str]:
-    """Per row of `[N, vocab]` logits, the letter whose best spelling scores highest."""
-    best = torch.stack([logits[:, letters[L]].max(-1).values for L in "ABCD"], -1).argmax(-1)
-    return ["ABCD"[b] for b in best.tolist()]
+def best_letters(letter_logits: torch.Tensor, owner: torch.Tensor) -> list[str]:
+    """Per row of logits over `letter_vocab`'s ids `[N, V]`, the letter whose best spelling scores highest
+    (ties: the earlier letter)."""
+    N = letter_logits.shape[0]
+    best = torch.full((N, 4), float("-inf"), device=letter_logits.device).scatter_reduce(
+        1, owner.to(letter_logits.device).expand(N, -1), letter_logits.float(), reduce="amax")
+    return ["ABCD"[b] for b in best.argmax(-1).tolist()]
+
+
+def best_option(question: MCQ, scores: list[float]) -> str:
+    """The letter of the option with the highest score (ties: the earlier option)."""
+    return list(question.options)[max(range(len(scores)), key=scores.__getitem__)]
 
 
 @torch.inference_mode()
 def mcq_answers(model, tok, questions: list[MCQ], mode: str = "generate", masks=None,
                 batch_size: int = 32, early_stop: bool = True, cloze_mean: bool = False) -> list[str | None]:
-    """The model's answer letter (or None) for each question under `masks`."""
+    """The model's answer letter (or None) for each question under `masks`, one batch at a time: the
+    plain form of each mode, which `many_masks` must equal."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    if mode == "cloze":
-        return cloze_answers(model, tok, questions, masks, batch_size, cloze_mean)
     answers: list[str | None] = []
-    letters = letter_token_ids(tok) if mode == "logits" else None
-    for idx in _chunks(len(questions), batch_size):
-        prompts = [tok.encode(mcq_prompt(questions[i])) for i in idx]
+    if mode == "logits":
+        vocab, owner = letter_vocab(tok)
+    for idx in _batches(len(questions), batch_size):
         mask = _rows(masks, idx)
+        if mode == "cloze":
+            ctx, opts = zip(*(cloze_tokens(tok, questions[i]) for i in idx))
+            scores = cloze_scores(model, list(ctx), list(opts), mask, cloze_mean)
+            answers += [best_option(questions[i], s) for i, s in zip(idx, scores)]
+            continue
+        prompts = [tok.encode(mcq_prompt(questions[i])) for i in idx]
         if mode == "logits":
             ids, attn, pos = left_pad(prompts, tok.pad_id, model.device)
             logits = model(ids, attention_mask=attn, position_ids=pos, mlp_mask=mask, logits_to_keep=1).logits[:, -1]
-            answers += best_letters(logits, letters)
+            answers += best_letters(logits[:, vocab.to(logits.device)], owner)
         else:
             stop = (lambda ids: letter_decided(tok.decode(ids))) if early_stop else None
             outs = generate(model, prompts, GENERATE_TOKENS, tok.eos_ids, tok.pad_id, mlp_mask=mask, stop_when=stop)
@@ -98,6 +114,19 @@ def target_logprobs(model, x: torch.Tensor, targets: torch.Tensor, chunk: int = 
     return torch.cat(out) if out else x.new_zeros(0, dtype=torch.float32)
 
 
+def option_scores(model, context_last: torch.Tensor, option_states: torch.Tensor, option_ids: torch.Tensor,
+                  option_mask: torch.Tensor, mean: bool = False) -> torch.Tensor:
+    """Summed (with `mean`, mean) log-prob of each option's tokens, `[P]`: token 0 is predicted by its
+    context's last state `context_last` `[P, d]`, token t by the option's own state at t - 1
+    (`option_states` `[P, W, d]`, right-padded; `option_mask` marks the real tokens)."""
+    first = target_logprobs(model, context_last, option_ids[:, 0])
+    later = option_mask[:, 1:].bool()
+    rest = torch.zeros(len(option_ids), option_ids.shape[1] - 1, device=option_ids.device)
+    rest[later] = target_logprobs(model, option_states[:, :-1][later], option_ids[:, 1:][later])
+    totals = first + rest.sum(1)
+    return totals / option_mask.sum(1) if mean else totals
+
+
 def cloze_scores(model, contexts: list[list[int]], options: list[list[list[int]]], masks=None,
                  mean: bool = False) -> list[list[float]]:
     """Summed (or mean) log-prob of each option after its context. The context runs once into a KV
@@ -117,28 +146,8 @@ def cloze_scores(model, contexts: list[list[int]], options: list[list[list[int]]
     row_masks = masks[owner] if masks is not None and masks.dim() == 3 and masks.shape[0] > 1 else masks
     x = model.run_blocks(model.embed(opt_ids, opt_pos), attention_mask=torch.cat([attn[owner], opt_mask], 1),
                          position_ids=opt_pos, mlp_mask=row_masks, cache=cache)
-    # an option's token 0 is predicted by its context's last position, token t by option position t - 1
-    first = target_logprobs(model, ctx_last[owner], opt_ids[:, 0])
-    later = opt_mask[:, 1:].bool()
-    rest = torch.zeros(len(flat), width - 1, device=device)
-    rest[later] = target_logprobs(model, x[:, :-1][later], opt_ids[:, 1:][later])
-    totals = first + rest.sum(1)
-    if mean:
-        totals = totals / opt_mask.sum(1)
+    totals = option_scores(model, ctx_last[owner], x, opt_ids, opt_mask, mean)
     return [t.tolist() for t in totals.split(per_q)]
-
-
-@torch.inference_mode()
-def cloze_answers(model, tok, questions: list[MCQ], masks=None, batch_size: int = 32,
-                  mean: bool = False) -> list[str]:
-    answers = []
-    for idx in _chunks(len(questions), batch_size):
-        ctx, opts = zip(*(cloze_tokens(tok, questions[i]) for i in idx))
-        mask = _rows(masks, idx)
-        for i, scores in zip(idx, cloze_scores(model, list(ctx), list(opts), mask, mean)):
-            letters = list(questions[i].options)
-            answers.append(letters[max(range(len(scores)), key=scores.__getitem__)])
-    return answers
 
 
 @torch.inference_mode()
@@ -147,7 +156,7 @@ def open_answers(model, tok, questions: list[dict], masks=None, batch_size: int 
     """Zero-shot open questions, greedy; correct when the normalised gold occurs in the generation.
     With `return_texts`, also the generations."""
     correct, texts = [], []
-    for idx in _chunks(len(questions), batch_size):
+    for idx in _batches(len(questions), batch_size):
         prompts = [tok.encode(open_prompt(questions[i]["question"])) for i in idx]
         mask = _rows(masks, idx)
         outs = generate(model, prompts, max_new_tokens, tok.eos_ids, tok.pad_id, mlp_mask=mask)

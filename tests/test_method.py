@@ -10,7 +10,7 @@ from minipss.method import (concept_cell, locate, mask_for, model_pss, question_
                             ranking, top_k)
 from minipss.pipeline import questions_of
 from minipss.prompts import letter_in, mcq_prompt
-from minipss.scoring import cloze_answers, cloze_tokens, mcq_answers
+from minipss.scoring import cloze_tokens, mcq_answers
 from tiny import make_bench, make_tiny_model
 
 
@@ -102,7 +102,7 @@ def test_cloze_equals_scoring_each_option_in_its_own_forward_pass(tiny):
     model, tok, concepts = tiny
     qs = [q for c in concepts[:2] for q in c.mcq]
     masks = torch.stack([mask_for(random_ranking((4, 32), s), 0.2, 1) for s in range(len(qs))])
-    got = cloze_answers(model, tok, qs, masks, batch_size=4)
+    got = mcq_answers(model, tok, qs, "cloze", masks, batch_size=4)
     for q, m, answer in zip(qs, masks, got):
         ctx, opts = cloze_tokens(tok, q)
         sums = []

@@ -5,7 +5,7 @@ import torch
 
 import minipss
 from minipss.benchmark import load_benchmark
-from minipss.engine import common_prefix, cloze_answers, generate_answers, letter_answers
+from minipss.many_masks import common_prefix, cloze_answers, generate_answers, letter_answers
 from minipss.generate import generate
 from minipss.method import mask_for, random_ranking
 from minipss.prompts import letter_in, mcq_prompt
@@ -115,7 +115,7 @@ def test_generate_rows_leave_at_eos_at_different_steps(gen_tiny):
 
 def test_left_align_moves_padding_first():
     from minipss.layers import KVCache
-    from minipss.engine import left_align
+    from minipss.many_masks import left_align
 
     cache = KVCache(1)
     cache.k[0] = torch.arange(10.).view(2, 1, 5, 1)
@@ -130,12 +130,12 @@ def test_left_align_moves_padding_first():
 def test_each_mask_scores_its_own_questions(tiny, mode):
     """With `which`, mask m answers the questions which[m] (as a run of several concepts does), with the
     answers it gives them among all questions."""
-    from minipss import engine
+    from minipss import many_masks
 
     model, tok, qs, masks = tiny
     masks = masks[:4]
     which = [list(range(m % 3, len(qs), 2)) for m in range(len(masks))]
-    got = engine.answers(model, tok, qs, masks, 1, mode, which=which)
-    full = engine.answers(model, tok, qs, masks, 1, mode)
+    got = many_masks.answers(model, tok, qs, masks, 1, mode, which=which)
+    full = many_masks.answers(model, tok, qs, masks, 1, mode)
     for w, g, f in zip(which, got, full):
         assert g == [f[q] for q in w]

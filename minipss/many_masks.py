@@ -16,7 +16,7 @@ from .generate import GreedyHead
 from .padding import left_pad, right_pad
 from .layers import KVCache
 from .prompts import letter_decided, letter_in, mcq_prompt
-from .scoring import GENERATE_TOKENS, cloze_tokens, letter_token_ids, target_logprobs
+from .scoring import GENERATE_TOKENS, best_letters, best_option, cloze_tokens, letter_vocab, option_scores
 
 
 def common_prefix(seqs: list[list[int]]) -> int:
@@ -43,7 +43,7 @@ def _subsets(which, n_masks: int, n_questions: int) -> list[list[int]]:
     return [list(w) for w in which]
 
 
-def _chunks(rows_per_mask: list[int], max_rows: int):
+def _mask_ranges(rows_per_mask: list[int], max_rows: int):
     """Consecutive ranges of masks with at most `max_rows` rows together (at least one mask each)."""
     start, total = 0, 0
     for m, n in enumerate(rows_per_mask):
@@ -81,7 +81,7 @@ def _prompt_batches(model, tok, questions: list[MCQ], masks: torch.Tensor, skip:
     low_q = low.rows(torch.zeros(Q, dtype=torch.long, device=dev)) if n else KVCache(L)
     x_suf = model.run_blocks(model.embed(suf_ids, pos), 0, skip, attn, pos, cache=low_q)
     lengths = suf_mask.sum(1)
-    for m0, m1 in _chunks([len(w) for w in subsets], 16 * max_rows):
+    for m0, m1 in _mask_ranges([len(w) for w in subsets], 16 * max_rows):
         chunk = masks[m0:m1]
         up = KVCache(L)
         if n:  # the shared prefix, once per mask
@@ -113,18 +113,13 @@ def letter_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: 
     (their argmax is all the mode reads)."""
     dev = model.device
     max_rows = max_rows or (32 if dev.type == "cpu" else 512)  # measured: small batches stay in CPU caches
-    letters = letter_token_ids(tok)
-    vocab = torch.tensor([t for L_ in "ABCD" for t in letters[L_]], device=dev)
-    owner = torch.tensor([i for i, L_ in enumerate("ABCD") for _ in letters[L_]], device=dev)
+    vocab, owner = letter_vocab(tok)
+    vocab = vocab.to(dev)
     found = {}
     for ms, qs, x, _, attn, real in _prompt_batches(model, tok, questions, masks, skip, max_rows, which=which):
-        R = len(qs)
-        h = x[torch.arange(R, device=dev), real - 1 - (attn.shape[1] - x.shape[1])]
-        logits = model.head(h, vocab).float()
-        best = torch.full((R, 4), float("-inf"), device=dev).scatter_reduce(
-            1, owner.expand(R, -1), logits, reduce="amax").argmax(-1).tolist()
-        for r, (m, q) in enumerate(zip(ms.tolist(), qs.tolist())):
-            found[m, q] = "ABCD"[best[r]]
+        h = x[torch.arange(len(qs), device=dev), real - 1 - (attn.shape[1] - x.shape[1])]
+        for m, q, letter in zip(ms.tolist(), qs.tolist(), best_letters(model.head(h, vocab), owner)):
+            found[m, q] = letter
     return _by_mask(_subsets(which, masks.shape[0], len(questions)), found)
 
 
@@ -231,9 +226,8 @@ def cloze_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: i
     o_pos = c_pos[owner, -1:] + 1 + torch.arange(W, device=dev)
     low_o = low.rows(owner)
     x_opt = model.run_blocks(model.embed(o_ids, o_pos), 0, skip, o_attn, o_pos, cache=low_o)
-    later = o_mask[:, 1:].bool()
     found = {}
-    for m0, m1 in _chunks([sum(per_q[q] for q in w) for w in subsets], max_rows):
+    for m0, m1 in _mask_ranges([sum(per_q[q] for q in w) for w in subsets], max_rows):
         chunk = masks[m0:m1]
         pairs = [(m - m0, q) for m in range(m0, m1) for q in subsets[m]]
         crow = torch.tensor([m for m, _ in pairs], dtype=torch.long, device=dev)
@@ -245,20 +239,11 @@ def cloze_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: i
         orow = crow[ctx_row]
         x = model.run_blocks(x_opt[oq], skip, L, o_attn[oq], o_pos[oq], mlp_mask=chunk[orow],
                              cache=up.rows(ctx_row))
-        first = target_logprobs(model, c_last[ctx_row], o_ids[oq, 0])
-        sel = later[oq]
-        rest = torch.zeros(len(oq), W - 1, device=dev)
-        rest[sel] = target_logprobs(model, x[:, :-1][sel], o_ids[oq, 1:][sel])
-        totals = first + rest.sum(1)
-        if mean:
-            totals = totals / o_mask[oq].sum(1)
-        totals = totals.tolist()
+        totals = option_scores(model, c_last[ctx_row], x, o_ids[oq], o_mask[oq], mean).tolist()
         start = 0
         for m, q in pairs:
-            k = per_q[q]
-            scores = totals[start:start + k]
-            found[m0 + m, q] = list(questions[q].options)[max(range(k), key=scores.__getitem__)]
-            start += k
+            found[m0 + m, q] = best_option(questions[q], totals[start:start + per_q[q]])
+            start += per_q[q]
     return _by_mask(subsets, found)
 
 
