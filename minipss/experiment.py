@@ -22,7 +22,8 @@ from .method import mean
 from .models import read_config
 from .pipeline import Settings, run_pss
 from .scoring import mcq_answers, open_answers
-from .train import TrainSettings, VARIANTS, located_scores, train, value_vector_sets
+from .method import VARIANTS, located_scores, value_vector_sets
+from .train import TrainSettings, train
 
 
 METRICS = ("mcq_acc", "open_acc", "pss", "semantic_entropy", "semantic_entropy_weighted", "lid")
@@ -94,7 +95,7 @@ def run(a) -> dict:
     record("before", a.model)
     c = read_config(a.model)
     model = load_model(a.model, device=a.device)
-    scores = located_scores(model, load_tokenizer(a.model), bench, names, a.seed)
+    scores = located_scores(model, load_tokenizer(a.model), load_benchmark(bench), names, seed=a.seed)
     del model
     s = TrainSettings(steps=a.steps, lr=a.lr, seed=a.seed, device=a.device, batch_size=a.batch_size,
                       seq_len=a.seq_len, warmup=max(1, a.steps // 10))

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .benchmark import Concept
+from .benchmark import Concept, unrelated_sets
 from .decoder import Coefficients
 from .padding import left_pad
 from .prompts import coefficient_prompt
@@ -26,25 +26,29 @@ def question_coefficients(model, tok, texts: list[str], token_rule: str = "conte
 
     token_rule: `content` leaves out special tokens such as BOS (default), `all` keeps them, `last` uses
     the last token only."""
-    if token_rule not in TOKEN_RULES:
-        raise ValueError(f"unknown token rule {token_rule!r}; choose one of {', '.join(TOKEN_RULES)}")
     out = []
     encoded = [tok.encode(t) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # similar lengths together: less padding
     for start in range(0, len(texts), batch_size):
-        seqs = [encoded[i] for i in order[start:start + batch_size]]
-        ids, attn, pos = left_pad(seqs, tok.pad_id, model.device)
-        weights = attn.clone()
-        if token_rule == "content":
-            special = torch.tensor(sorted(tok.special_ids), device=ids.device)
-            weights = weights * ~torch.isin(ids, special)
-        elif token_rule == "last":
-            weights = torch.zeros_like(attn)
-            weights[:, -1] = 1
-        coefficients = Coefficients(pool=weights, absolute=absolute)
+        ids, attn, pos = left_pad([encoded[i] for i in order[start:start + batch_size]], tok.pad_id, model.device)
+        coefficients = Coefficients(pool=token_weights(ids, attn, tok.special_ids, token_rule), absolute=absolute)
         model.run_blocks(model.embed(ids, pos), attention_mask=attn, position_ids=pos, coefficients=coefficients)
         out.append(torch.stack(coefficients, 1).cpu())
     return torch.cat(out)[torch.argsort(torch.tensor(order))]  # back to the order of `texts`
+
+
+def token_weights(ids: torch.Tensor, attention: torch.Tensor, special_ids, token_rule: str) -> torch.Tensor:
+    """`[B, T]` 0/1 weights of the tokens a question's coefficient mean covers (METHOD.md §3): `content`
+    every real token but special ones such as BOS, `all` every real token, `last` the last one."""
+    if token_rule not in TOKEN_RULES:
+        raise ValueError(f"unknown token rule {token_rule!r}; choose one of {', '.join(TOKEN_RULES)}")
+    if token_rule == "content":
+        return attention * ~torch.isin(ids, torch.tensor(sorted(special_ids), device=ids.device))
+    if token_rule == "last":
+        weights = torch.zeros_like(attention)
+        weights[:, -1] = 1
+        return weights
+    return attention.clone()
 
 
 def collect_coefficients(model, tok, concepts: list[Concept], token_rule: str = "content",
@@ -52,10 +56,14 @@ def collect_coefficients(model, tok, concepts: list[Concept], token_rule: str = 
     """Per concept, the mean over its questions of the per-question coefficients: `[C, L, d_ff]`.
     Each question is read as `Question: {q} Answer: {correct option}` (§3.2)."""
     texts = [coefficient_prompt(q) for c in concepts for q in c.mcq]
-    per_q = question_coefficients(model, tok, texts, token_rule, batch_size, absolute)
+    return concept_means(question_coefficients(model, tok, texts, token_rule, batch_size, absolute), concepts)
+
+
+def concept_means(per_question: torch.Tensor, concepts: list[Concept]) -> torch.Tensor:
+    """`[C, L, d_ff]`: per concept, the mean of its questions' rows of `per_question` (in concept order)."""
     out, start = [], 0
     for c in concepts:
-        out.append(per_q[start:start + len(c.mcq)].mean(0))
+        out.append(per_question[start:start + len(c.mcq)].mean(0))
         start += len(c.mcq)
     return torch.stack(out)
 
@@ -101,6 +109,71 @@ def mask_for(order: torch.Tensor, ratio: float, skip: int, mean: torch.Tensor | 
     if k:
         mask[skip:].scatter_(1, order[skip:, :k], 0.0)
     return mask if mean is None else torch.cat([mask, (1 - mask) * mean], dim=-1)
+
+
+KINDS = ("located", "random")  # a cell masks the located vectors, or as many random ones (the control)
+
+
+def concept_masks(i: int, cells: list[tuple[str, float]], coefficients: torch.Tensor, counts: list[int],
+                  others: list[int], skip: int, seed: int, signed: torch.Tensor | None = None) -> torch.Tensor:
+    """The masks of concept i's cells `(kind, ratio)`, `[N, L, d_ff]` (`[N, L, 2 * d_ff]` with `signed`,
+    the signed coefficient means, for mean-ablation): its value vectors ranked by Eq. 5 against its
+    unrelated concepts `others`, or in a random order seeded by `seed` and i (the control)."""
+    scores = locate(coefficients[i], unrelated_mean(coefficients, counts, others))
+    orders = {"located": ranking(scores), "random": random_ranking(scores.shape, seed * 1_000_003 + i)}
+    fill = None if signed is None else unrelated_mean(signed, counts, others)
+    return torch.stack([mask_for(orders[kind], r, skip, fill) for kind, r in cells])
+
+
+# ---------------------------------------------------------------- the value vectors §5 fine-tunes
+
+VARIANTS = ("fv", "pv", "cv", "rv")
+
+
+def located_scores(model, tok, concepts: list[Concept], names: list[str], n_unrelated: int = 5, seed: int = 0,
+                   rank_by: str = "diff") -> torch.Tensor:
+    """S = |m_t - m_t*| (Eq. 5) `[L, d_ff]` with t the questions of the named concepts together and t*
+    the questions of their unrelated concepts (drawn as in a PSS run with the same seed and
+    `n_unrelated`), the named ones left out. `rank_by="abs"` ranks by the concepts' own |m| alone (the
+    paper's "most highly activated"; METHOD.md §7)."""
+    index = {c.name: i for i, c in enumerate(concepts)}
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        raise ValueError(f"no concept named {', '.join(map(repr, unknown))}")
+    chosen = [index[n] for n in names]
+    drawn = unrelated_sets(concepts, n_unrelated, seed)
+    others = sorted({j for i in chosen for j in drawn[i]} - set(chosen))
+    coeffs = collect_coefficients(model, tok, [concepts[i] for i in chosen + others])
+    counts = [len(concepts[i].mcq) for i in chosen + others]
+    m_t = unrelated_mean(coeffs, counts, list(range(len(chosen))))
+    if rank_by == "abs":
+        return m_t
+    return locate(m_t, unrelated_mean(coeffs, counts, list(range(len(chosen), len(chosen) + len(others)))))
+
+
+def value_vector_sets(variant: str, num_layers: int, d_ff: int, scores: torch.Tensor | None = None,
+                      r_pv: float = 0.5 / 8, seed: int = 0, first_layer: int = 0) -> dict[int, list[int]]:
+    """Column indices per layer (METHOD.md §7). `scores` `[L, d_ff]` is the locator score S for the union of
+    the fine-tuned concepts; PV takes its top ceil(d_ff * r_pv) per layer in layers >= first_layer
+    (default: every layer), CV the rest of every layer, RV as many random ones as PV per layer."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if variant == "fv":
+        return {l: list(range(d_ff)) for l in range(num_layers)}
+    if scores is None:
+        raise ValueError(f"variant {variant!r} needs concepts to locate (--bench and --concepts)")
+    k = math.ceil(d_ff * r_pv)
+    order = ranking(scores)
+    pv = {l: sorted(order[l, :k].tolist()) if l >= first_layer else [] for l in range(num_layers)}
+    if variant == "pv":
+        return pv
+    if variant == "cv":
+        return {l: sorted(set(range(d_ff)) - set(pv[l])) for l in range(num_layers)}
+    shuffled = random_ranking((num_layers, d_ff), seed)
+    return {l: sorted(shuffled[l, :len(pv[l])].tolist()) for l in range(num_layers)}
+
+
+# ---------------------------------------------------------------- scores (Eq. 6)
 
 
 def accuracy(correct: list[bool]) -> float | None:

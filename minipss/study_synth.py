@@ -35,7 +35,8 @@ from .pretrain import PretrainSettings, bench_accuracy, checkpoints, log_spaced,
 from .report import summarise
 from .scoring import mcq_answers, open_answers
 from .synth import TIER_DOCS, make_world
-from .train import TrainSettings, located_scores, train, value_vector_sets
+from .method import located_scores, value_vector_sets
+from .train import TrainSettings, train
 
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -145,15 +146,13 @@ def finetune_row(base: Path, world: Path, work: Path, variant: str | None, seed:
     work.mkdir(parents=True, exist_ok=True)
     model_dir = base
     if variant is not None:
-        both = work.parent / "old_and_new.jsonl"  # t* for locating: the old entities' questions
-        if not both.exists():
-            both.write_text((world / "bench.jsonl").read_text() + (world / "new_bench.jsonl").read_text())
         names = [c.name for c in load_benchmark(world / "new_bench.jsonl")]
         c = read_config(base)
         scores = None
         if variant != "fv":
             model = load_model(base, device=a.device)
-            scores = located_scores(model, load_tokenizer(base), both, names, seed)
+            both = load_benchmark(world / "bench.jsonl") + load_benchmark(world / "new_bench.jsonl")  # t*: old ones
+            scores = located_scores(model, load_tokenizer(base), both, names, seed=seed)
             del model
         sets = value_vector_sets(variant, c.num_layers, c.intermediate_size, scores, 0.5 / 8, seed)
         s = TrainSettings(variant=variant, steps=a.ft_steps, lr=a.ft_lr, seed=seed, batch_size=8,

@@ -23,17 +23,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import load_model, load_tokenizer
-from .benchmark import load_benchmark, unrelated_sets
+from .benchmark import load_benchmark
 from .options import at_least
 from .fingerprint import differences, file_digest, model_digest, short
 from .padding import right_pad
 from .load import checkpoint_state
-from .method import collect_coefficients, locate, unrelated_mean
+from .method import VARIANTS, located_scores, value_vector_sets
 from .models import read_config
 from .pipeline import check_device, check_prompt_lengths, context_length
-
-
-VARIANTS = ("fv", "pv", "cv", "rv")
 
 
 @dataclass
@@ -81,28 +78,6 @@ class TrainSettings:
 
 
 # ---------------------------------------------------------------- which value vectors train
-
-
-def value_vector_sets(variant: str, num_layers: int, d_ff: int, scores: torch.Tensor | None = None,
-                      r_pv: float = 0.5 / 8, seed: int = 0, first_layer: int = 0) -> dict[int, list[int]]:
-    """Column indices per layer (METHOD.md §7). `scores` `[L, d_ff]` is the locator score S for the union of
-    the fine-tuned concepts; PV takes its top ceil(d_ff * r_pv) per layer in layers >= first_layer
-    (default: every layer), CV the rest of every layer, RV as many random ones as PV per layer."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    if variant == "fv":
-        return {l: list(range(d_ff)) for l in range(num_layers)}
-    if scores is None:
-        raise ValueError(f"variant {variant!r} needs concepts to locate (--bench and --concepts)")
-    k = math.ceil(d_ff * r_pv)
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
-    pv = {l: sorted(order[l, :k].tolist()) if l >= first_layer else [] for l in range(num_layers)}
-    if variant == "pv":
-        return pv
-    if variant == "cv":
-        return {l: sorted(set(range(d_ff)) - set(pv[l])) for l in range(num_layers)}
-    g = torch.Generator().manual_seed(seed)
-    return {l: sorted(torch.randperm(d_ff, generator=g)[:len(pv[l])].tolist()) for l in range(num_layers)}
 
 
 def value_matrices(model) -> list[torch.nn.Parameter]:
@@ -360,8 +335,8 @@ def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[in
     if not docs:
         raise ValueError(f"{data}: no document has two or more tokens to learn from")
     order = batch_order(len(docs), s.batch_size, s.steps * s.accum, s.seed)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if s.device.startswith("cuda") and \
-        s.dtype == "bfloat16" else torch.autocast("cpu", enabled=False)
+    # fp32 master weights and optimizer state; with --dtype bfloat16 the forward runs under bf16 autocast
+    autocast = torch.autocast(s.device.split(":")[0], dtype=torch.bfloat16, enabled=s.dtype == "bfloat16")
     model.train()
     t0 = time.time()
     for step in range(start, s.steps):
@@ -396,26 +371,6 @@ def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[in
     return model
 
 
-def located_scores(model, tok, bench, names: list[str], seed: int = 0, rank_by: str = "diff") -> torch.Tensor:
-    """S = |m_t - m_t*| (Eq. 5) with t the questions of the named concepts together and t* the questions
-    of their unrelated concepts (drawn as in the PSS run with the same seed), chosen concepts left out.
-    `rank_by="abs"` ranks by the concepts' own |m| alone (the paper's "most highly activated")."""
-    concepts = load_benchmark(bench)
-    index = {c.name: i for i, c in enumerate(concepts)}
-    unknown = [n for n in names if n not in index]
-    if unknown:
-        raise ValueError(f"{bench}: no concept named {', '.join(map(repr, unknown))}")
-    chosen = [index[n] for n in names]
-    others = sorted({j for i in chosen for j in unrelated_sets(concepts, 5, seed)[i]} - set(chosen))
-    coeffs = collect_coefficients(model, tok, [concepts[i] for i in chosen + others])
-    counts = [len(concepts[i].mcq) for i in chosen + others]
-    m_t = unrelated_mean(coeffs, counts, list(range(len(chosen))))
-    if rank_by == "abs":
-        return m_t
-    m_star = unrelated_mean(coeffs, counts, list(range(len(chosen), len(chosen) + len(others))))
-    return locate(m_t, m_star)
-
-
 def main(a) -> None:
     """`minipss train`."""
     s = TrainSettings(variant=a.variant, steps=a.steps, lr=a.lr, seed=a.seed, device=a.device, dtype=a.dtype,
@@ -432,6 +387,10 @@ def main(a) -> None:
             raise ValueError(f"--variant {a.variant} needs --bench and --concepts to locate the vectors")
         if not Path(a.bench).is_file():
             raise FileNotFoundError(f"{a.bench}: benchmark file not found")
+        concepts = load_benchmark(a.bench)
+        unknown = sorted(set(names) - {c.name for c in concepts})
+        if unknown:
+            raise ValueError(f"{a.bench}: no concept named {', '.join(map(repr, unknown))}")
         origin = {"bench": file_digest(a.bench), "concepts": names, "pv_rank": a.pv_rank,
                   "pv_first_layer": a.pv_first_layer}
     if not Path(a.data).is_file():
@@ -444,8 +403,8 @@ def main(a) -> None:
     if a.variant != "fv":
         model = load_model(a.model, device=a.device)
         tok = load_tokenizer(a.model)
-        check_prompt_lengths(load_benchmark(a.bench), tok, c, a.model, None, Path(a.bench))
-        scores = located_scores(model, tok, a.bench, names, a.seed, a.pv_rank)
+        check_prompt_lengths(concepts, tok, c, a.model, None, Path(a.bench))
+        scores = located_scores(model, tok, concepts, names, seed=a.seed, rank_by=a.pv_rank)
         del model
     sets = value_vector_sets(a.variant, c.num_layers, c.intermediate_size, scores, s.r_pv, s.seed,
                              a.pv_first_layer)

@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 import minipss
 from minipss.cli import main
-from minipss.train import TrainSettings, train, value_vector_sets
+from minipss.method import value_vector_sets
+from minipss.train import TrainSettings, train
 from tiny import make_bench, make_tiny_model
 
 DOCS = "\n\n".join(f"Concept {i} is known for fact number {i * 7}, said the record." for i in range(12))
@@ -131,3 +132,20 @@ def test_pv_can_leave_low_layers_out_and_rv_follows_its_counts():
     assert [len(rv[l]) for l in range(4)] == [0, 0, 4, 4]
     cv = value_vector_sets("cv", 4, 40, scores, r_pv=0.1, first_layer=2)
     assert [len(cv[l]) for l in range(4)] == [40, 40, 36, 36]
+
+
+def test_bfloat16_runs_the_forward_in_bf16_on_the_cpu_and_keeps_the_rest_fixed(setup, tmp_path):
+    """--dtype bfloat16 is not ignored on the CPU: the steps differ from fp32 ones (bf16 forward), stay
+    close to them, and still move only the chosen columns."""
+    model_dir, data, _ = setup
+    before = minipss.load_model(model_dir).state_dict()
+    sets = {1: [2, 4]}
+    runs = {dtype: train(model_dir, data, tmp_path / dtype, settings(dtype=dtype), sets, quiet=True).state_dict()
+            for dtype in ("float32", "bfloat16")}
+    name = "model.layers.1.mlp.down_proj.weight"
+    moved = {k: w[name][:, [2, 4]] - before[name][:, [2, 4]] for k, w in runs.items()}
+    assert not torch.equal(moved["float32"], moved["bfloat16"])
+    assert (moved["float32"] - moved["bfloat16"]).norm() < 0.2 * moved["float32"].norm()  # Adam's steps: close
+    for k, w in before.items():
+        if k != name:
+            assert torch.equal(runs["bfloat16"][k], w), k
