@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from . import benchmark_path, load_model, load_tokenizer
-from .benchmark import load_benchmark
+from .benchmark import load_benchmark, unrelated_sets
 from .hallucination import lid_for_questions, sample_answers, semantic_entropy
-from .method import mean
+from .method import VARIANTS, located_scores, mean, value_vector_sets
 from .models import read_config
-from .pipeline import Settings, run_pss
+from .pipeline import Settings, Unsaved, measure
+from .report import build_result
 from .scoring import mcq_answers, open_answers
-from .method import VARIANTS, located_scores, value_vector_sets
 from .train import TrainSettings, train
 
 
@@ -50,13 +51,12 @@ def evaluate(model_dir, bench, names: list[str], s, work: Path) -> dict:
         entropies.append(se["discrete"])
         weighted.append(se["weighted"])
     lids = lid_for_questions(model, tok, opens, [g.split("\n")[0].strip() for g in greedy])
-    sub = work / "bench.jsonl"
-    sub.write_text("".join(line + "\n" for line in Path(bench).read_text(encoding="utf-8").splitlines()
-                           if line.strip() and json.loads(line)["concept"] in names))
-    del model
-    pss = run_pss(model_dir, sub, work / "pss.json", Settings(mode=s.mode, ratios=s.ratios, dtype=s.dtype,
-                                                                 device=s.device, seed=s.seed,
-                                                                 skip_layers=s.skip_layers), quiet=True)
+    settings = Settings(mode=s.mode, ratios=s.ratios, dtype=s.dtype, device=s.device, seed=s.seed,
+                        skip_layers=s.skip_layers, concepts=None)
+    others = unrelated_sets(concepts, settings.n_unrelated, settings.seed)
+    cells, timing, _ = measure(model, tok, concepts, others, settings, Unsaved(), quiet=True)
+    pss = build_result(str(model_dir), str(bench), asdict(settings), concepts, others, cells, timing)
+    (work / "pss.json").write_text(json.dumps(pss, indent=1))
     return {"mcq_acc": sum(a == q.answer for a, q in zip(answers, mcq)) / len(mcq),
             "open_acc": sum(open_ok) / len(open_ok), "pss": pss["pss"],
             "semantic_entropy": mean(entropies), "semantic_entropy_weighted": mean(weighted),

@@ -1,6 +1,8 @@
 """`minipss pss` end to end: benchmark -> coefficients -> masks -> masked scoring -> PSS -> result file.
 
-Work is saved as it goes in `<out>.work/` (the coefficients, then one line per finished cell), so an
+`run_pss` checks every input before any work, loads, and calls `measure`, which follows the paper's steps
+(`coefficients_step`, `baseline_step`, `masked_step`) on a loaded model; the §5 experiment calls `measure`
+on concepts it holds in memory. Work is saved as it goes in `<out>.work/` (the coefficients, then one line per finished cell), so an
 interrupted run resumes where it stopped and gives the result an uninterrupted run gives.
 """
 
@@ -17,13 +19,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from . import load_model, many_masks, load_tokenizer
+from . import load_model, load_tokenizer, many_masks
 from .benchmark import Concept, load_benchmark, unrelated_sets
 from .fingerprint import differences, file_digest, model_digest, short
-from .method import (TOKEN_RULES, collect_coefficients, locate, mask_for, random_ranking, ranking,
-    unrelated_mean)
+from .method import TOKEN_RULES, collect_coefficients, concept_masks
+from .models import read_config
 from .prompts import coefficient_prompt, mcq_prompt
-from .report import build_result, write_result
+from .report import build_result, cell_key, parse_cell_key, write_result
 from .scoring import GENERATE_TOKENS, MODES, cloze_tokens, letter_vocab, mcq_answers
 from .shard import Shard
 
@@ -287,109 +289,48 @@ def engine_groups(todo: list[int], others: list[list[int]], counts: list[int], m
         yield group
 
 
+class Unsaved:
+    """Work kept in memory only, for a caller that saves its own results (the §5 experiment): the part
+    of `WorkDir` that `measure` uses."""
+
+    def __init__(self):
+        self.cells: dict[str, list[bool]] = {}
+
+    def coefficients(self, compute, name: str = "coefficients", shape=None) -> torch.Tensor:
+        return compute()
+
+    def save_cell(self, key: str, correct: list[bool]) -> None:
+        self.cells[key] = correct
+
+    def keep_cells(self, expected_length) -> None:
+        pass  # nothing saved, nothing stale
+
+
 def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool = False) -> dict:
-    """Run the whole method and write `out` (JSON) and `out` with .csv; returns the result dict."""
+    """`minipss pss`: check everything, load, `measure`, then write `out` (JSON) and `out` with .csv;
+    returns the result dict."""
     s = settings or Settings()
     t0 = time.time()
     bench, out = Path(bench), Path(out)
-    s.check()  # every bad input is refused before any work
+    # every bad input is refused before any work or any file written: settings, paths, benchmark, config,
+    # tokenizer, prompts, weights
+    s.check()
     check_outputs(out, [bench] + model_inputs(model_dir))
-    concepts = load_benchmark(bench)
-    if s.concepts:
-        concepts = concepts[: s.concepts]
+    concepts = load_benchmark(bench)[: s.concepts]
     others = unrelated_sets(concepts, s.n_unrelated, s.seed)
-    shard = Shard(s.device)
-    model = load_model(model_dir, dtype=getattr(torch, s.dtype), device=shard.device)
+    config = read_config(model_dir)
+    if s.skip_layers >= config.num_layers:
+        raise ValueError(f"--skip-layers {s.skip_layers} leaves nothing to mask in a model of "
+                         f"{config.num_layers} layers")
     tok = load_tokenizer(model_dir)
-    L = model.config.num_layers
-    if s.skip_layers >= L:
-        raise ValueError(f"--skip-layers {s.skip_layers} leaves nothing to mask in a model of {L} layers")
-    check_prompt_lengths(concepts, tok, model.config, model_dir, s.mode, bench)
+    check_prompt_lengths(concepts, tok, config, model_dir, s.mode, bench)
     if s.mode == "logits":
         letter_vocab(tok)  # refuses a tokenizer without single-token letters
+    shard = Shard(s.device)
+    model = load_model(model_dir, dtype=getattr(torch, s.dtype), device=shard.device)  # refuses damaged weights
     work = WorkDir(out, s.fingerprint(model_dir, bench), shard.rank)
-
-    def expected_length(key: str) -> int | None:  # answers a saved cell must hold
-        kind, _, rest = key.partition("|")
-        i = rest.split("|")[0]
-        if not i.isdigit() or int(i) >= len(concepts):
-            return None
-        i = int(i)
-        return len(concepts[i].mcq) if kind == "baseline" else len(questions_of(concepts, i, others[i]))
-
-    work.keep_cells(expected_length)
-    score = lambda qs, mask=None: [a == q.answer for a, q in zip(
-        mcq_answers(model, tok, qs, s.mode, mask, s.batch_size, s.early_stop, s.cloze_mean), qs)]
-    mine = [i for i in range(len(concepts)) if shard.mine(i)]
-
-    def my_coefficients(absolute=True):
-        part = collect_coefficients(model, tok, [concepts[i] for i in mine], s.token_rule, s.batch_size, absolute)
-        parts = {i: part[n] for n, i in enumerate(mine)}
-        for other in shard.gather(parts):
-            parts.update(other)
-        return torch.stack([parts[i] for i in range(len(concepts))])
-
-    shape = (len(concepts), L, model.config.intermediate_size)
-    coeffs = work.coefficients(my_coefficients, shape=shape)
-    signed = work.coefficients(lambda: my_coefficients(False), "signed_means", shape) if s.ablation == "mean" else None
-    timing = {"coefficients": time.time() - t0}
-
-    t1 = time.time()
-    missing = [i for i in mine if f"baseline|{i}" not in work.cells]
-    if s.engine and missing:  # the baseline is one more mask (all ones): every missing concept at once
-        qs = [q for i in missing for q in concepts[i].mcq]
-        ones = torch.ones(1, L, model.config.intermediate_size, device=model.device, dtype=model.dtype)
-        base = many_masks.answers(model, tok, qs, ones, s.skip_layers, s.mode, s.cloze_mean, s.early_stop)[0]
-        for i in missing:
-            n = len(concepts[i].mcq)
-            work.save_cell(f"baseline|{i}", [a == q.answer for a, q in zip(base[:n], concepts[i].mcq)])
-            base = base[n:]
-    for i in missing if not s.engine else ():
-        work.save_cell(f"baseline|{i}", score(concepts[i].mcq))
-    timing["baseline"] = time.time() - t1
-
-    counts = [len(c.mcq) for c in concepts]
-    kinds = ["located"] + (["random"] if s.control else [])
-    todo = [(k, i, r) for i in mine for r in s.ratios for k in kinds if f"{k}|{i}|{r}" not in work.cells]
-    progress = Progress(len(todo), "masked", quiet)
-    t2 = time.time()
-
-    def cells_of(i):
-        """Concept i's missing cells and their masks."""
-        cells = [(k, r) for k, j, r in todo if j == i]
-        scores = locate(coeffs[i], unrelated_mean(coeffs, counts, others[i]))
-        orders = {"located": ranking(scores), "random": random_ranking(scores.shape, s.seed * 1_000_003 + i)}
-        fill = None if signed is None else unrelated_mean(signed, counts, others[i])
-        masks = torch.stack([mask_for(orders[k], r, s.skip_layers, fill) for k, r in cells])
-        return cells, masks.to(device=model.device, dtype=model.dtype)
-
-    # the engine takes several concepts at once (their questions overlap: t* of one is t of others), so
-    # the blocks below skip run once per question for the group, not once per concept
-    for group in engine_groups(sorted({i for _, i, _ in todo}), others, counts, 256 if s.engine else 1):
-        pool, which, cells, masks = {}, [], [], []
-        for i in group:
-            c, m = cells_of(i)
-            keys = [(j, k) for j in [i] + others[i] for k in range(counts[j])]  # questions_of's order
-            which += [[pool.setdefault(key, len(pool)) for key in keys]] * len(c)
-            cells += [(k, i, r) for k, r in c]
-            masks.append(m)
-        masks = torch.cat(masks)
-        qs = [concepts[j].mcq[k] for j, k in pool]
-        if s.engine:  # all of this group's masks at once
-            answers = many_masks.answers(model, tok, qs, masks, s.skip_layers, s.mode, s.cloze_mean, s.early_stop,
-                                     which)
-            results = [[a == qs[q].answer for a, q in zip(ans, w)] for ans, w in zip(answers, which)]
-        else:
-            results = [score([qs[q] for q in w], m) for w, m in zip(which, masks)]
-        for (k, i, r), correct in zip(cells, results):
-            work.save_cell(f"{k}|{i}|{r}", correct)
-            progress.step(f"{concepts[i].name} r={r} {k}")
-    timing["masked"] = time.time() - t2
+    cells, timing, coeffs = measure(model, tok, concepts, others, s, work, shard, quiet)
     timing["total"] = time.time() - t0
-
-    cells = {}
-    for part in shard.gather(work.cells):
-        cells.update(part)
     result = build_result(str(model_dir), str(bench), {**asdict(s), "processes": shard.world}, concepts,
                           others, cells, timing)
     bad = [concepts[i].name for i in range(len(concepts)) if not torch.isfinite(coeffs[i]).all()]
@@ -401,3 +342,102 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     if shard.main:
         write_result(result, out)
     return result
+
+
+def measure(model, tok, concepts: list[Concept], others: list[list[int]], s: Settings, work, shard=None,
+            quiet: bool = False) -> tuple[dict, dict, torch.Tensor]:
+    """The paper's steps on a loaded model: coefficients per concept (§3.2), the accuracy before
+    masking, then every masked cell, each located (Eq. 5) and masked (Eq. 4) and scored. Work already
+    in `work` (a `WorkDir`, or `Unsaved`) is reused. Returns every cell's per-question correctness (by
+    `cell_key`), the time of each step and the coefficients."""
+    shard = shard or Shard(s.device)
+    t0 = time.time()
+    mine = [i for i in range(len(concepts)) if shard.mine(i)]
+    work.keep_cells(lambda key: expected_length(key, concepts, others))
+    coeffs, signed = coefficients_step(model, tok, concepts, mine, s, work, shard)
+    timing = {"coefficients": time.time() - t0}
+    t1 = time.time()
+    baseline_step(model, tok, concepts, mine, s, work)
+    timing["baseline"] = time.time() - t1
+    t2 = time.time()
+    masked_step(model, tok, concepts, others, mine, coeffs, signed, s, work, quiet)
+    timing["masked"] = time.time() - t2
+    cells = {}
+    for part in shard.gather(work.cells):
+        cells.update(part)
+    return cells, timing, coeffs
+
+
+def expected_length(key: str, concepts: list[Concept], others: list[list[int]]) -> int | None:
+    """How many answers the cell `key` holds in this run (None: not a cell of this run)."""
+    cell = parse_cell_key(key)
+    if cell is None or not 0 <= cell[1] < len(concepts):
+        return None
+    kind, i, _ = cell
+    return len(concepts[i].mcq) if kind == "baseline" else len(questions_of(concepts, i, others[i]))
+
+
+def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard):
+    """m per concept `[C, L, d_ff]` (mean |m|, §3.2), and with mean-ablation the signed means too; each
+    process computes its own concepts, all of them receive every concept's."""
+
+    def gathered(absolute=True):
+        part = collect_coefficients(model, tok, [concepts[i] for i in mine], s.token_rule, s.batch_size, absolute)
+        parts = {i: part[n] for n, i in enumerate(mine)}
+        for other in shard.gather(parts):
+            parts.update(other)
+        return torch.stack([parts[i] for i in range(len(concepts))])
+
+    shape = (len(concepts), model.config.num_layers, model.config.intermediate_size)
+    coeffs = work.coefficients(gathered, shape=shape)
+    signed = work.coefficients(lambda: gathered(False), "signed_means", shape) if s.ablation == "mean" else None
+    return coeffs, signed
+
+
+def baseline_step(model, tok, concepts, mine, s: Settings, work) -> None:
+    """Accuracy before masking: each concept's own questions, unmasked (one more mask, all ones, for
+    the shared-work evaluator: every missing concept at once)."""
+    missing = [i for i in mine if cell_key("baseline", i) not in work.cells]
+    if not missing:
+        return
+    qs = [q for i in missing for q in concepts[i].mcq]
+    if s.engine:
+        ones = torch.ones(1, model.config.num_layers, model.config.intermediate_size, device=model.device,
+                          dtype=model.dtype)
+        answers = many_masks.answers(model, tok, qs, ones, s.skip_layers, s.mode, s.cloze_mean, s.early_stop)[0]
+    else:
+        answers = mcq_answers(model, tok, qs, s.mode, None, s.batch_size, s.early_stop, s.cloze_mean)
+    for i in missing:
+        n = len(concepts[i].mcq)
+        work.save_cell(cell_key("baseline", i), [a == q.answer for a, q in zip(answers[:n], concepts[i].mcq)])
+        answers = answers[n:]
+
+
+def masked_step(model, tok, concepts, others, mine, coeffs, signed, s: Settings, work, quiet=False) -> None:
+    """Every missing (kind, concept, ratio) cell: the concept's mask (located, or random for the
+    control) scored on its own and its unrelated questions (§4.1)."""
+    counts = [len(c.mcq) for c in concepts]
+    kinds = ["located"] + (["random"] if s.control else [])
+    todo = [(k, i, r) for i in mine for r in s.ratios for k in kinds if cell_key(k, i, r) not in work.cells]
+    progress = Progress(len(todo), "masked", quiet)
+    # the shared-work evaluator takes several concepts at once (their questions overlap: t* of one is t of
+    # others), so the blocks below skip run once per question for the group, not once per concept
+    for group in engine_groups(sorted({i for _, i, _ in todo}), others, counts, 256 if s.engine else 1):
+        pool, which, cells, masks = {}, [], [], []
+        for i in group:
+            mine_i = [(k, r) for k, j, r in todo if j == i]
+            masks.append(concept_masks(i, mine_i, coeffs, counts, others[i], s.skip_layers, s.seed, signed))
+            keys = [(j, k) for j in [i] + others[i] for k in range(counts[j])]  # questions_of's order
+            which += [[pool.setdefault(key, len(pool)) for key in keys]] * len(mine_i)
+            cells += [(k, i, r) for k, r in mine_i]
+        masks = torch.cat(masks).to(device=model.device, dtype=model.dtype)
+        qs = [concepts[j].mcq[k] for j, k in pool]
+        if s.engine:  # all of this group's masks at once
+            answers = many_masks.answers(model, tok, qs, masks, s.skip_layers, s.mode, s.cloze_mean,
+                                         s.early_stop, which)
+        else:
+            answers = [mcq_answers(model, tok, [qs[q] for q in w], s.mode, m, s.batch_size, s.early_stop,
+                                   s.cloze_mean) for w, m in zip(which, masks)]
+        for (k, i, r), w, got in zip(cells, which, answers):
+            work.save_cell(cell_key(k, i, r), [a == qs[q].answer for a, q in zip(got, w)])
+            progress.step(f"{concepts[i].name} r={r} {k}")

@@ -22,9 +22,10 @@ import torch
 from . import load_tokenizer
 from .benchmark import load_benchmark, unrelated_sets
 from .padding import left_pad
-from .method import locate, mask_for, random_ranking, ranking, unrelated_mean
+from .method import concept_masks, concept_means, token_weights
 from .models import value_matrix_slots
 from .pipeline import questions_of
+from .report import cell_key
 from .prompts import coefficient_prompt, letter_in, mcq_prompt
 from .scoring import GENERATE_TOKENS, best_letters, best_option, cloze_tokens, letter_vocab
 
@@ -80,12 +81,7 @@ def coefficients(model, tok, concepts, token_rule: str = "content", batch_size: 
     per_q = []
     for start in range(0, len(texts), batch_size):
         ids, attn, pos = left_pad([tok.encode(t) for t in texts[start:start + batch_size]], tok.pad_id, dev)
-        weights = attn.clone()
-        if token_rule == "content":
-            weights = weights * ~torch.isin(ids, torch.tensor(sorted(tok.special_ids), device=dev))
-        elif token_rule == "last":
-            weights = torch.zeros_like(attn)
-            weights[:, -1] = 1
+        weights = token_weights(ids, attn, tok.special_ids, token_rule)
         weights = weights.float() / weights.float().sum(1, keepdim=True).clamp(min=1e-9)
         for w in model.mask_wrappers:
             w.record, w.pool, w.absolute = [], weights, absolute
@@ -93,12 +89,7 @@ def coefficients(model, tok, concepts, token_rule: str = "content", batch_size: 
         per_q.append(torch.stack([w.record[0] for w in model.mask_wrappers], 1).cpu())
         for w in model.mask_wrappers:
             w.record = w.pool = None
-    per_q = torch.cat(per_q)
-    out, start = [], 0
-    for c in concepts:
-        out.append(per_q[start:start + len(c.mcq)].mean(0))
-        start += len(c.mcq)
-    return torch.stack(out)
+    return concept_means(torch.cat(per_q), concepts)
 
 
 @torch.inference_mode()
@@ -158,18 +149,15 @@ def run_pss(model_dir, bench, out, mode: str, ratios: list[float], skip: int = 5
 
     t1 = time.time()
     for i, c in enumerate(cs):
-        score(f"baseline|{i}", c.mcq)
+        score(cell_key("baseline", i), c.mcq)
     timing["baseline"] = time.time() - t1
     t2 = time.time()
     counts = [len(c.mcq) for c in cs]
     for i in range(len(cs)):
-        scores = locate(coeffs[i], unrelated_mean(coeffs, counts, others[i]))
-        orders = {"located": ranking(scores), "random": random_ranking(scores.shape, seed * 1_000_003 + i)}
-        fill = None if signed is None else unrelated_mean(signed, counts, others[i])
-        for r in ratios:
-            for kind in ["located"] + (["random"] if control else []):
-                mask = mask_for(orders[kind], r, skip, fill).to(device=device, dtype=dtype)
-                score(f"{kind}|{i}|{float(r)}", questions_of(cs, i, others[i]), mask)
+        kinds = [(kind, r) for r in ratios for kind in ["located"] + (["random"] if control else [])]
+        masks = concept_masks(i, kinds, coeffs, counts, others[i], skip, seed, signed).to(device=device, dtype=dtype)
+        for (kind, r), mask in zip(kinds, masks):
+            score(cell_key(kind, i, r), questions_of(cs, i, others[i]), mask)
     timing["masked"] = time.time() - t2
     timing["total"] = time.time() - t0
     Path(out).write_text(json.dumps({"cells": cells, "answers": letters, "timing": timing}))

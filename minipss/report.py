@@ -19,6 +19,25 @@ def near_chance(acc: float, n: int) -> bool:
     return acc < CHANCE + 2 * math.sqrt(CHANCE * (1 - CHANCE) / max(n, 1))
 
 
+def cell_key(kind: str, concept: int, ratio: float | None = None) -> str:
+    """The one name of a cell of per-question correctness: `baseline|i` (concept i's own questions,
+    unmasked), `located|i|r` or `random|i|r` (its own and unrelated questions under its mask at ratio r)."""
+    return f"{kind}|{concept}" if kind == "baseline" else f"{kind}|{concept}|{float(ratio)}"
+
+
+def parse_cell_key(key: str) -> tuple[str, int, float | None] | None:
+    """`(kind, concept, ratio)` of a `cell_key`, or None for anything else."""
+    parts = key.split("|")
+    try:
+        if parts[0] == "baseline" and len(parts) == 2:
+            return "baseline", int(parts[1]), None
+        if parts[0] in ("located", "random") and len(parts) == 3:
+            return parts[0], int(parts[1]), float(parts[2])
+    except ValueError:
+        pass
+    return None
+
+
 def _split(correct: list[bool], n_own: int):
     return accuracy(correct[:n_own]), accuracy(correct[n_own:])
 
@@ -43,7 +62,7 @@ def summarise(rows: list[dict], ratios: list[float], acc_before: float, key: str
 def build_result(model: str, bench: str, settings: dict, concepts: list[Concept], others: list[list[int]],
                  cells: dict, timing: dict) -> dict:
     ratios = settings["ratios"]
-    base = [x for i in range(len(concepts)) for x in cells[f"baseline|{i}"]]
+    base = [x for i in range(len(concepts)) for x in cells[cell_key("baseline", i)]]
     starts, pos = [], 0
     for c in concepts:
         starts.append(pos)
@@ -59,8 +78,8 @@ def build_result(model: str, bench: str, settings: dict, concepts: list[Concept]
                "concept_before": before_c, "general_before": before_g,
                "unrelated": [concepts[j].name for j in others[i]], "by_ratio": {}}
         for kind, key in (("located", "by_ratio"), ("random", "control_by_ratio")):
-            if all(f"{kind}|{i}|{r}" in cells for r in ratios):
-                row[key] = {str(r): concept_cell(before_c, before_g, *_split(cells[f"{kind}|{i}|{r}"], n),
+            if all(cell_key(kind, i, r) in cells for r in ratios):
+                row[key] = {str(r): concept_cell(before_c, before_g, *_split(cells[cell_key(kind, i, r)], n),
                                                  acc_before, r) for r in ratios}
         row["pss"] = mean(cell["pss"] for cell in row["by_ratio"].values())
         row["excess_drop"] = mean(cell["excess_drop"] for cell in row["by_ratio"].values())
