@@ -139,3 +139,8 @@ def unrelated_sets(concepts: list[Concept], k: int = 5, seed: int = 0) -> list[l
         others = [j for j in range(len(concepts)) if j != i]
         out.append(sorted(rng.sample(others, k)))
     return out
+
+
+def questions_of(concepts: list[Concept], i: int, others: list[int]):
+    """t (concept i's MCQs) followed by t* (the MCQs of its unrelated concepts)."""
+    return concepts[i].mcq + [q for j in others for q in concepts[j].mcq]

@@ -1,5 +1,5 @@
 """What the decoder families share: norms, RoPE, attention with causal/sliding masks, and the MLP
-with its coefficient tap and mask (the value-vector view of the paper's §3.1, Eq. 1-2).
+with the coefficients they hand back and their mask (the value-vector view of the paper's §3.1, Eq. 1-2).
 
 Every family file in `minipss/models/` builds its blocks from these pieces.
 """

@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch.utils.flop_counter import FlopCounterMode
 
 from . import benchmark_path, load_model, load_tokenizer, many_masks
-from .benchmark import load_benchmark, unrelated_sets
+from .benchmark import load_benchmark, questions_of, unrelated_sets
 from .load import build_model, checkpoint_state
 from .method import mask_for, random_ranking
 from .models import from_hf
-from .pipeline import questions_of
 from .reference import answers, load_reference, set_mask
 
 
@@ -210,8 +210,6 @@ def end_to_end(a) -> list[dict]:
 def main(a) -> dict:
     if a.end_to_end:
         return end_to_end(a)
-
-    from torch.utils.flop_counter import FlopCounterMode
 
     dtype = getattr(torch, a.dtype)
     if a.config:

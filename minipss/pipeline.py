@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import load_model, load_tokenizer, many_masks
-from .benchmark import Concept, load_benchmark, unrelated_sets
+from .benchmark import Concept, load_benchmark, questions_of, unrelated_sets
 from .fingerprint import differences, file_digest, model_digest, short
 from .method import TOKEN_RULES, collect_coefficients, concept_masks
 from .models import read_config
@@ -267,11 +267,6 @@ class WorkDir:
         with open(self.cells_file, "a") as f:
             f.write(json.dumps({"key": key, "correct": correct, "run": self.run}) + "\n")
         self.cells[key] = correct
-
-
-def questions_of(concepts: list[Concept], i: int, others: list[int]):
-    """t (concept i's MCQs) followed by t* (the MCQs of its unrelated concepts)."""
-    return concepts[i].mcq + [q for j in others for q in concepts[j].mcq]
 
 
 def engine_groups(todo: list[int], others: list[list[int]], counts: list[int], max_questions: int):

@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 
 from . import load_tokenizer
-from .benchmark import load_benchmark, unrelated_sets
+from .benchmark import load_benchmark, questions_of, unrelated_sets
 from .padding import left_pad
 from .method import concept_masks, concept_means, token_weights
 from .models import value_matrix_slots
-from .pipeline import questions_of
 from .report import cell_key
 from .prompts import coefficient_prompt, letter_in, mcq_prompt
 from .scoring import GENERATE_TOKENS, best_letters, best_option, cloze_tokens, letter_vocab

@@ -8,7 +8,7 @@ from minipss.benchmark import load_benchmark, unrelated_sets
 from minipss.generate import generate
 from minipss.method import (concept_cell, locate, mask_for, model_pss, question_coefficients, random_ranking,
                             ranking, top_k)
-from minipss.pipeline import questions_of
+from minipss.benchmark import questions_of
 from minipss.prompts import letter_in, mcq_prompt
 from minipss.scoring import cloze_tokens, mcq_answers
 from tiny import make_bench, make_tiny_model
