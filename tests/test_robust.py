@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import minipss
+from cli_process import kill_when, line_count, run_minipss
 from minipss.cli import main
-from minipss.pipeline import Settings, WorkDir, run_pss
+from minipss.pipeline import Settings, run_pss
 from minipss.train import TrainSettings, train
 from tiny import make_bench, make_tiny_model
 
@@ -301,26 +302,23 @@ def test_damaged_work_is_recomputed_to_the_uninterrupted_result(setup, tmp_path)
     assert strip_timing(again) == strip_timing(whole)
 
 
-def test_a_line_cut_by_a_kill_does_not_swallow_the_next_cell(setup, tmp_path, monkeypatch):
-    real_save, calls = WorkDir.save_cell, []
-
-    def killed(self, key, correct):
-        calls.append(key)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        real_save(self, key, correct)
-
-    monkeypatch.setattr(WorkDir, "save_cell", killed)
-    with pytest.raises(KeyboardInterrupt):
-        run_pss(*setup, tmp_path / "r.json", Settings(**FAST), quiet=True)
-    monkeypatch.setattr(WorkDir, "save_cell", real_save)
+def test_a_run_killed_twice_with_a_cut_line_between_resumes_to_the_uninterrupted_result(setup, tmp_path):
+    model, bench = setup
+    args = lambda out: ["pss", "--model", model, "--bench", bench, "--out", out, "--mode", "cloze",
+                        "--ratios", "0.1,0.3,0.5", "--skip-layers", "1", "--control", "--quiet"]
+    run_minipss(*args(tmp_path / "a.json"))
+    out = tmp_path / "r.json"
     cells = tmp_path / "r.json.work" / "cells.jsonl"
+    kill_when(lambda: line_count(cells) >= 1, *args(out))  # killed once its first cell is saved
+    assert not out.exists()
     with open(cells, "a") as f:
         f.write('{"key": "located|3|0.1", "corr')  # the kill cut this line
-    run_pss(*setup, tmp_path / "r.json", Settings(**FAST), quiet=True)
-    fingerprint = json.loads((tmp_path / "r.json.work" / "settings.json").read_text())
-    saved = WorkDir(tmp_path / "r.json", fingerprint).cells
-    assert len(saved) == 7 + 7 * 2  # every baseline and masked cell survives on its own line
+    saved = line_count(cells)
+    kill_when(lambda: line_count(cells) > saved, *args(out))  # the resumed run saves more, then is killed
+    assert not out.exists()
+    run_minipss(*args(out))
+    whole = json.loads((tmp_path / "a.json").read_text())
+    assert strip_timing(json.loads(out.read_text())) == strip_timing(whole)
 
 
 # ------------------------------------------------------------------ the trainer
