@@ -22,10 +22,11 @@ def command(*args) -> list[str]:
     return [sys.executable, "-m", "minipss", *map(str, args)]
 
 
-def run_minipss(*args, timeout: float = 300) -> None:
-    """`minipss *args` to its end; fails the test on a non-zero exit code."""
+def run_minipss(*args, timeout: float = 300) -> str:
+    """`minipss *args` to its end; fails the test on a non-zero exit code; returns what it wrote on stderr."""
     done = subprocess.run(command(*args), env=cli_env(), capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
 
 
 def kill_when(ready, *args, timeout: float = 300) -> None:
