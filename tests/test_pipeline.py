@@ -143,8 +143,6 @@ def test_mean_ablation_runs_and_differs_from_zero_masking(setup, tmp_path):
     kw = dict(mode="cloze", ratios=[0.5], skip_layers=1)
     zero = run_pss(*setup, tmp_path / "z.json", Settings(**kw), quiet=True)
     mean = run_pss(*setup, tmp_path / "m.json", Settings(ablation="mean", **kw), quiet=True)
-    assert (tmp_path / "m.json.work" / "signed_means.safetensors").exists()
-    assert mean["settings"]["ablation"] == "mean"
     assert [c["by_ratio"] for c in mean["concepts"]] != [c["by_ratio"] for c in zero["concepts"]]
     fast = run_pss(*setup, tmp_path / "f.json", Settings(ablation="mean", engine=False, **kw), quiet=True)
     assert [c["by_ratio"] for c in fast["concepts"]] == [c["by_ratio"] for c in mean["concepts"]]
