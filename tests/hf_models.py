@@ -2,6 +2,7 @@
 wrong switched on (GQA, head_dim != hidden/heads, windows shorter than the sequence, biases, softcaps,
 rope scaling, random norm weights)."""
 
+import pytest
 import torch
 
 from minipss.models import value_matrix_slots
@@ -114,8 +115,8 @@ CONFIGS = {
 def make_hf_model(name: str, folder, seed: int = 0, **overrides):
     """Build the named tiny model in transformers with random weights (norms included), save it as
     safetensors in `folder`, and return it in eval mode (eager attention, fp32). `overrides` change
-    config keys (e.g. vocab_size)."""
-    import transformers
+    config keys (e.g. vocab_size). Skips the calling test when transformers is not installed."""
+    transformers = pytest.importorskip("transformers")
 
     cls_name, kwargs = CONFIGS[name]
     config = getattr(transformers, cls_name)(**{**kwargs, **overrides})

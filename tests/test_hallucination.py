@@ -93,3 +93,4 @@ def test_lid_for_questions_clips_k_to_the_other_questions(tiny):
     questions = [{"question": f"What is item {i}?", "answer": f"thing {i}"} for i in range(5)]
     lids = lid_for_questions(model, tok, questions, [f"stuff {i}" for i in range(5)], k=20)
     assert len(lids) == 5 and all(math.isfinite(x) and x > 0 for x in lids)
+    assert lids == lid_for_questions(model, tok, questions, [f"stuff {i}" for i in range(5)], k=4)  # 4 others

@@ -1,11 +1,13 @@
 """`minipss pss` end to end on a tiny model: result fields, resume, seeds, bad benchmarks."""
 
 import json
+import re
 
 import pytest
 
+from cli_process import kill_when, line_count, run_minipss
 from minipss.cli import main
-from minipss.pipeline import Settings, WorkDir, run_pss
+from minipss.pipeline import Settings, run_pss
 from tiny import make_bench, make_tiny_model
 
 
@@ -48,25 +50,24 @@ def test_ratio_zero_changes_nothing(setup, tmp_path):
         assert (cell["concept_after"], cell["general_after"]) == (c["concept_before"], c["general_before"])
 
 
-def test_interrupted_run_resumes_to_the_same_result(setup, tmp_path, monkeypatch):
-    whole = run_pss(*setup, tmp_path / "a.json", Settings(**SETTINGS), quiet=True)
-    real_save, calls = WorkDir.save_cell, []
-
-    def interrupt(self, key, correct):
-        calls.append(key)
-        if len(calls) == 9:
-            raise KeyboardInterrupt
-        real_save(self, key, correct)
-
-    monkeypatch.setattr(WorkDir, "save_cell", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        run_pss(*setup, tmp_path / "b.json", Settings(**SETTINGS), quiet=True)
-    assert not (tmp_path / "b.json").exists()
-    monkeypatch.setattr(WorkDir, "save_cell", real_save)
-    with open(tmp_path / "b.json.work" / "cells.jsonl", "a") as f:
+def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path):
+    model, bench = setup
+    args = lambda out, *extra: ["pss", "--model", model, "--bench", bench, "--out", out, "--mode", "cloze",
+                                "--ratios", "0.0,0.1,0.3,0.5", "--skip-layers", "1", "--control", *extra]
+    run_minipss(*args(tmp_path / "a.json", "--quiet"))
+    out = tmp_path / "b.json"
+    cells = tmp_path / "b.json.work" / "cells.jsonl"
+    # without the engine each concept's cells are saved as they finish: killed once some masked ones are
+    # saved (past the 7 baseline lines), resumed with the engine (same answers, README)
+    kill_when(lambda: line_count(cells) > 7, *args(out, "--no-engine", "--quiet"))
+    assert not out.exists() and not out.with_suffix(".csv").exists()  # the kill came before the end
+    with open(cells, "a") as f:
         f.write('{"key": "located|3|0.1", "corr')  # a line cut off mid-write
-    resumed = run_pss(*setup, tmp_path / "b.json", Settings(**SETTINGS), quiet=True)
-    assert strip_timing(resumed) == strip_timing(whole)
+    progress = re.findall(r"^\[masked \d+/(\d+)\]", run_minipss(*args(out)), re.M)
+    assert 0 < int(progress[0]) < 7 * 4 * 2  # the masked cells saved before the kill were not redone
+    whole = json.loads((tmp_path / "a.json").read_text())
+    assert strip_timing(json.loads(out.read_text())) == strip_timing(whole)
+    assert out.with_suffix(".csv").read_bytes() == (tmp_path / "a.csv").read_bytes()
 
 
 def test_same_seed_same_result_other_seed_other_sets(setup, tmp_path):
@@ -142,8 +143,6 @@ def test_mean_ablation_runs_and_differs_from_zero_masking(setup, tmp_path):
     kw = dict(mode="cloze", ratios=[0.5], skip_layers=1)
     zero = run_pss(*setup, tmp_path / "z.json", Settings(**kw), quiet=True)
     mean = run_pss(*setup, tmp_path / "m.json", Settings(ablation="mean", **kw), quiet=True)
-    assert (tmp_path / "m.json.work" / "signed_means.safetensors").exists()
-    assert mean["settings"]["ablation"] == "mean"
     assert [c["by_ratio"] for c in mean["concepts"]] != [c["by_ratio"] for c in zero["concepts"]]
     fast = run_pss(*setup, tmp_path / "f.json", Settings(ablation="mean", engine=False, **kw), quiet=True)
     assert [c["by_ratio"] for c in fast["concepts"]] == [c["by_ratio"] for c in mean["concepts"]]

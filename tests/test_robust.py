@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import minipss
+from cli_process import kill_when, line_count, run_minipss
 from minipss.cli import main
-from minipss.pipeline import Settings, WorkDir, run_pss
+from minipss.pipeline import Settings, run_pss
 from minipss.train import TrainSettings, train
 from tiny import make_bench, make_tiny_model
 
@@ -301,26 +302,23 @@ def test_damaged_work_is_recomputed_to_the_uninterrupted_result(setup, tmp_path)
     assert strip_timing(again) == strip_timing(whole)
 
 
-def test_a_line_cut_by_a_kill_does_not_swallow_the_next_cell(setup, tmp_path, monkeypatch):
-    real_save, calls = WorkDir.save_cell, []
-
-    def killed(self, key, correct):
-        calls.append(key)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        real_save(self, key, correct)
-
-    monkeypatch.setattr(WorkDir, "save_cell", killed)
-    with pytest.raises(KeyboardInterrupt):
-        run_pss(*setup, tmp_path / "r.json", Settings(**FAST), quiet=True)
-    monkeypatch.setattr(WorkDir, "save_cell", real_save)
+def test_a_run_killed_twice_with_a_cut_line_between_resumes_to_the_uninterrupted_result(setup, tmp_path):
+    model, bench = setup
+    args = lambda out: ["pss", "--model", model, "--bench", bench, "--out", out, "--mode", "cloze",
+                        "--ratios", "0.1,0.3,0.5", "--skip-layers", "1", "--control", "--quiet"]
+    run_minipss(*args(tmp_path / "a.json"))
+    out = tmp_path / "r.json"
     cells = tmp_path / "r.json.work" / "cells.jsonl"
+    kill_when(lambda: line_count(cells) >= 1, *args(out))  # killed once its first cell is saved
+    assert not out.exists()
     with open(cells, "a") as f:
         f.write('{"key": "located|3|0.1", "corr')  # the kill cut this line
-    run_pss(*setup, tmp_path / "r.json", Settings(**FAST), quiet=True)
-    fingerprint = json.loads((tmp_path / "r.json.work" / "settings.json").read_text())
-    saved = WorkDir(tmp_path / "r.json", fingerprint).cells
-    assert len(saved) == 7 + 7 * 2  # every baseline and masked cell survives on its own line
+    saved = line_count(cells)
+    kill_when(lambda: line_count(cells) > saved, *args(out))  # the resumed run saves more, then is killed
+    assert not out.exists()
+    run_minipss(*args(out))
+    whole = json.loads((tmp_path / "a.json").read_text())
+    assert strip_timing(json.loads(out.read_text())) == strip_timing(whole)
 
 
 # ------------------------------------------------------------------ the trainer
@@ -330,23 +328,23 @@ DOCS = "\n\n".join(f"Concept {i} is known for fact number {i * 7}, said the reco
 
 
 def small(**kw):
-    base = dict(steps=4, lr=1e-2, batch_size=3, seq_len=24, warmup=1, save_every=2)
+    base = dict(steps=100, lr=1e-2, batch_size=3, seq_len=24, warmup=1, save_every=10)
     base.update(kw)
     return TrainSettings(**base)
 
 
-def killed_at_step_3(monkeypatch):
-    import minipss.train as tr
-
-    real = tr.learning_rate
-
-    def dies(step, s):
-        if step == 2:
-            raise KeyboardInterrupt
-        return real(step, s)
-
-    monkeypatch.setattr(tr, "learning_rate", dies)
-    return lambda: monkeypatch.setattr(tr, "learning_rate", real)
+@pytest.fixture(scope="module")
+def killed_training(setup, tmp_path_factory):
+    """The folder of an `fv` training run (the settings of `small`) killed after its first checkpoint."""
+    d = tmp_path_factory.mktemp("killed")
+    data, out = d / "data.txt", d / "out"
+    data.write_text(DOCS)
+    kill_when(lambda: (out / "trainer_state.json").is_file(),
+              "train", "--model", setup[0], "--data", data, "--out", out, "--variant", "fv", "--steps", "100",
+              "--save-every", "10", "--lr", "1e-2", "--batch-size", "3", "--seq-len", "24", "--warmup", "1",
+              "--quiet")
+    assert not (out / "train_settings.json").exists() and (out / "trainer_state.json").is_file()
+    return data, out
 
 
 @pytest.mark.parametrize("change, differs", [
@@ -356,23 +354,23 @@ def killed_at_step_3(monkeypatch):
     (dict(columns={1: [2, 4]}), r"value_vectors: \w+ then, \w+ now"),
     (dict(data="other"), r"data: \w+ then, \w+ now"),
 ])
-def test_trainer_resume_checks_every_setting(setup, tmp_path, monkeypatch, change, differs):
-    data = tmp_path / "data.txt"
-    data.write_text(DOCS)
+def test_trainer_resume_checks_every_setting(setup, killed_training, tmp_path, change, differs):
+    data, out = tmp_path / "data.txt", tmp_path / "out"
+    shutil.copy(killed_training[0], data)
+    shutil.copytree(killed_training[1], out)
     fv = {l: list(range(32)) for l in range(4)}
-    restore = killed_at_step_3(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        train(setup[0], data, tmp_path / "out", small(variant="fv"), fv, quiet=True)
-    restore()
-    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["step"] == 2
     change = dict(change)
     sets = change.pop("columns", fv)
     if change.pop("data", None):
         data.write_text(DOCS + "\n\nOne more document.")
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
     s = small(**{"variant": "fv", **change})
     with pytest.raises(ValueError, match=r"holds a training run with other settings or inputs \(.*" + differs):
-        train(setup[0], data, tmp_path / "out", s, sets, quiet=True)
-    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["step"] == 2  # untouched
+        train(setup[0], data, out, s, sets, quiet=True)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # the killed run's folder is untouched
+    data.write_text(DOCS)
+    train(setup[0], data, out, small(variant="fv"), fv, quiet=True)  # with its own settings: resumed to the end
+    assert (out / "train_settings.json").is_file() and not (out / "trainer_state.json").exists()
 
 
 def test_trainer_out_never_an_input_nor_a_foreign_folder(setup, tmp_path, capsys):

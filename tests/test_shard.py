@@ -37,5 +37,3 @@ def test_two_gloo_processes_equal_one(tmp_path):
     one, two_result = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert two_result["settings"]["processes"] == 2
     assert strip(two_result) == strip(one)
-    assert sorted(p.name for p in (tmp_path / "two.json.work").glob("cells*.jsonl")) == [
-        "cells.jsonl", "cells.rank1.jsonl"]

@@ -117,7 +117,6 @@ def test_pretrain_checkpoint_pss_end_to_end_and_resume(world, tmp_path):
     result = run_pss(final, world / "bench.jsonl", tmp_path / "pss.json",
                      Settings(mode="cloze", ratios=[0.5], skip_layers=1, control=True), quiet=True)
     assert len(result["concepts"]) == 12 and set(result["tiers"]) == {"high", "medium", "low"}
-    assert result["pss"] is not None and result["control"]["pss"] is not None
 
 
 def test_other_family_trains(world, tmp_path):
@@ -150,7 +149,7 @@ def test_study_synth_smallest_run_and_rerun(tmp_path):
     assert list(report["size"]) == ["2x16"] and len(report["frequency"]["rows"]) == 2
     assert list(report["finetune"]) == ["before", "FT-FV", "FT-PV", "FT-CV", "FT-RV"]
     for rows in report["finetune"].values():
-        assert all(0 <= r["new_acc"] <= 1 and r["pss_random"] is not None for r in rows)
+        assert all(0 <= r["new_acc"] <= 1 and "pss_random" in r for r in rows)
     text = (tmp_path / "study.md").read_text()
     assert set(report["layers"]["ablation"][0]) == {"none", "layer 0", "layer 1", "layers 1..", "all"}
     for title in ("Emergence", "Model size", "Frequency", "Fine-tuning", "Learning curves", "Where the facts are"):

@@ -1,12 +1,14 @@
 """The trainer: only the chosen value vectors move, bit for bit; checkpoints reload; resume is exact."""
 
 import json
+import re
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import minipss
+from cli_process import kill_when, run_minipss
 from minipss.cli import main
 from minipss.method import value_vector_sets
 from minipss.train import TrainSettings, train
@@ -77,28 +79,24 @@ def test_checkpoint_reloads_to_identical_logits_here_and_in_transformers(setup, 
         assert (hf(ids).logits - expect).abs().max() < 1e-5
 
 
-def test_resume_equals_uninterrupted(setup, tmp_path, monkeypatch):
+def test_killed_training_resumes_to_the_uninterrupted_weights(setup, tmp_path):
     model_dir, data, _ = setup
-    sets = {l: list(range(0, 32, 3)) for l in range(4)}
-    whole = train(model_dir, data, tmp_path / "a", settings(steps=6, save_every=3), sets, quiet=True)
-    assert not (tmp_path / "a" / "trainer_state.json").exists()  # a finished run leaves no resume state
-    import minipss.train as tr
-
-    real = tr.learning_rate
-
-    def dies_in_step_5(step, s):
-        if step == 4:
-            raise KeyboardInterrupt
-        return real(step, s)
-
-    monkeypatch.setattr(tr, "learning_rate", dies_in_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train(model_dir, data, tmp_path / "b", settings(steps=6, save_every=3), sets, quiet=True)
-    assert json.loads((tmp_path / "b" / "trainer_state.json").read_text())["step"] == 3
-    monkeypatch.setattr(tr, "learning_rate", real)
-    resumed = train(model_dir, data, tmp_path / "b", settings(steps=6, save_every=3), sets, quiet=True)
-    for name, w in whole.state_dict().items():
-        assert torch.equal(resumed.state_dict()[name], w), name
+    args = lambda out: ["train", "--model", model_dir, "--data", data, "--out", out, "--variant", "fv",
+                        "--steps", "100", "--save-every", "10", "--lr", "1e-2", "--batch-size", "3",
+                        "--seq-len", "24", "--warmup", "1"]
+    run_minipss(*args(tmp_path / "a"), "--quiet")
+    out = tmp_path / "b"
+    # killed as soon as its first checkpoint is complete (the resume state is written last)
+    kill_when(lambda: (out / "trainer_state.json").is_file(), *args(out), "--quiet")
+    assert not (out / "train_settings.json").exists()  # not finished
+    assert (out / "trainer_state.json").is_file()  # a checkpoint to resume from
+    progress = re.findall(r"^\[train (\d+)/100\]", run_minipss(*args(out)), re.M)
+    assert int(progress[0]) > 10 and progress[-1] == "100"  # resumed from a checkpoint, not from step 1
+    whole, resumed = load_file(tmp_path / "a" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert whole.keys() == resumed.keys()
+    for name, w in whole.items():
+        assert torch.equal(resumed[name], w), name
+    assert not (out / "trainer_state.json").exists()  # a finished run leaves no resume state
 
 
 def test_train_command_locates_pv_from_concepts(setup, tmp_path):
