@@ -121,7 +121,7 @@ class GemmaModel(LlamaModel):
         return RMSNorm(cfg.hidden_size, cfg.norm_eps, offset=True)
 
     def embeddings(self, input_ids, position_ids):
-        x = self.model.embed_tokens(input_ids)
+        x = super().embeddings(input_ids, position_ids)
         return x * torch.tensor(self.config.hidden_size ** 0.5, dtype=x.dtype)
 
 

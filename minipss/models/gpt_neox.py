@@ -82,22 +82,11 @@ class GPTNeoXBlock(nn.Module):
 
 
 class GPTNeoXModel(Decoder):
-    blocks_path, value_matrix, embedding_path = "gpt_neox.layers", "mlp.dense_4h_to_h", "gpt_neox.embed_in"
-    head_path = "embed_out"
+    blocks_path, value_matrix = "gpt_neox.layers", "mlp.dense_4h_to_h"
+    embedding_path, final_norm_path, head_path = "gpt_neox.embed_in", "gpt_neox.final_layer_norm", "embed_out"
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        self.gpt_neox = nn.Module()
-        self.gpt_neox.embed_in = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.gpt_neox.layers = nn.ModuleList(GPTNeoXBlock(cfg) for _ in range(cfg.num_layers))
-        self.gpt_neox.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
-        self.embed_out = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-
-    def embeddings(self, input_ids, position_ids):
-        return self.gpt_neox.embed_in(input_ids)
-
-    def final_norm(self, x):
-        return self.gpt_neox.final_layer_norm(x)
+        super().__init__(cfg, GPTNeoXBlock, nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps))
 
 
 # Pythia's tokenizer adds no BOS
