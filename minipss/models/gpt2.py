@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import ModelConfig, activation, common_fields
 from ..decoder import Decoder, Family
-from ..layers import MLP, attend
+from ..layers import MLP, multi_head_attention
 
 # what transformers' GPT2Config assumes when a key is absent
 DEFAULTS = {"activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "n_inner": None,
@@ -35,16 +35,14 @@ def parse_config(raw: dict) -> ModelConfig:
     d, heads, n = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
     if d % heads:
         raise ValueError(f"gpt2 with n_embd {d} not divisible by n_head {heads}")
-    c = ModelConfig(
+    return ModelConfig(
         model_type="gpt2", vocab_size=cfg["vocab_size"], hidden_size=d,
         intermediate_size=cfg["n_inner"] or 4 * d, num_layers=n, num_heads=heads, num_kv_heads=heads,
         head_dim=d // heads, norm_eps=cfg["layer_norm_epsilon"],
         activation=activation(cfg["activation_function"]), layer_types=["full"] * n, rope=False,
         attn_scale=(d // heads) ** -0.5 if cfg["scale_attn_weights"] else 1.0,
         qkv_bias=True, o_bias=True, mlp_bias=True, tie_embeddings=bool(cfg["tie_word_embeddings"]),
-        **common_fields(cfg, "n_positions"))
-    c.raw = raw  # the config.json as written, not with the defaults filled in
-    return c
+        **common_fields(cfg, "n_positions", raw))
 
 
 class GPT2Attention(nn.Module):
@@ -60,14 +58,11 @@ class GPT2Attention(nn.Module):
 
     def forward(self, x, attention):
         B, T, _ = x.shape
-        scale = self.scale / (attention.layer + 1) if self.by_layer else self.scale
-        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in self.c_attn(x).chunk(3, dim=-1))
-        if attention.cache is not None:
-            k, v = attention.cache.update(attention.layer, k, v)
-        if self.upcast:
+        q, k, v = (t.view(B, T, -1, self.head_dim) for t in self.c_attn(x).chunk(3, dim=-1))
+        if self.upcast:  # no RoPE: upcast before the cache gives the same scores
             q, k = q.float(), k.float()
-        out = attend(q, k, v, attention.allowed, scale)
-        return self.c_proj(out.transpose(1, 2).reshape(B, T, -1))
+        scale = self.scale / (attention.layer + 1) if self.by_layer else self.scale
+        return self.c_proj(multi_head_attention(q, k, v, attention, scale))
 
 
 class GPT2Block(nn.Module):

@@ -37,16 +37,14 @@ def parse_config(raw: dict) -> ModelConfig:
     if rotary_dim % 2:
         raise ValueError(f"gpt_neox with rotary_pct {fraction} rotates an odd number of dims ({rotary_dim})")
     bias = bool(cfg["attention_bias"])
-    c = ModelConfig(
+    return ModelConfig(
         model_type="gpt_neox", vocab_size=cfg["vocab_size"], hidden_size=d,
         intermediate_size=cfg["intermediate_size"], num_layers=n, num_heads=heads, num_kv_heads=heads,
         head_dim=head_dim, norm_eps=cfg["layer_norm_eps"], activation=activation(cfg["hidden_act"]),
         layer_types=["full"] * n, rope_theta=theta, rope_scaling=scaling,
         rope=rotary_dim > 0, rotary_dim=rotary_dim, rope_interleaved=False,  # rotary_pct 0: no positions
         parallel_residual=bool(cfg["use_parallel_residual"]), qkv_bias=bias, o_bias=bias, mlp_bias=True,
-        tie_embeddings=bool(cfg["tie_word_embeddings"]), **common_fields(cfg))
-    c.raw = raw  # the config.json as written, not with the defaults filled in
-    return c
+        tie_embeddings=bool(cfg["tie_word_embeddings"]), **common_fields(cfg, raw=raw))
 
 
 class GPTNeoXAttention(nn.Module):
