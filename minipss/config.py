@@ -109,10 +109,12 @@ def layer_types(cfg: dict, n: int, default) -> list[str]:
     return ["sliding" if default(i) else "full" for i in range(n)]
 
 
-def common_fields(cfg: dict, max_positions_key: str = "max_position_embeddings") -> dict:
-    """The `ModelConfig` fields every family reads the same way: special tokens, context length, raw."""
+def common_fields(cfg: dict, max_positions_key: str = "max_position_embeddings", raw: dict | None = None) -> dict:
+    """The `ModelConfig` fields every family reads the same way: special tokens, context length, and `raw`
+    (the config.json as written: `raw` where `cfg` has defaults filled in, else `cfg`)."""
     return {"bos_token_id": cfg.get("bos_token_id"), "eos_token_ids": token_ids(cfg.get("eos_token_id")),
-            "pad_token_id": cfg.get("pad_token_id"), "max_positions": cfg.get(max_positions_key), "raw": cfg}
+            "pad_token_id": cfg.get("pad_token_id"), "max_positions": cfg.get(max_positions_key),
+            "raw": cfg if raw is None else raw}
 
 
 # ---------------------------------------------------------------- sanity checks, before anything is built

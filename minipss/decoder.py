@@ -48,27 +48,55 @@ class Decoder(nn.Module):
     - `blocks_path`: the list of blocks (`"model.layers"`);
     - `value_matrix`: inside a block, the linear map whose input is m and whose columns are the value
       vectors (`"mlp.down_proj"`); the trainer and the transformers reference ask for it;
-    - `embedding_path` and `head_path`: the token embedding and the output matrix (tied heads share it);
-    - `embeddings(input_ids, position_ids)` and `final_norm(x)`.
-    Each block is called as `block(x, attention, mask, coefficients)` and returns the new stream."""
+    - `embedding_path`, `final_norm_path` and `head_path`: the token embedding, the norm before the head
+      and the output matrix (tied heads share the embedding's); `positions_path`, where learned absolute
+      positions are added to the token embedding.
+    Its `__init__` hands over the block class and the final norm; `embeddings` is replaced where the family
+    adds something (a scale). Each block is built as `block(config)`, called as
+    `block(x, attention, mask, coefficients)` and returns the new stream."""
 
     config: ModelConfig
     blocks_path: str
     value_matrix: str
     embedding_path: str
+    final_norm_path: str
     head_path: str = "lm_head"
+    positions_path: str | None = None
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, block: Callable[[ModelConfig], nn.Module], final_norm: nn.Module,
+                 head_bias: bool = False):
+        """Put the token embedding, the position embedding (`max_positions` rows, when declared), one
+        `block(config)` per layer, the final norm and the head at their paths, in the checkpoint's order."""
         super().__init__()
-        self.config = config
+        self.config = c = config
+        self.place(self.embedding_path, nn.Embedding(c.vocab_size, c.hidden_size))
+        if self.positions_path is not None:
+            self.place(self.positions_path, nn.Embedding(c.max_positions, c.hidden_size))
+        self.place(self.blocks_path, nn.ModuleList(block(c) for _ in range(c.num_layers)))
+        self.place(self.final_norm_path, final_norm)
+        self.place(self.head_path, nn.Linear(c.hidden_size, c.vocab_size, bias=head_bias))
 
-    # ------------------------------------------------------------ what a family provides
+    def place(self, path: str, module: nn.Module) -> None:
+        """Register `module` under the dotted `path` (`"model.layers"`), adding empty containers as needed."""
+        *containers, name = path.split(".")
+        parent: nn.Module = self
+        for part in containers:
+            if part not in dict(parent.named_children()):
+                parent.add_module(part, nn.Module())
+            parent = parent.get_submodule(part)
+        parent.add_module(name, module)
+
+    # ------------------------------------------------------------ what a family may replace
 
     def embeddings(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The token embedding, plus the learned positions' where the family has them."""
+        x = self.get_submodule(self.embedding_path)(input_ids)
+        if self.positions_path is not None:
+            x = x + self.get_submodule(self.positions_path)(position_ids)
+        return x
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.get_submodule(self.final_norm_path)(x)
 
     # ------------------------------------------------------------ shared
 

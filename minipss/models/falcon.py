@@ -111,21 +111,10 @@ class FalconBlock(nn.Module):
 
 class FalconModel(Decoder):
     blocks_path, value_matrix = "transformer.h", "mlp.dense_4h_to_h"
-    embedding_path = "transformer.word_embeddings"
+    embedding_path, final_norm_path = "transformer.word_embeddings", "transformer.ln_f"
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        self.transformer = nn.Module()
-        self.transformer.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.transformer.h = nn.ModuleList(FalconBlock(cfg) for _ in range(cfg.num_layers))
-        self.transformer.ln_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-
-    def embeddings(self, input_ids, position_ids):
-        return self.transformer.word_embeddings(input_ids)
-
-    def final_norm(self, x):
-        return self.transformer.ln_f(x)
+        super().__init__(cfg, FalconBlock, nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps))
 
 
 # "RefinedWeb"/"RefinedWebModel" (the pre-transformers names) are not mapped by transformers: not served

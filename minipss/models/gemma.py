@@ -15,29 +15,17 @@ from torch import nn
 from ..config import DEFAULT_WINDOW, ModelConfig, activation, common_fields, layer_types, rope
 from ..decoder import Family
 from ..layers import GatedMLP, RMSNorm, SelfAttention
+from . import llama
 from .llama import LlamaModel
 
 # GGUF (llama.cpp) architectures of this family -> their HF model_type.
 GGUF_ARCHS = {"gemma3": "gemma3_text"}
-# GGUF tensor-name pieces -> HF ones (`blk.N.<piece>` -> `model.layers.N.<HF piece>`). llama.cpp's `ffn_norm`
-# is Gemma's pre-MLP norm and `post_attention_norm` its post-norm on the attention output.
-GGUF_NAMES = {
-    "token_embd": "model.embed_tokens",
-    "output_norm": "model.norm",
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
-    "attn_output": "self_attn.o_proj",
-    "post_attention_norm": "post_attention_layernorm",
-    "ffn_norm": "pre_feedforward_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "post_ffw_norm": "post_feedforward_layernorm",
-}
+# GGUF tensor-name pieces -> HF ones: LLaMA's, without an `output` (the head is tied), and the sandwich norms.
+# llama.cpp's `ffn_norm` is Gemma's pre-MLP norm and `post_attention_norm` its post-norm on the attention output.
+GGUF_NAMES = {**{piece: name for piece, name in llama.GGUF_NAMES.items() if piece != "output"},
+              "post_attention_norm": "post_attention_layernorm",
+              "ffn_norm": "pre_feedforward_layernorm",
+              "post_ffw_norm": "post_feedforward_layernorm"}
 
 
 # what HF's config classes assume when a key is absent (hub multimodal Gemma 3 text_config blocks omit many)
@@ -121,7 +109,7 @@ class GemmaModel(LlamaModel):
         return RMSNorm(cfg.hidden_size, cfg.norm_eps, offset=True)
 
     def embeddings(self, input_ids, position_ids):
-        x = self.model.embed_tokens(input_ids)
+        x = super().embeddings(input_ids, position_ids)
         return x * torch.tensor(self.config.hidden_size ** 0.5, dtype=x.dtype)
 
 

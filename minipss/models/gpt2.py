@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import ModelConfig, activation, common_fields
 from ..decoder import Decoder, Family
-from ..layers import MLP, attend
+from ..layers import MLP, multi_head_attention
 
 # what transformers' GPT2Config assumes when a key is absent
 DEFAULTS = {"activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "n_inner": None,
@@ -35,45 +35,41 @@ def parse_config(raw: dict) -> ModelConfig:
     d, heads, n = cfg["n_embd"], cfg["n_head"], cfg["n_layer"]
     if d % heads:
         raise ValueError(f"gpt2 with n_embd {d} not divisible by n_head {heads}")
-    c = ModelConfig(
+    return ModelConfig(
         model_type="gpt2", vocab_size=cfg["vocab_size"], hidden_size=d,
         intermediate_size=cfg["n_inner"] or 4 * d, num_layers=n, num_heads=heads, num_kv_heads=heads,
         head_dim=d // heads, norm_eps=cfg["layer_norm_epsilon"],
         activation=activation(cfg["activation_function"]), layer_types=["full"] * n, rope=False,
         attn_scale=(d // heads) ** -0.5 if cfg["scale_attn_weights"] else 1.0,
         qkv_bias=True, o_bias=True, mlp_bias=True, tie_embeddings=bool(cfg["tie_word_embeddings"]),
-        **common_fields(cfg, "n_positions"))
-    c.raw = raw  # the config.json as written, not with the defaults filled in
-    return c
+        **common_fields(cfg, "n_positions", raw))
 
 
 class GPT2Attention(nn.Module):
-    def __init__(self, cfg, layer: int):
+    def __init__(self, cfg):
         super().__init__()
         d = cfg.hidden_size
         self.c_attn = nn.Linear(d, 3 * d)  # q, k, v one after the other, each [heads, head_dim]
         self.c_proj = nn.Linear(d, d)
         self.head_dim, self.scale = cfg.head_dim, cfg.scale
-        if cfg.raw.get("scale_attn_by_inverse_layer_idx", DEFAULTS["scale_attn_by_inverse_layer_idx"]):
-            self.scale /= layer + 1
+        self.by_layer = bool(cfg.raw.get("scale_attn_by_inverse_layer_idx",
+                                         DEFAULTS["scale_attn_by_inverse_layer_idx"]))
         self.upcast = bool(cfg.raw.get("reorder_and_upcast_attn", DEFAULTS["reorder_and_upcast_attn"]))
 
     def forward(self, x, attention):
         B, T, _ = x.shape
-        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in self.c_attn(x).chunk(3, dim=-1))
-        if attention.cache is not None:
-            k, v = attention.cache.update(attention.layer, k, v)
-        if self.upcast:
+        q, k, v = (t.view(B, T, -1, self.head_dim) for t in self.c_attn(x).chunk(3, dim=-1))
+        if self.upcast:  # no RoPE: upcast before the cache gives the same scores
             q, k = q.float(), k.float()
-        out = attend(q, k, v, attention.allowed, self.scale)
-        return self.c_proj(out.transpose(1, 2).reshape(B, T, -1))
+        scale = self.scale / (attention.layer + 1) if self.by_layer else self.scale
+        return self.c_proj(multi_head_attention(q, k, v, attention, scale))
 
 
 class GPT2Block(nn.Module):
-    def __init__(self, cfg, layer: int):
+    def __init__(self, cfg):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
-        self.attn = GPT2Attention(cfg, layer)
+        self.attn = GPT2Attention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.mlp = MLP(cfg, "c_fc", "c_proj")  # m = gelu_new(c_fc(h)) enters c_proj
 
@@ -83,25 +79,17 @@ class GPT2Block(nn.Module):
 
 
 class GPT2Model(Decoder):
-    blocks_path, value_matrix, embedding_path = "transformer.h", "mlp.c_proj", "transformer.wte"
+    blocks_path, value_matrix = "transformer.h", "mlp.c_proj"
+    embedding_path, positions_path, final_norm_path = "transformer.wte", "transformer.wpe", "transformer.ln_f"
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        self.transformer = nn.Module()
-        self.transformer.wte = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.transformer.wpe = nn.Embedding(cfg.max_positions, cfg.hidden_size)
-        self.transformer.h = nn.ModuleList(GPT2Block(cfg, i) for i in range(cfg.num_layers))
-        self.transformer.ln_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        super().__init__(cfg, GPT2Block, nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps))
 
     def embeddings(self, input_ids, position_ids):
         if position_ids.numel() and int(position_ids.max()) >= self.config.max_positions:
             raise ValueError(f"position {int(position_ids.max())} is past gpt2's n_positions "
                              f"({self.config.max_positions}): the sequence is too long for this model")
-        return self.transformer.wte(input_ids) + self.transformer.wpe(position_ids)
-
-    def final_norm(self, x):
-        return self.transformer.ln_f(x)
+        return super().embeddings(input_ids, position_ids)
 
 
 # GPT-2's tokenizer adds no BOS (<|endoftext|> is BOS, EOS and, in practice, padding)

@@ -37,16 +37,14 @@ def parse_config(raw: dict) -> ModelConfig:
     if rotary_dim % 2:
         raise ValueError(f"gpt_neox with rotary_pct {fraction} rotates an odd number of dims ({rotary_dim})")
     bias = bool(cfg["attention_bias"])
-    c = ModelConfig(
+    return ModelConfig(
         model_type="gpt_neox", vocab_size=cfg["vocab_size"], hidden_size=d,
         intermediate_size=cfg["intermediate_size"], num_layers=n, num_heads=heads, num_kv_heads=heads,
         head_dim=head_dim, norm_eps=cfg["layer_norm_eps"], activation=activation(cfg["hidden_act"]),
         layer_types=["full"] * n, rope_theta=theta, rope_scaling=scaling,
         rope=rotary_dim > 0, rotary_dim=rotary_dim, rope_interleaved=False,  # rotary_pct 0: no positions
         parallel_residual=bool(cfg["use_parallel_residual"]), qkv_bias=bias, o_bias=bias, mlp_bias=True,
-        tie_embeddings=bool(cfg["tie_word_embeddings"]), **common_fields(cfg))
-    c.raw = raw  # the config.json as written, not with the defaults filled in
-    return c
+        tie_embeddings=bool(cfg["tie_word_embeddings"]), **common_fields(cfg, raw=raw))
 
 
 class GPTNeoXAttention(nn.Module):
@@ -82,22 +80,11 @@ class GPTNeoXBlock(nn.Module):
 
 
 class GPTNeoXModel(Decoder):
-    blocks_path, value_matrix, embedding_path = "gpt_neox.layers", "mlp.dense_4h_to_h", "gpt_neox.embed_in"
-    head_path = "embed_out"
+    blocks_path, value_matrix = "gpt_neox.layers", "mlp.dense_4h_to_h"
+    embedding_path, final_norm_path, head_path = "gpt_neox.embed_in", "gpt_neox.final_layer_norm", "embed_out"
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        self.gpt_neox = nn.Module()
-        self.gpt_neox.embed_in = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.gpt_neox.layers = nn.ModuleList(GPTNeoXBlock(cfg) for _ in range(cfg.num_layers))
-        self.gpt_neox.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
-        self.embed_out = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-
-    def embeddings(self, input_ids, position_ids):
-        return self.gpt_neox.embed_in(input_ids)
-
-    def final_norm(self, x):
-        return self.gpt_neox.final_layer_norm(x)
+        super().__init__(cfg, GPTNeoXBlock, nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps))
 
 
 # Pythia's tokenizer adds no BOS

@@ -54,21 +54,11 @@ class GPTJBlock(nn.Module):
 
 
 class GPTJModel(Decoder):
-    blocks_path, value_matrix, embedding_path = "transformer.h", "mlp.fc_out", "transformer.wte"
+    blocks_path, value_matrix = "transformer.h", "mlp.fc_out"
+    embedding_path, final_norm_path = "transformer.wte", "transformer.ln_f"
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        self.transformer = nn.Module()
-        self.transformer.wte = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.transformer.h = nn.ModuleList(GPTJBlock(cfg) for _ in range(cfg.num_layers))
-        self.transformer.ln_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
-
-    def embeddings(self, input_ids, position_ids):
-        return self.transformer.wte(input_ids)
-
-    def final_norm(self, x):
-        return self.transformer.ln_f(x)
+        super().__init__(cfg, GPTJBlock, nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps), head_bias=True)
 
 
 FAMILY = Family(model_types=("gptj",), parse_config=parse_config, model=GPTJModel,

@@ -83,7 +83,8 @@ class LlamaBlock(nn.Module):
 class LlamaModel(Decoder):
     """LLaMA's module tree: `model.embed_tokens`, `model.layers`, `model.norm`, `lm_head`. Sibling families
     with the same tree (Gemma, OLMo 1/2) subclass it and name their own `block` and `final_norm_module`."""
-    blocks_path, value_matrix, embedding_path = "model.layers", "mlp.down_proj", "model.embed_tokens"
+    blocks_path, value_matrix = "model.layers", "mlp.down_proj"
+    embedding_path, final_norm_path = "model.embed_tokens", "model.norm"
     block = LlamaBlock
 
     @staticmethod
@@ -91,18 +92,7 @@ class LlamaModel(Decoder):
         return RMSNorm(cfg.hidden_size, cfg.norm_eps)
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.model.layers = nn.ModuleList(self.block(cfg) for _ in range(cfg.num_layers))
-        self.model.norm = self.final_norm_module(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-
-    def embeddings(self, input_ids, position_ids):
-        return self.model.embed_tokens(input_ids)
-
-    def final_norm(self, x):
-        return self.model.norm(x)
+        super().__init__(cfg, self.block, self.final_norm_module(cfg))
 
 
 # Yi ships as "llama"

@@ -82,21 +82,12 @@ class MptBlock(nn.Module):
 
 
 class MptModel(Decoder):
-    blocks_path, value_matrix, embedding_path = "transformer.blocks", "ffn.down_proj", "transformer.wte"
+    """No position embeddings: ALiBi, in the attention."""
+    blocks_path, value_matrix = "transformer.blocks", "ffn.down_proj"
+    embedding_path, final_norm_path = "transformer.wte", "transformer.norm_f"
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        self.transformer = nn.Module()
-        self.transformer.wte = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.transformer.blocks = nn.ModuleList(MptBlock(cfg) for _ in range(cfg.num_layers))
-        self.transformer.norm_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=False)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-
-    def embeddings(self, input_ids, position_ids):
-        return self.transformer.wte(input_ids)  # no positions: ALiBi
-
-    def final_norm(self, x):
-        return self.transformer.norm_f(x)
+        super().__init__(cfg, MptBlock, nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=False))
 
 
 FAMILY = Family(model_types=("mpt",), parse_config=parse_config, model=MptModel)

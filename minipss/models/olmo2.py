@@ -7,29 +7,22 @@ head_dim), before the split into heads and before RoPE. Every RMSNorm multiplies
 then casts; the RoPE tables stay in fp32 (both as in the reference implementation; they matter in bf16).
 """
 
+from dataclasses import replace
 from functools import partial
 
 from torch import nn
 
-from ..config import ModelConfig, activation, common_fields, rope
+from ..config import ModelConfig
 from ..decoder import Family
 from ..layers import GatedMLP, RMSNorm, SelfAttention
+from . import olmo
 from .llama import LlamaModel
 
 
 def parse_config(cfg: dict) -> ModelConfig:
-    n, heads = cfg["num_hidden_layers"], cfg["num_attention_heads"]
-    theta, scaling = rope(cfg)
-    bias = bool(cfg.get("attention_bias", False))
-    return ModelConfig(
-        model_type=cfg["model_type"], vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
-        intermediate_size=cfg["intermediate_size"], num_layers=n, num_heads=heads,
-        num_kv_heads=cfg.get("num_key_value_heads") or heads,
-        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-        norm_eps=cfg.get("rms_norm_eps", 1e-5), layer_types=["full"] * n, rope_theta=theta,
-        rope_scaling=scaling, rope_fp32=True, activation=activation(cfg.get("hidden_act", "silu")),
-        qk_norm=True, qk_norm_whole=True, qkv_bias=bias, o_bias=bias,
-        tie_embeddings=cfg.get("tie_word_embeddings", False), **common_fields(cfg))
+    """OLMo 1's fields, with the RMSNorms' `rms_norm_eps`, whole-projection q/k norms and no `clip_qkv`."""
+    return replace(olmo.parse_config(cfg), norm_eps=cfg.get("rms_norm_eps", 1e-5), clip_qkv=None,
+                   qk_norm=True, qk_norm_whole=True)
 
 
 def rms_norm(cfg: ModelConfig, dim: int) -> RMSNorm:
