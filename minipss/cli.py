@@ -8,15 +8,11 @@ import os
 import sys
 from pathlib import Path
 
-from . import benchmark_path, pretrain, study_synth, synth
+from . import benchmark_path, experiment, perf, pretrain, study, study_synth, synth, train
 from .compare import load_results, main as compare_main, plot
-from .experiment import add_arguments as experiment_arguments, run as experiment_run
 from .options import at_least, numbers
-from .perf import add_arguments as perf_arguments, main as perf_main
 from .pipeline import PAPER_RATIOS, SWEEP_RATIOS, Settings, run_pss
 from .report import summary
-from .study import add_arguments as study_arguments, main as study_main
-from .train import add_arguments, main as train_main
 from .weights import ensure_gemma3_270m
 
 
@@ -98,25 +94,14 @@ def main(argv=None) -> None:
     p.add_argument("--plots", default=None, help="folder for PNG figures (needs the plot extra)")
     p.set_defaults(func=compare_main)
 
-    p = sub.add_parser("study", help="several models, one benchmark, one setting: Table 1, Figures 2, 3, 5, a report")
-    study_arguments(p)
-    p.set_defaults(func=study_main)
-
-    p = sub.add_parser("train", help="fine-tune only chosen value vectors (FT-FV/PV/CV/RV, §5)")
-    add_arguments(p)
-    p.set_defaults(func=train_main)
-
-    p = sub.add_parser("experiment", help="the §5 experiment: four fine-tuning variants, before and after")
-    experiment_arguments(p)
-    p.set_defaults(func=experiment_run)
-
-    p = sub.add_parser("perf", help="benchmark the masked evaluation against transformers + masked down_proj")
-    perf_arguments(p)
-    p.set_defaults(func=perf_main)
-
-    for name, module, text in (("synth", synth, "write a synthetic world: documents, benchmark, tokenizer"),
-                               ("pretrain", pretrain, "pretrain a random model of a given size on a world"),
-                               ("study-synth", study_synth, "the four training studies on a synthetic world")):
+    for name, module, text in (
+            ("study", study, "several models, one benchmark, one setting: Table 1, Figures 2, 3, 5, a report"),
+            ("train", train, "fine-tune only chosen value vectors (FT-FV/PV/CV/RV, §5)"),
+            ("experiment", experiment, "the §5 experiment: four fine-tuning variants, before and after"),
+            ("perf", perf, "benchmark the masked evaluation against transformers + masked down_proj"),
+            ("synth", synth, "write a synthetic world: documents, benchmark, tokenizer"),
+            ("pretrain", pretrain, "pretrain a random model of a given size on a world"),
+            ("study-synth", study_synth, "the four training studies on a synthetic world")):
         p = sub.add_parser(name, help=text)
         module.add_arguments(p)
         p.set_defaults(func=module.main)

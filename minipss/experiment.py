@@ -72,7 +72,7 @@ def markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(a) -> dict:
+def main(a) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     bench = Path(a.bench or benchmark_path("minispecwiki"))
