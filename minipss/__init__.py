@@ -7,8 +7,8 @@
 
 from pathlib import Path
 
-from .load import load_model
-from .tokenizer import load_tokenizer
+from .model.load import load_model
+from .model.tokenizer import load_tokenizer
 
 __version__ = "0.1.0"
 

@@ -8,12 +8,16 @@ import os
 import sys
 from pathlib import Path
 
-from . import benchmark_path, experiment, perf, pretrain, study, study_synth, synth, train
-from .compare import load_results, main as compare_main, plot
+from . import benchmark_path
+from .finetune import experiment, train
+from .perf import speed as perf
+from .synth import pretrain, study as study_synth, world as synth
+from .method import study
+from .method.compare import load_results, main as compare_main, plot
 from .options import at_least, numbers
-from .pipeline import PAPER_RATIOS, SWEEP_RATIOS, Settings, run_pss
-from .report import summary
-from .weights import ensure_gemma3_270m
+from .method.run import PAPER_RATIOS, SWEEP_RATIOS, Settings, run_pss
+from .method.report import summary
+from .weights.real_models import ensure_gemma3_270m
 
 
 def _pss_args(p: argparse.ArgumentParser, ratios: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 def skip_unless_installed(name: str) -> None:
     """Skip unless the packages holding a real model's GGUF file (and gguf) are installed; never imports them."""
     pytest.importorskip("gguf")
-    from minipss.weights import MODELS, part_files
+    from minipss.weights.real_models import MODELS, part_files
 
     try:
         part_files(name)
@@ -22,6 +22,6 @@ def skip_unless_installed(name: str) -> None:
 def gemma_dir():
     """The converted real Gemma 3 270M (weights/gemma-3-270m), converted on first use."""
     skip_unless_installed("gemma-3-270m")
-    from minipss.weights import ensure_gemma3_270m
+    from minipss.weights.real_models import ensure_gemma3_270m
 
     return ensure_gemma3_270m(Path(__file__).parent.parent / "weights" / "gemma-3-270m")

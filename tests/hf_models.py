@@ -5,7 +5,7 @@ rope scaling, random norm weights)."""
 import pytest
 import torch
 
-from minipss.models import value_matrix_slots
+from minipss.model.families import value_matrix_slots
 
 WINDOW = 6  # sliding windows in the fixtures; test sequences are longer
 

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from minipss.compare import load_results, main, pearson, plot, ranks, spearman, table
-from minipss.method import mean
+from minipss.method.compare import load_results, main, pearson, plot, ranks, spearman, table
+from minipss.method.scores import mean
 
 
 def fake_result(model, mode, acc_before, pss_by_ratio, excess=0.01, control=None, tiers=None):

@@ -3,7 +3,7 @@
 import json
 
 from minipss.cli import main
-from minipss.experiment import METRICS
+from minipss.finetune.experiment import METRICS
 from tiny import make_bench, make_tiny_model
 
 

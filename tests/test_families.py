@@ -9,7 +9,7 @@ import torch
 
 import minipss
 from minipss.cli import main
-from minipss.models import family_of
+from minipss.model.families import family_of
 from hf_models import CONFIGS, make_hf_model
 from tiny import byte_tokenizer, make_bench
 

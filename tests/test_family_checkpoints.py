@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import minipss
-from minipss.models import from_hf
-from minipss.train import TrainSettings, train
+from minipss.model.families import from_hf
+from minipss.finetune.train import TrainSettings, train
 from hf_models import make_hf_model
 from tiny import make_tiny_model
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import minipss
-from minipss.generate import generate
-from minipss.padding import left_pad
+from minipss.model.generate import generate
+from minipss.model.padding import left_pad
 from hf_models import record_coefficients
 
 pytest.importorskip("gguf")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import minipss
-from minipss.generate import generate
+from minipss.model.generate import generate
 from hf_models import make_hf_model
 
 
@@ -20,7 +20,7 @@ PROMPTS = [[5, 9, 14, 3, 77, 21, 8, 90, 4], [11, 2, 6], [45, 46, 47, 48, 49, 50]
 def test_greedy_equals_transformers_generate(pair):
     hf, ours = pair
     mine = generate(ours, PROMPTS, max_new_tokens=8, pad_id=0)
-    from minipss.padding import left_pad
+    from minipss.model.padding import left_pad
     ids, mask, _ = left_pad(PROMPTS, pad_id=0)
     ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
                       pad_token_id=0, eos_token_id=None)
@@ -66,7 +66,7 @@ def test_sampling_is_seeded(pair):
 def test_greedy_head_picks_the_full_argmax(model_type, tmp_path):
     """The bf16-screened argmax equals the full fp32 argmax on many states of every scale, with exact
     ties (the lowest id wins) and with logits apart by less than bf16 can tell."""
-    from minipss.generate import GreedyHead
+    from minipss.model.generate import GreedyHead
     from tiny import make_tiny_model
 
     extra = dict(final_logit_softcapping=30.0) if model_type == "gemma2" else {}

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import minipss
-from minipss.hallucination import (cluster_answers, hidden_at_last_token, levina_bickel, lid_for_questions,
-                                   sample_answers, semantic_entropy)
+from minipss.finetune.hallucination import (cluster_answers, hidden_at_last_token, levina_bickel, lid_for_questions, sample_answers, semantic_entropy)
 from tiny import make_tiny_model
 
 

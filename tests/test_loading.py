@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import minipss
-from minipss.models import from_hf
+from minipss.model.families import from_hf
 from hf_models import make_hf_model  # skips the tests built on it when transformers is not installed
 
 

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 import minipss
-from minipss.benchmark import load_benchmark
-from minipss.many_masks import common_prefix, cloze_answers, generate_answers, letter_answers
-from minipss.generate import generate
-from minipss.method import mask_for, random_ranking
-from minipss.prompts import letter_in, mcq_prompt
-from minipss.scoring import GENERATE_TOKENS, mcq_answers
+from minipss.method.benchmark import load_benchmark
+from minipss.method.many_masks import common_prefix, cloze_answers, generate_answers, letter_answers
+from minipss.model.generate import generate
+from minipss.method.locate import mask_for, random_ranking
+from minipss.method.prompts import letter_in, mcq_prompt
+from minipss.method.scoring import GENERATE_TOKENS, mcq_answers
 from tiny import make_bench, make_tiny_model
 
 
@@ -114,8 +114,8 @@ def test_generate_rows_leave_at_eos_at_different_steps(gen_tiny):
 
 
 def test_left_align_moves_padding_first():
-    from minipss.layers import KVCache
-    from minipss.many_masks import left_align
+    from minipss.model.layers import KVCache
+    from minipss.method.many_masks import left_align
 
     cache = KVCache(1)
     cache.k[0] = torch.arange(10.).view(2, 1, 5, 1)
@@ -130,7 +130,7 @@ def test_left_align_moves_padding_first():
 def test_each_mask_scores_its_own_questions(tiny, mode):
     """With `which`, mask m answers the questions which[m] (as a run of several concepts does), with the
     answers it gives them among all questions."""
-    from minipss import many_masks
+    from minipss.method import many_masks
 
     model, tok, qs, masks = tiny
     masks = masks[:4]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import minipss
-from minipss.padding import left_pad
+from minipss.model.padding import left_pad
 from hf_models import CONFIGS, WINDOW, make_hf_model, record_coefficients
 
 transformers = pytest.importorskip("transformers")

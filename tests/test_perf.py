@@ -36,12 +36,12 @@ def test_perf_on_random_weights_of_a_config(tmp_path, capsys):
 
 @pytest.mark.parametrize("mode", ["logits", "generate"])
 def test_the_usual_way_as_a_whole_job_finds_what_minipss_pss_finds(tmp_path, mode):
-    """`python -m minipss.reference` (transformers, masked down_proj, one mask at a time) and `minipss pss`
+    """`python -m minipss.perf.hf_reference` (transformers, masked down_proj, one mask at a time) and `minipss pss`
     give the same per-question correctness in every cell (fp32)."""
     import json
 
-    from minipss.pipeline import Settings, run_pss
-    from minipss.reference import run_pss as reference_pss
+    from minipss.method.run import Settings, run_pss
+    from minipss.perf.hf_reference import run_pss as reference_pss
     from tiny import make_bench
 
     model = make_tiny_model(tmp_path / "m", layers=3, d_ff=32)

@@ -7,7 +7,7 @@ import pytest
 
 from cli_process import kill_when, line_count, run_minipss
 from minipss.cli import main
-from minipss.pipeline import Settings, run_pss
+from minipss.method.run import Settings, run_pss
 from tiny import make_bench, make_tiny_model
 
 
@@ -149,7 +149,7 @@ def test_mean_ablation_runs_and_differs_from_zero_masking(setup, tmp_path):
 
 
 def test_engine_groups_cover_every_concept_once_within_the_bound():
-    from minipss.pipeline import engine_groups
+    from minipss.method.run import engine_groups
 
     others = [[(i + k) % 9 for k in (1, 2)] for i in range(9)]
     counts = [3] * 9

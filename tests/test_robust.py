@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 import minipss
 from cli_process import kill_when, line_count, run_minipss
 from minipss.cli import main
-from minipss.pipeline import Settings, run_pss
-from minipss.train import TrainSettings, train
+from minipss.method.run import Settings, run_pss
+from minipss.finetune.train import TrainSettings, train
 from tiny import make_bench, make_tiny_model
 
 FAST = dict(mode="cloze", ratios=[0.1, 0.5], skip_layers=1)

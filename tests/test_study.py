@@ -6,8 +6,8 @@ import json
 import pytest
 
 from minipss.cli import main
-from minipss.compare import pearson, spearman
-from minipss.study import common_ratios, summarise
+from minipss.method.compare import pearson, spearman
+from minipss.method.study import common_ratios, summarise
 
 from tiny import make_bench, make_tiny_model
 

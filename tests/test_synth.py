@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import minipss
-from minipss.benchmark import load_benchmark
-from minipss.pipeline import Settings, run_pss
-from minipss.pretrain import PretrainSettings, checkpoints, log_spaced, pretrain
-from minipss.synth import KINDS, TIER_DOCS, make_world
+from minipss.method.benchmark import load_benchmark
+from minipss.method.run import Settings, run_pss
+from minipss.synth.pretrain import PretrainSettings, checkpoints, log_spaced, pretrain
+from minipss.synth.world import KINDS, TIER_DOCS, make_world
 
 FILES = ("train.jsonl", "bench.jsonl", "new.jsonl", "new_bench.jsonl", "world.json", "card.md", "tokenizer.json")
 
@@ -129,7 +129,7 @@ def test_other_family_trains(world, tmp_path):
 
 
 def test_mean_and_t_interval():
-    from minipss.study_synth import mean_ci
+    from minipss.synth.study import mean_ci
 
     m, h = mean_ci([1.0, 2.0, 3.0])
     assert m == pytest.approx(2.0) and h == pytest.approx(4.303 / 3 ** 0.5, rel=1e-4)

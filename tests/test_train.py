@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 import minipss
 from cli_process import kill_when, run_minipss
 from minipss.cli import main
-from minipss.method import value_vector_sets
-from minipss.train import TrainSettings, train
+from minipss.method.locate import value_vector_sets
+from minipss.finetune.train import TrainSettings, train
 from tiny import make_bench, make_tiny_model
 
 DOCS = "\n\n".join(f"Concept {i} is known for fact number {i * 7}, said the record." for i in range(12))

@@ -42,7 +42,7 @@ TEXTS = [
 
 @pytest.fixture(scope="session")
 def gguf_path(gemma_dir):
-    from minipss.weights import gguf_file
+    from minipss.weights.real_models import gguf_file
 
     return gguf_file("gemma-3-270m", gemma_dir.parent / "gguf")
 

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 import minipss
-from minipss.generate import generate
-from minipss.prompts import mcq_prompt
-from minipss.weights import MODELS, RealModel, gguf_file, listing, main as weights_main
+from minipss.model.generate import generate
+from minipss.method.benchmark import load_benchmark
+from minipss.method.prompts import mcq_prompt
+from minipss.weights.real_models import MODELS, RealModel, gguf_file, listing, main as weights_main
 
 REPO = Path(__file__).resolve().parents[1]
 # minipss (eager attention, its own RoPE and RMSNorm) against transformers on the same fp32 weights;
@@ -62,7 +63,7 @@ def needs(name):
 def real(request):
     """(name, converted folder, GGUF path) for one model, converted on first use."""
     pytest.importorskip("gguf")
-    from minipss.weights import ensure
+    from minipss.weights.real_models import ensure
 
     name = request.param
     return name, ensure(name, REPO / "weights" / name), gguf_file(name, REPO / "weights" / "gguf")
@@ -88,7 +89,7 @@ def ours(real):
 
 def three_shot_prompt():
     bench = minipss.benchmark_path("minispecwiki")
-    return mcq_prompt(minipss.benchmark.load_benchmark(bench)[0].mcq[0])
+    return mcq_prompt(load_benchmark(bench)[0].mcq[0])
 
 
 def test_config_matches_the_gguf_metadata(real):

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from minipss.load import build_model, checkpoint_state
-from minipss.models import from_hf
+from minipss.model.load import build_model, checkpoint_state
+from minipss.model.families import from_hf
 
 SPECIALS = ["<pad>", "<eos>", "<bos>"]
 

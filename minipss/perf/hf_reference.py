@@ -3,7 +3,7 @@ value-vector mask applied at the input of every layer's value matrix (`down_proj
 concept mask at a time (what a forward pre-hook does; here a thin wrapper module, so no hook is registered
 anywhere); the coefficients are that input, recorded.
 
-`python -m minipss.reference --model M --bench B --out F.json --mode MODE ...` is the whole `minipss pss` job
+`python -m minipss.perf.hf_reference --model M --bench B --out F.json --mode MODE ...` is the whole `minipss pss` job
 done this way as one process (coefficients, baseline, every masked cell one mask at a time), writing each
 cell's per-question correctness and answers, so that `minipss perf --end-to-end` can time both jobs as
 processes and compare what they found. Needs the optional `transformers` package; the core never imports
@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from . import load_tokenizer
-from .benchmark import load_benchmark, questions_of, unrelated_sets
-from .padding import left_pad
-from .method import concept_masks, concept_means, token_weights
-from .models import value_matrix_slots
-from .report import cell_key
-from .prompts import coefficient_prompt, letter_in, mcq_prompt
-from .scoring import GENERATE_TOKENS, best_letters, best_option, cloze_tokens, letter_vocab
+from .. import load_tokenizer
+from ..method.benchmark import load_benchmark, questions_of, unrelated_sets
+from ..model.padding import left_pad
+from ..method.locate import concept_masks, concept_means, token_weights
+from ..model.families import value_matrix_slots
+from ..method.report import cell_key
+from ..method.prompts import coefficient_prompt, letter_in, mcq_prompt
+from ..method.scoring import GENERATE_TOKENS, best_letters, best_option, cloze_tokens, letter_vocab
 
 
 class MaskedInput(torch.nn.Module):
@@ -164,7 +164,7 @@ def run_pss(model_dir, bench, out, mode: str, ratios: list[float], skip: int = 5
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m minipss.reference", description=run_pss.__doc__)
+    p = argparse.ArgumentParser(prog="python -m minipss.perf.hf_reference", description=run_pss.__doc__)
     p.add_argument("--model", required=True)
     p.add_argument("--bench", required=True)
     p.add_argument("--out", required=True)

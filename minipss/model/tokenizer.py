@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
 
-from .models import read_config
+from .families import read_config
 
 
 class Tokenizer:

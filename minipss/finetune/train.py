@@ -22,15 +22,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from . import load_model, load_tokenizer
-from .benchmark import load_benchmark
-from .options import at_least
-from .fingerprint import differences, file_digest, model_digest, short
-from .padding import right_pad
-from .load import checkpoint_state
-from .method import VARIANTS, located_scores, value_vector_sets
-from .models import read_config
-from .pipeline import check_device, check_prompt_lengths, context_length
+from .. import load_model, load_tokenizer
+from ..method.benchmark import load_benchmark
+from ..options import at_least
+from ..method.fingerprint import differences, file_digest, model_digest, short
+from ..model.padding import right_pad
+from ..model.load import checkpoint_state
+from ..method.locate import VARIANTS, located_scores, value_vector_sets
+from ..model.families import read_config
+from ..method.run import check_device, check_prompt_lengths, context_length
 
 
 @dataclass

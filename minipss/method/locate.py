@@ -1,7 +1,8 @@
-"""The paper's method, step by step: collect coefficients, locate value vectors, build masks, score PSS.
+"""The paper's method up to the masks: collect coefficients (§3.2), locate value vectors (Eq. 5), build
+masks (Eq. 4, §4.1), and choose the value vectors §5 fine-tunes. Scores (Eq. 6) are in `scores`.
 
 Section and equation numbers refer to the paper; decisions where it is silent are in
-METHOD.md (§3-§6) and are switchable arguments here.
+METHOD.md (§3-§7) and are switchable arguments here.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import math
 import torch
 
 from .benchmark import Concept, unrelated_sets
-from .decoder import Coefficients
-from .padding import left_pad
+from ..model.decoder import Coefficients
+from ..model.padding import left_pad
 from .prompts import coefficient_prompt
 
 TOKEN_RULES = ("content", "all", "last")
@@ -171,45 +172,3 @@ def value_vector_sets(variant: str, num_layers: int, d_ff: int, scores: torch.Te
         return {l: sorted(set(range(d_ff)) - set(pv[l])) for l in range(num_layers)}
     shuffled = random_ranking((num_layers, d_ff), seed)
     return {l: sorted(shuffled[l, :len(pv[l])].tolist()) for l in range(num_layers)}
-
-
-# ---------------------------------------------------------------- scores (Eq. 6)
-
-
-def accuracy(correct: list[bool]) -> float | None:
-    return sum(correct) / len(correct) if correct else None
-
-
-def ratio_of(a: float | None, b: float | None) -> float | None:
-    """a / b, or None (null in the result file) when either is missing or b is 0."""
-    return None if a is None or not b else a / b
-
-
-def concept_cell(before_c: float, before_g: float, after_c: float, after_g: float, acc_before: float,
-                 ratio: float) -> dict:
-    """Every score of one concept at one ratio (Eq. 6 and the raw parts; METHOD.md §6)."""
-    diff = after_g - after_c
-    cell = {
-        "concept_after": after_c, "general_after": after_g, "g_minus_c": diff,
-        "pss": ratio_of(abs(diff), before_g),  # per-concept denominator: General_before(c)
-        "pss_acc_before": ratio_of(abs(diff), acc_before),
-        "pss_raw": abs(diff),
-        "excess_drop": (before_c - after_c) - (before_g - after_g),
-    }
-    if ratio == 0:  # nothing masked: PSS is 0 by definition (Figure 3's origin)
-        cell.update(pss=0.0, pss_acc_before=0.0, pss_raw=0.0)
-    return cell
-
-
-def model_pss(concept_after: list[float], general_after: list[float], acc_before: float,
-              ratio: float) -> float | None:
-    """PSS(r) = |mean_c General_after(c, r) - mean_c Concept_after(c, r)| / Acc_before (Eq. 6)."""
-    if ratio == 0:
-        return 0.0
-    gap = abs(sum(general_after) / len(general_after) - sum(concept_after) / len(concept_after))
-    return ratio_of(gap, acc_before)
-
-
-def mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None

@@ -8,7 +8,7 @@ against this device's measured matmul rate, peak memory, and the projected time 
 (525 concepts x 5 ratios x 60 questions = 157,500 masked prompts). In `generate` mode minipss stops each
 row once its letter is decided; the reference decodes its 30 tokens, as the paper's protocol does.
 
-`--end-to-end` runs `python -m minipss pss` and `python -m minipss.reference` (the same job: coefficients
+`--end-to-end` runs `python -m minipss pss` and `python -m minipss.perf.hf_reference` (the same job: coefficients
 recorded at the value matrices' input of transformers, baseline, every masked cell one mask at a time) as
 whole processes, alternating (minipss first in even rounds, the reference first in odd ones, so a change
 in the machine's load hits both), and prints each process's wall time, the ratio per round and whether the
@@ -32,12 +32,13 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import benchmark_path, load_model, load_tokenizer, many_masks
-from .benchmark import load_benchmark, questions_of, unrelated_sets
-from .load import build_model, checkpoint_state
-from .method import mask_for, random_ranking
-from .models import from_hf
-from .reference import answers, load_reference, set_mask
+from .. import benchmark_path, load_model, load_tokenizer
+from ..method import many_masks
+from ..method.benchmark import load_benchmark, questions_of, unrelated_sets
+from ..model.load import build_model, checkpoint_state
+from ..method.locate import mask_for, random_ranking
+from ..model.families import from_hf
+from .hf_reference import answers, load_reference, set_mask
 
 
 SPECWIKI_PROMPTS = 525 * 5 * 60
@@ -142,7 +143,7 @@ def end_to_end(a) -> list[dict]:
     ratios = ",".join(map(str, a.ratios))
     common = ["--model", a.model, "--bench", bench, "--ratios", ratios, "--concepts", str(a.concepts or 6),
               "--skip-layers", str(a.skip_layers), "--dtype", a.dtype, "--device", a.device]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent.parent),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
                                                                     os.environ.get("PYTHONPATH")])))
     rows = []
     for mode in a.modes:
@@ -158,7 +159,7 @@ def end_to_end(a) -> list[dict]:
                 if side == "minipss":
                     cmd = [sys.executable, "-m", "minipss", "pss", *common, "--mode", mode, "--out", str(out), "--quiet"]
                 else:
-                    cmd = [sys.executable, "-m", "minipss.reference", *common, "--mode", mode, "--out", str(out)]
+                    cmd = [sys.executable, "-m", "minipss.perf.hf_reference", *common, "--mode", mode, "--out", str(out)]
                 t, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 wall, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import load_model, load_tokenizer
-from .benchmark import load_benchmark
-from .load import checkpoint_state
-from .models import FAMILIES, build_model, from_hf
-from .scoring import mcq_answers
-from .train import TrainSettings, batch_order, learning_rate, lm_loss, read_documents, windows
+from .. import load_model, load_tokenizer
+from ..method.benchmark import load_benchmark
+from ..model.load import checkpoint_state
+from ..model.families import FAMILIES, build_model, from_hf
+from ..method.scoring import mcq_answers
+from ..finetune.train import TrainSettings, batch_order, learning_rate, lm_loss, read_documents, windows
 
 
 FAMILY_TYPES = tuple(sorted(FAMILIES))  # every model_type minipss loads can be made at random

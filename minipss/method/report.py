@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from .benchmark import TIERS, Concept
-from .method import accuracy, concept_cell, mean, model_pss
+from .scores import accuracy, concept_cell, mean, model_pss
 
 CHANCE = 0.25
 

@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 
 from .config import ModelConfig
 from .decoder import Decoder, Family
-from .models import build_model, family_of, read_config
+from .families import build_model, family_of, read_config
 
 PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 

@@ -26,17 +26,17 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from . import load_model, load_tokenizer
-from .benchmark import load_benchmark
-from .models import read_config
-from .pipeline import Settings, run_pss
-from .options import numbers
+from .. import load_model, load_tokenizer
+from ..method.benchmark import load_benchmark
+from ..model.families import read_config
+from ..method.run import Settings, run_pss
+from ..options import numbers
 from .pretrain import PretrainSettings, bench_accuracy, checkpoints, log_spaced, pretrain
-from .report import summarise
-from .scoring import mcq_answers, open_answers
-from .synth import TIER_DOCS, make_world
-from .method import located_scores, value_vector_sets
-from .train import TrainSettings, train
+from ..method.report import summarise
+from ..method.scoring import mcq_answers, open_answers
+from .world import TIER_DOCS, make_world
+from ..method.locate import located_scores, value_vector_sets
+from ..finetune.train import TrainSettings, train
 
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from .prompts import FEW_SHOT
+from ..method.prompts import FEW_SHOT
 
 
 TIER_DOCS = {"high": 16, "medium": 4, "low": 1}  # documents per entity: its exact popularity

@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .load import checkpoint_files
+from ..model.load import checkpoint_files
 
 
 CHUNK = 1 << 22

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-from .convert_gguf import convert_gguf
+from .gguf_convert import convert_gguf
 
 WEIGHTS_DIR = Path("weights")
 GEMMA3_270M_DIR = WEIGHTS_DIR / "gemma-3-270m"
@@ -227,6 +227,3 @@ def main(argv=None) -> int:
     print(folder)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import family_of_gguf
+from ..model.families import family_of_gguf
 from .gguf_tokenizer import adds_bos, build_tokenizer_json, metadata
 
 HF_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import torch
 
-from . import benchmark_path, load_model, load_tokenizer
-from .benchmark import load_benchmark, unrelated_sets
+from .. import benchmark_path, load_model, load_tokenizer
+from ..method.benchmark import load_benchmark, unrelated_sets
 from .hallucination import lid_for_questions, sample_answers, semantic_entropy
-from .method import VARIANTS, located_scores, mean, value_vector_sets
-from .models import read_config
-from .pipeline import Settings, Unsaved, measure
-from .report import build_result
-from .scoring import mcq_answers, open_answers
+from ..method.locate import VARIANTS, located_scores, value_vector_sets
+from ..method.scores import mean
+from ..model.families import read_config
+from ..method.run import Settings, Unsaved, measure
+from ..method.report import build_result
+from ..method.scoring import mcq_answers, open_answers
 from .train import TrainSettings, train
 
 
@@ -31,7 +32,7 @@ METRICS = ("mcq_acc", "open_acc", "pss", "semantic_entropy", "semantic_entropy_w
 
 
 def passages_path() -> Path:
-    return Path(__file__).parent / "data" / "passages.jsonl"
+    return Path(__file__).parent.parent / "data" / "passages.jsonl"
 
 
 def evaluate(model_dir, bench, names: list[str], s, work: Path) -> dict:

@@ -1,0 +1,1 @@
+"""Fine-tuning chosen value vectors (§5): the trainer, the experiment, hallucination metrics."""

@@ -1,0 +1,1 @@
+"""The method: benchmark, prompts, locating and masking, scoring, the run, the report."""

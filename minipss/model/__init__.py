@@ -1,0 +1,1 @@
+"""The model: config, shared layers, the decoder, families, loading, tokenizer, decoding."""

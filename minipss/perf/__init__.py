@@ -1,0 +1,1 @@
+"""Speed: the benchmark of the masked evaluation and the transformers reference."""

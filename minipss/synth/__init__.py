@@ -1,0 +1,1 @@
+"""A synthetic world where the causes are set: documents, pretraining, the studies."""
