@@ -17,18 +17,20 @@ from .padding import left_pad
 
 class GreedyHead:
     """Greedy next tokens from final residual states `x` `[N, d]`: `model.head(x).argmax(-1)`, the same
-    tokens (METHOD.md §5). With fp32 weights the full-vocabulary product first runs in bf16, about three
-    times cheaper on a CPU, only to screen: a token is a candidate when its bf16 logit lies within twice
-    the proven error bound of the best one, and the argmax is taken over the candidates' fp32 logits
-    (usually a handful). Built once per decoding run: it keeps a bf16 copy of the output matrix, so the
-    weights must not change while it is in use."""
+    tokens up to fp32 summation order, as any change of batch (METHOD.md §5). With fp32 weights on a CPU
+    the full-vocabulary product first runs in bf16, about three times cheaper, only to screen: a token is
+    a candidate when its bf16 logit lies within twice the proven error bound of the best one, and the
+    argmax is taken over the candidates' fp32 logits (usually a handful). (CUDA may sum bf16 products in
+    reduced precision, so there the full product runs.) Built once per decoding run: it keeps a bf16 copy
+    of the output matrix, so the weights must not change while it is in use."""
 
     @torch.no_grad()
     def __init__(self, model):
         self.model = model
         out = model.get_submodule(model.head_path)
         self.weight = out.weight
-        self.screen = out.weight.dtype == torch.float32 and out.bias is None and model.config.final_softcap is None
+        self.screen = (out.weight.dtype == torch.float32 and out.weight.device.type == "cpu" and out.bias is None
+                       and model.config.final_softcap is None)
         if self.screen:
             self.weight16 = out.weight.to(torch.bfloat16)
             self.norm = float(out.weight.norm(dim=1).max())
