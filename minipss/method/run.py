@@ -325,7 +325,7 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     shard = Shard(s.device)
     model = load_model(model_dir, dtype=getattr(torch, s.dtype), device=shard.device)  # refuses damaged weights
     work = WorkDir(out, s.fingerprint(model_dir, bench), shard.rank)
-    cells, timing, coeffs = measure(model, tok, concepts, others, s, work, shard, quiet)
+    cells, timing, coeffs = measure(model, tok, concepts, others, s, work, shard, quiet, start=t0)
     timing["total"] = time.time() - t0
     result = build_result(str(model_dir), str(bench), {**asdict(s), "processes": shard.world}, concepts,
                           others, cells, timing)
@@ -341,13 +341,14 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
 
 
 def measure(model, tok, concepts: list[Concept], others: list[list[int]], s: Settings, work, shard=None,
-            quiet: bool = False) -> tuple[dict, dict, torch.Tensor]:
+            quiet: bool = False, start: float | None = None) -> tuple[dict, dict, torch.Tensor]:
     """The paper's steps on a loaded model: coefficients per concept (§3.2), the accuracy before
     masking, then every masked cell, each located (Eq. 5) and masked (Eq. 4) and scored. Work already
     in `work` (a `WorkDir`, or `Unsaved`) is reused. Returns every cell's per-question correctness (by
-    `cell_key`), the time of each step and the coefficients."""
+    `cell_key`), the time of each step (the first from `start`, so that it includes loading) and the
+    coefficients."""
     shard = shard or Shard(s.device)
-    t0 = time.time()
+    t0 = time.time() if start is None else start
     mine = [i for i in range(len(concepts)) if shard.mine(i)]
     work.keep_cells(lambda key: expected_length(key, concepts, others))
     coeffs, signed = coefficients_step(model, tok, concepts, mine, s, work, shard)
