@@ -111,3 +111,20 @@ def test_an_unknown_model_name_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["study", "--models", f"no-such-model,{tmp_path}", "--bench", str(bench), "--out", str(tmp_path / "o")])
     assert e.value.code == 2 and "no-such-model" in capsys.readouterr().err
+
+
+def test_figure_2_draws_a_point_outside_its_own_bootstrap_interval(study, tmp_path):
+    """Model PSS is a ratio of means over all concepts, so it may lie outside the percentile interval of
+    its bootstrap draws (it did on the real models); the figure must still be drawn."""
+    pytest.importorskip("matplotlib")
+    from minipss.method.study import plot
+
+    _, _, out, _ = study
+    summary = json.loads((out / "study.json").read_text())
+    for m in summary["models"].values():
+        m["pss_ci"] = [m["pss"] + 0.1, m["pss"] + 0.2]
+        m["acc_ci"] = [m["acc_before"] - 0.2, m["acc_before"] - 0.1]
+    paths = plot(summary, tmp_path)
+    assert [p.name for p in paths] == ["fig2_accuracy_vs_pss.png", "fig3_g_minus_c_by_ratio.png",
+                                       "fig5_pss_by_tier.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)

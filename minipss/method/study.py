@@ -243,9 +243,13 @@ def plot(summary: dict, folder: Path) -> list[Path]:
     for label, m in models.items():
         if m["acc_before"] is None or m["pss"] is None:
             continue
-        err = lambda v, ci: [[v - ci[0]], [ci[1] - v]] if ci else None  # noqa: E731
-        ax.errorbar(m["acc_before"], m["pss"], xerr=err(m["acc_before"], m["acc_ci"]), yerr=err(m["pss"], m["pss_ci"]),
-                    fmt="o", capsize=3, label=label)
+        # the intervals as drawn lines: PSS over all concepts (a ratio of means) may lie outside its own
+        # bootstrap percentile interval, which an error bar around the point cannot show
+        (point,) = ax.plot(m["acc_before"], m["pss"], "o", label=label)
+        if m["acc_ci"]:
+            ax.hlines(m["pss"], *m["acc_ci"], color=point.get_color(), lw=1)
+        if m["pss_ci"]:
+            ax.vlines(m["acc_before"], *m["pss_ci"], color=point.get_color(), lw=1)
     c = summary["accuracy_vs"]["pss"]
     ax.set(xlabel="accuracy before masking", ylabel="PSS (mean over " + ", ".join(map(_pct, summary["common_ratios"])) + ")",
            title=f"Pearson {_f(c['pearson'])}{_ci(c['pearson_ci'])}, Spearman {_f(c['spearman'])}")
