@@ -10,13 +10,13 @@ from pathlib import Path
 
 from . import benchmark_path
 from .finetune import experiment, train
-from .perf import speed as perf
-from .synth import pretrain, study as study_synth, world as synth
 from .method import study
 from .method.compare import load_results, main as compare_main, plot
-from .options import at_least, numbers
-from .method.run import PAPER_RATIOS, SWEEP_RATIOS, Settings, run_pss
 from .method.report import summary
+from .method.run import PAPER_RATIOS, SWEEP_RATIOS, Settings, run_pss
+from .options import at_least, numbers
+from .perf import speed as perf
+from .synth import pretrain, study as study_synth, world as synth
 from .weights.real_models import ensure_gemma3_270m
 
 

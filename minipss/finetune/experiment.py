@@ -18,13 +18,13 @@ import torch
 
 from .. import benchmark_path, load_model, load_tokenizer
 from ..method.benchmark import load_benchmark, unrelated_sets
-from .hallucination import lid_for_questions, sample_answers, semantic_entropy
 from ..method.locate import VARIANTS, located_scores, value_vector_sets
-from ..method.scores import mean
-from ..model.families import read_config
-from ..method.run import Settings, Unsaved, measure
 from ..method.report import build_result
+from ..method.run import Settings, Unsaved, measure
+from ..method.scores import mean
 from ..method.scoring import mcq_answers, open_answers
+from ..model.families import read_config
+from .hallucination import lid_for_questions, sample_answers, semantic_entropy
 from .train import TrainSettings, train
 
 

@@ -13,9 +13,9 @@ from collections import Counter
 
 import torch
 
+from ..method.prompts import normalise, open_prompt
 from ..model.generate import generate
 from ..model.padding import left_pad
-from ..method.prompts import normalise, open_prompt
 
 
 # --- Semantic entropy (§5.2, Appendix C.3) ---------------------------------------------------------

@@ -24,13 +24,13 @@ from safetensors.torch import load_file, save_file
 
 from .. import load_model, load_tokenizer
 from ..method.benchmark import load_benchmark
-from ..options import at_least
 from ..method.fingerprint import differences, file_digest, model_digest, short
-from ..model.padding import right_pad
-from ..model.load import checkpoint_state
 from ..method.locate import VARIANTS, located_scores, value_vector_sets
-from ..model.families import read_config
 from ..method.run import check_device, check_prompt_lengths, context_length
+from ..model.families import read_config
+from ..model.load import checkpoint_state
+from ..model.padding import right_pad
+from ..options import at_least
 
 
 @dataclass

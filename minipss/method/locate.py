@@ -11,9 +11,9 @@ import math
 
 import torch
 
-from .benchmark import Concept, unrelated_sets
 from ..model.decoder import Coefficients
 from ..model.padding import left_pad
+from .benchmark import Concept, unrelated_sets
 from .prompts import coefficient_prompt
 
 TOKEN_RULES = ("content", "all", "last")

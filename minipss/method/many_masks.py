@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from .benchmark import MCQ
 from ..model.generate import GreedyHead
-from ..model.padding import left_pad, right_pad
 from ..model.layers import KVCache
+from ..model.padding import left_pad, right_pad
+from .benchmark import MCQ
 from .prompts import letter_decided, letter_in, mcq_prompt
 from .scoring import GENERATE_TOKENS, best_letters, best_option, cloze_tokens, letter_vocab, option_scores
 

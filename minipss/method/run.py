@@ -20,11 +20,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .. import load_model, load_tokenizer
+from ..model.families import read_config
 from . import many_masks
 from .benchmark import Concept, load_benchmark, questions_of, unrelated_sets
 from .fingerprint import differences, file_digest, model_digest, short
 from .locate import TOKEN_RULES, collect_coefficients, concept_masks
-from ..model.families import read_config
 from .prompts import coefficient_prompt, mcq_prompt
 from .report import build_result, cell_key, parse_cell_key, write_result
 from .scoring import GENERATE_TOKENS, MODES, cloze_tokens, letter_vocab, mcq_answers

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from .benchmark import MCQ
 from ..model.generate import generate
-from ..model.padding import left_pad, right_pad
 from ..model.layers import KVCache
+from ..model.padding import left_pad, right_pad
+from .benchmark import MCQ
 from .prompts import cloze_context, letter_decided, letter_in, mcq_prompt, open_correct, open_prompt
 
 MODES = ("generate", "logits", "cloze")

@@ -30,12 +30,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import benchmark_path
-from .benchmark import TIERS
 from ..options import numbers
-from .compare import PLOT_EXTRA, pearson, spearman
-from .scores import mean, model_pss
-from .run import Settings, run_pss
 from ..weights.real_models import MODELS, ensure
+from .benchmark import TIERS
+from .compare import PLOT_EXTRA, pearson, spearman
+from .run import Settings, run_pss
+from .scores import mean, model_pss
 
 
 DEFAULT_MODELS = ("smollm2-135m", "gemma-3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")

@@ -21,12 +21,12 @@ import torch
 
 from .. import load_tokenizer
 from ..method.benchmark import load_benchmark, questions_of, unrelated_sets
-from ..model.padding import left_pad
 from ..method.locate import concept_masks, concept_means, token_weights
-from ..model.families import value_matrix_slots
-from ..method.report import cell_key
 from ..method.prompts import coefficient_prompt, letter_in, mcq_prompt
+from ..method.report import cell_key
 from ..method.scoring import GENERATE_TOKENS, best_letters, best_option, cloze_tokens, letter_vocab
+from ..model.families import value_matrix_slots
+from ..model.padding import left_pad
 
 
 class MaskedInput(torch.nn.Module):

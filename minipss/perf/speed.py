@@ -35,9 +35,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from .. import benchmark_path, load_model, load_tokenizer
 from ..method import many_masks
 from ..method.benchmark import load_benchmark, questions_of, unrelated_sets
-from ..model.load import build_model, checkpoint_state
 from ..method.locate import mask_for, random_ranking
 from ..model.families import from_hf
+from ..model.load import build_model, checkpoint_state
 from .hf_reference import answers, load_reference, set_mask
 
 

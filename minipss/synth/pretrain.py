@@ -26,11 +26,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .. import load_model, load_tokenizer
-from ..method.benchmark import load_benchmark
-from ..model.load import checkpoint_state
-from ..model.families import FAMILIES, build_model, from_hf
-from ..method.scoring import mcq_answers
 from ..finetune.train import TrainSettings, batch_order, learning_rate, lm_loss, read_documents, windows
+from ..method.benchmark import load_benchmark
+from ..method.scoring import mcq_answers
+from ..model.families import FAMILIES, build_model, from_hf
+from ..model.load import checkpoint_state
 
 
 FAMILY_TYPES = tuple(sorted(FAMILIES))  # every model_type minipss loads can be made at random

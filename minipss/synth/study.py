@@ -27,16 +27,16 @@ import torch
 from safetensors import safe_open
 
 from .. import load_model, load_tokenizer
+from ..finetune.train import TrainSettings, train
 from ..method.benchmark import load_benchmark
-from ..model.families import read_config
+from ..method.locate import located_scores, value_vector_sets
+from ..method.report import summarise
 from ..method.run import Settings, run_pss
+from ..method.scoring import mcq_answers, open_answers
+from ..model.families import read_config
 from ..options import numbers
 from .pretrain import PretrainSettings, bench_accuracy, checkpoints, log_spaced, pretrain
-from ..method.report import summarise
-from ..method.scoring import mcq_answers, open_answers
 from .world import TIER_DOCS, make_world
-from ..method.locate import located_scores, value_vector_sets
-from ..finetune.train import TrainSettings, train
 
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
