@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from .benchmark import TIERS, Concept
+from .locate import KINDS
 from .scores import accuracy, concept_cell, mean, model_pss
 
 CHANCE = 0.25
@@ -31,7 +32,7 @@ def parse_cell_key(key: str) -> tuple[str, int, float | None] | None:
     try:
         if parts[0] == "baseline" and len(parts) == 2:
             return "baseline", int(parts[1]), None
-        if parts[0] in ("located", "random") and len(parts) == 3:
+        if parts[0] in KINDS and len(parts) == 3:
             return parts[0], int(parts[1]), float(parts[2])
     except ValueError:
         pass

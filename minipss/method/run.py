@@ -24,7 +24,7 @@ from ..model.families import read_config
 from . import many_masks
 from .benchmark import Concept, load_benchmark, questions_of, unrelated_sets
 from .fingerprint import differences, file_digest, model_digest, short
-from .locate import TOKEN_RULES, collect_coefficients, concept_masks
+from .locate import KINDS, TOKEN_RULES, collect_coefficients, concept_masks
 from .prompts import coefficient_prompt, mcq_prompt
 from .report import build_result, cell_key, parse_cell_key, write_result
 from .scoring import GENERATE_TOKENS, MODES, cloze_tokens, letter_vocab, mcq_answers
@@ -414,7 +414,7 @@ def masked_step(model, tok, concepts, others, mine, coeffs, signed, s: Settings,
     """Every missing (kind, concept, ratio) cell: the concept's mask (located, or random for the
     control) scored on its own and its unrelated questions (§4.1)."""
     counts = [len(c.mcq) for c in concepts]
-    kinds = ["located"] + (["random"] if s.control else [])
+    kinds = KINDS if s.control else KINDS[:1]
     todo = [(k, i, r) for i in mine for r in s.ratios for k in kinds if cell_key(k, i, r) not in work.cells]
     progress = Progress(len(todo), "masked", quiet)
     # the shared-work evaluator takes several concepts at once (their questions overlap: t* of one is t of

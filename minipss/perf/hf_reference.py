@@ -21,7 +21,7 @@ import torch
 
 from .. import load_tokenizer
 from ..method.benchmark import load_benchmark, questions_of, unrelated_sets
-from ..method.locate import concept_masks, concept_means, token_weights
+from ..method.locate import KINDS, concept_masks, concept_means, token_weights
 from ..method.prompts import coefficient_prompt, letter_in, mcq_prompt
 from ..method.report import cell_key
 from ..method.scoring import GENERATE_TOKENS, best_letters, best_option, cloze_tokens, letter_vocab
@@ -153,7 +153,7 @@ def run_pss(model_dir, bench, out, mode: str, ratios: list[float], skip: int = 5
     t2 = time.time()
     counts = [len(c.mcq) for c in cs]
     for i in range(len(cs)):
-        kinds = [(kind, r) for r in ratios for kind in ["located"] + (["random"] if control else [])]
+        kinds = [(kind, r) for r in ratios for kind in (KINDS if control else KINDS[:1])]
         masks = concept_masks(i, kinds, coeffs, counts, others[i], skip, seed, signed).to(device=device, dtype=dtype)
         for (kind, r), mask in zip(kinds, masks):
             score(cell_key(kind, i, r), questions_of(cs, i, others[i]), mask)
