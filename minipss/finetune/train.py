@@ -50,7 +50,7 @@ class TrainSettings:
     seed: int = 0
     save_every: int = 0  # 0: only at the end
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "float32"  # bfloat16: the forward under bf16 autocast, fp32 master weights (any device)
 
     def check(self) -> None:
         """Refuse out-of-range values, naming the option, before any work."""
