@@ -337,6 +337,7 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
             f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the result is not reliable")
     if shard.main:
         write_result(result, out)
+    shard.close()
     return result
 
 

@@ -18,6 +18,7 @@ class Shard:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.device = device
+        self.owns_group = False
         if self.world > 1:
             if device.startswith("cuda"):
                 local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -25,6 +26,7 @@ class Shard:
                 self.device = f"cuda:{local}"
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+                self.owns_group = True
 
     def mine(self, i: int) -> bool:
         return i % self.world == self.rank
@@ -36,6 +38,14 @@ class Shard:
         out = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
+
+    def close(self) -> None:
+        """Wait for every rank, then end the process group this shard started (a process that exits with
+        the group still open may abort in its teardown)."""
+        if self.owns_group and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+            self.owns_group = False
 
     @property
     def main(self) -> bool:
