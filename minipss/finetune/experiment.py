@@ -53,7 +53,7 @@ def evaluate(model_dir, bench, names: list[str], s, work: Path) -> dict:
         weighted.append(se["weighted"])
     lids = lid_for_questions(model, tok, opens, [g.split("\n")[0].strip() for g in greedy])
     settings = Settings(mode=s.mode, ratios=s.ratios, dtype=s.dtype, device=s.device, seed=s.seed,
-                        skip_layers=s.skip_layers, concepts=None)
+                        skip_layers=s.skip_layers)
     others = unrelated_sets(concepts, settings.n_unrelated, settings.seed)
     cells, timing, _ = measure(model, tok, concepts, others, settings, Unsaved(), quiet=True)
     pss = build_result(str(model_dir), str(bench), asdict(settings), concepts, others, cells, timing)

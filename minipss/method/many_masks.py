@@ -174,10 +174,10 @@ def generate_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip
             if step == max_new_tokens - 1 or not keep.any():
                 break
             if not keep.all():
-                alive, nxt, attn, pos = alive[keep], nxt[keep], attn[keep], pos[keep]
+                alive, nxt, attn, pos, row_masks = alive[keep], nxt[keep], attn[keep], pos[keep], row_masks[keep]
                 cache = cache.rows(keep.nonzero().squeeze(1))
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
-            x = model.run_blocks(model.embed(nxt[:, None], pos), 0, L, attn, pos, mlp_mask=row_masks[alive],
+            x = model.run_blocks(model.embed(nxt[:, None], pos), 0, L, attn, pos, mlp_mask=row_masks,
                                  cache=cache)
             nxt = greedy(x[:, -1])
             pos = pos + 1

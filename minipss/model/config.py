@@ -39,6 +39,7 @@ class ModelConfig:
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
+    sandwich_norms: bool = False  # norms on the attention and MLP outputs too, before the residual (Gemma 2/3)
     qk_norm: bool = False  # Qwen3, Gemma 3: RMSNorm over head_dim on q and k before RoPE
     qk_norm_whole: bool = False  # the q/k norms span the whole projection (all heads), before the split
     rope_fp32: bool = False  # RoPE tables kept in fp32: q, k rotated in fp32, then cast back

@@ -25,24 +25,25 @@ from ..method.locate import KINDS, concept_masks, concept_means, token_weights
 from ..method.prompts import coefficient_prompt, letter_in, mcq_prompt
 from ..method.report import cell_key
 from ..method.scoring import GENERATE_TOKENS, best_letters, best_option, cloze_tokens, letter_vocab
+from ..model.decoder import Coefficients
 from ..model.families import value_matrix_slots
 from ..model.padding import left_pad
 
 
 class MaskedInput(torch.nn.Module):
-    """Multiplies its input by `self.mask` and adds `self.shift` (when set: mean-ablation), records the
-    token-weighted mean of its |input| into `self.record` (when collecting coefficients, §3.2), then runs
-    the wrapped projection."""
+    """Multiplies its input by `self.mask` and adds `self.shift` (when set: mean-ablation), hands it to
+    `self.record` (a `Coefficients` collector shared by every layer, when collecting coefficients, §3.2),
+    then runs the wrapped projection."""
 
     def __init__(self, inner: torch.nn.Module):
         super().__init__()
-        self.inner, self.mask, self.shift, self.record, self.pool, self.absolute = inner, None, None, None, None, True
+        self.inner, self.mask, self.shift, self.record = inner, None, None, None
 
     def forward(self, x):
         if self.mask is not None:
             x = x * self.mask if self.shift is None else x * self.mask + self.shift
         if self.record is not None:
-            self.record.append(torch.einsum("btf,bt->bf", (x.abs() if self.absolute else x).float(), self.pool))
+            self.record.append(x)
         return self.inner(x)
 
 
@@ -80,14 +81,13 @@ def coefficients(model, tok, concepts, token_rule: str = "content", batch_size: 
     per_q = []
     for start in range(0, len(texts), batch_size):
         ids, attn, pos = left_pad([tok.encode(t) for t in texts[start:start + batch_size]], tok.pad_id, dev)
-        weights = token_weights(ids, attn, tok.special_ids, token_rule)
-        weights = weights.float() / weights.float().sum(1, keepdim=True).clamp(min=1e-9)
-        for w in model.mask_wrappers:
-            w.record, w.pool, w.absolute = [], weights, absolute
+        collected = Coefficients(pool=token_weights(ids, attn, tok.special_ids, token_rule), absolute=absolute)
+        for w in model.mask_wrappers:  # layer by layer, in order: one pooled [B, d_ff] per layer
+            w.record = collected
         model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=1)
-        per_q.append(torch.stack([w.record[0] for w in model.mask_wrappers], 1).cpu())
+        per_q.append(torch.stack(collected, 1).cpu())
         for w in model.mask_wrappers:
-            w.record = w.pool = None
+            w.record = None
     return concept_means(torch.cat(per_q), concepts)
 
 
@@ -153,9 +153,9 @@ def run_pss(model_dir, bench, out, mode: str, ratios: list[float], skip: int = 5
     t2 = time.time()
     counts = [len(c.mcq) for c in cs]
     for i in range(len(cs)):
-        kinds = [(kind, r) for r in ratios for kind in (KINDS if control else KINDS[:1])]
-        masks = concept_masks(i, kinds, coeffs, counts, others[i], skip, seed, signed).to(device=device, dtype=dtype)
-        for (kind, r), mask in zip(kinds, masks):
+        mine = [(kind, r) for r in ratios for kind in (KINDS if control else KINDS[:1])]
+        masks = concept_masks(i, mine, coeffs, counts, others[i], skip, seed, signed).to(device=device, dtype=dtype)
+        for (kind, r), mask in zip(mine, masks):
             score(cell_key(kind, i, r), questions_of(cs, i, others[i]), mask)
     timing["masked"] = time.time() - t2
     timing["total"] = time.time() - t0

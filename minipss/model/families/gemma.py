@@ -58,6 +58,7 @@ def parse_config(cfg: dict) -> ModelConfig:
     if mt == "gemma":
         return c
     window = cfg.get("sliding_window", DEFAULT_WINDOW)
+    c.sandwich_norms = True
     c.attn_scale = cfg.get("query_pre_attn_scalar", 256) ** -0.5
     softcaps = (50.0, 30.0) if mt == "gemma2" else (None, None)  # HF's defaults when absent
     c.attn_softcap = cfg.get("attn_logit_softcapping", softcaps[0])
@@ -81,7 +82,7 @@ class GemmaBlock(nn.Module):
         super().__init__()
         norm = partial(RMSNorm, eps=cfg.norm_eps, offset=True)
         d = cfg.hidden_size
-        self.sandwich = cfg.model_type != "gemma"
+        self.sandwich = cfg.sandwich_norms
         self.input_layernorm = norm(d)
         self.self_attn = SelfAttention(cfg, norm)
         self.post_attention_layernorm = norm(d)
