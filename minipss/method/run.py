@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .. import load_model, load_tokenizer
+from ..checks import check_device, check_outputs, model_inputs, ratios
 from ..model.families import read_config
 from . import many_masks
 from .benchmark import Concept, load_benchmark, questions_of, unrelated_sets
@@ -71,13 +72,7 @@ class Settings:
         """Refuse out-of-range values, naming the option, before any work."""
         if self.mode not in MODES:
             raise ValueError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
-        if not self.ratios:
-            raise ValueError("--ratios: give at least one ratio (comma-separated numbers in [0, 1])")
-        for r in self.ratios:
-            if not 0 <= r <= 1:  # also refuses nan
-                raise ValueError(f"--ratios: {r} is outside [0, 1]")
-        if len(set(self.ratios)) != len(self.ratios):
-            raise ValueError(f"--ratios: {self.ratios} lists a ratio twice")
+        ratios("--ratios", self.ratios)
         if self.skip_layers < 0:
             raise ValueError(f"--skip-layers {self.skip_layers}: must be 0 or more")
         if not 0 <= self.seed < 2 ** 32:
@@ -94,59 +89,6 @@ class Settings:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"--dtype {self.dtype!r}: choose float32, bfloat16 or float16")
         check_device(self.device)
-
-
-def check_device(device: str) -> None:
-    """`cpu`, `cuda` or `cuda:N` that this machine has; raises ValueError naming --device otherwise."""
-    if device == "cpu":
-        return
-    kind, _, number = device.partition(":")
-    if kind != "cuda" or (number and not number.isdigit()):
-        raise ValueError(f"--device {device!r}: choose cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine (torch "
-                         f"{torch.__version__}); use --device cpu")
-    if number and int(number) >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-
-
-def output_paths(out: Path) -> tuple[Path, Path, Path]:
-    """The result JSON, the CSV beside it and the work folder."""
-    return out, out.with_suffix(".csv"), out.parent / (out.name + ".work")
-
-
-def check_outputs(out: Path, inputs: list[Path], name: str = "--out") -> None:
-    """Before any work: every path the run will write is writable, is not a folder where a file goes,
-    and is none of the inputs; the JSON and the CSV are different files."""
-    json_path, csv_path, work = output_paths(out)
-    if csv_path == json_path:
-        raise ValueError(f"{name} {out}: the result is JSON and its CSV is written beside it as "
-                         f"<name>.csv; give a path that does not end in .csv (e.g. {out.with_suffix('.json')})")
-    taken = {p.resolve(): p for p in inputs if p.exists()}
-    for p in (json_path, csv_path, json_path.with_name(json_path.name + ".tmp"),
-              csv_path.with_name(csv_path.name + ".tmp")):
-        if p.resolve() in taken:
-            raise ValueError(f"{name} {out}: would write {p}, which is an input ({taken[p.resolve()]}); "
-                             "choose another path")
-        if p.is_dir():
-            raise ValueError(f"{name} {out}: {p} is an existing folder; give a file path")
-    if work.exists() and not work.is_dir():
-        raise ValueError(f"{name} {out}: {work} (where work is saved) exists and is not a folder")
-    if work.resolve() in taken or any(work.resolve() in q.parents for q in taken):
-        raise ValueError(f"{name} {out}: the work folder {work} holds an input; choose another path")
-    parent = json_path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"{name} {out}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{name} {out}: {parent} is not writable")
-
-
-def model_inputs(model_dir) -> list[Path]:
-    """Every file of a model folder (the run reads some of them; none may be written over)."""
-    folder = Path(model_dir)
-    return [f for f in folder.iterdir() if f.is_file()] if folder.is_dir() else []
 
 
 def context_length(config) -> int | None:
