@@ -86,7 +86,7 @@ def test_tokenizer_covers_the_world_and_splits_names(world):
 
 
 def test_bad_sizes_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="at least 6"):
+    with pytest.raises(ValueError, match=r"--entities 5: must be an integer >= 6"):
         make_world(tmp_path, entities=5)
     assert not any(tmp_path.iterdir())
 

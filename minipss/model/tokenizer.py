@@ -34,7 +34,8 @@ class Tokenizer:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
-def load_tokenizer(path) -> Tokenizer:
+def load_tokenizer(path, config=None) -> Tokenizer:
+    """The tokenizer of a model folder; `config` (a ModelConfig) stands in for the folder's config.json."""
     folder = Path(path)
     file = folder / "tokenizer.json"
     if not file.is_file():
@@ -43,7 +44,7 @@ def load_tokenizer(path) -> Tokenizer:
         tok = _HFTokenizer.from_file(str(file))
     except Exception as e:  # the tokenizers package raises a plain Exception on bad files
         raise ValueError(f"{file}: not a valid tokenizer.json ({e})") from None
-    cfg = read_config(folder)
+    cfg = read_config(folder) if config is None else config
     add_bos = cfg.adds_bos
     extra = folder / "tokenizer_config.json"
     if extra.is_file():

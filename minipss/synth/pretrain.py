@@ -25,14 +25,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import load_model, load_tokenizer
+from .. import checks, load_model, load_tokenizer
 from ..finetune.train import TrainSettings, batch_order, learning_rate, lm_loss, read_documents, windows
 from ..method.benchmark import load_benchmark
+from ..method.fingerprint import file_digest
 from ..method.scoring import mcq_answers
 from ..model.families import FAMILIES, build_model, from_hf
 from ..model.load import checkpoint_state
 
 
+SETTINGS_FILE = "pretrain_settings.json"  # in --out, written first: the settings and the world's digests
 FAMILY_TYPES = tuple(sorted(FAMILIES))  # every model_type minipss loads can be made at random
 
 
@@ -55,6 +57,23 @@ class PretrainSettings:
     device: str = "cpu"
 
 
+    def check(self) -> None:
+        """Refuse out-of-range values, naming the option, before any work."""
+        checks.choice("--family", self.family, FAMILY_TYPES)
+        for option, value, low in (("--layers", self.layers, 1), ("--hidden", self.hidden, 1),
+                                   ("--ff", self.ff, 0), ("--heads", self.heads, 1), ("--steps", self.steps, 1),
+                                   ("--warmup", self.warmup, 0), ("--batch-size", self.batch_size, 1),
+                                   ("--seq-len", self.seq_len, 2), ("--log-every", self.log_every, 1)):
+            checks.integer(option, value, low)
+        checks.multiple("--hidden", self.hidden, "--heads", self.heads)
+        checks.positive("--lr", self.lr)
+        checks.positive("--weight-decay", self.weight_decay, zero=True)
+        checks.seed("--seed", self.seed)
+        for step in self.checkpoints:
+            checks.integer("--checkpoints", step, 1, self.steps)
+        checks.check_device(self.device)
+
+
 def log_spaced(steps: int, n: int = 8) -> list[int]:
     """About n checkpoint steps spread evenly in log space from ~1% of training to the end."""
     first = max(1, steps // 100)
@@ -64,11 +83,8 @@ def log_spaced(steps: int, n: int = 8) -> list[int]:
 
 
 def model_config(s: PretrainSettings, vocab: int) -> dict:
-    """A config.json for a `s.layers` x `s.hidden` model of family `s.family` (the HF key dialect)."""
-    if s.family not in FAMILY_TYPES:
-        raise ValueError(f"--family {s.family!r}: choose one of {', '.join(FAMILY_TYPES)}")
-    if s.hidden % s.heads:
-        raise ValueError(f"--hidden {s.hidden} is not a multiple of --heads {s.heads}")
+    """A config.json for a `s.layers` x `s.hidden` model of family `s.family` (the HF key dialect);
+    `s` is checked (`PretrainSettings.check`)."""
     ff = s.ff or 4 * s.hidden
     ids = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2, "vocab_size": vocab}
     head_dim = s.hidden // s.heads
@@ -81,11 +97,18 @@ def model_config(s: PretrainSettings, vocab: int) -> dict:
             "rotary_dim": head_dim, **ids}
 
 
-def random_model(folder: Path, s: PretrainSettings, tokenizer: Path) -> Path:
-    """Write a randomly initialised model: matrices and embeddings N(0, 0.02), biases 0, norms as the
-    family's modules make them (1, or 0 for offset norms). Seeded by `s.seed`."""
-    vocab = json.loads(tokenizer.read_text())["model"]["vocab"]
-    raw = model_config(s, len(vocab))
+def vocab_size(tokenizer: Path) -> int:
+    """How many tokens a world's tokenizer.json holds."""
+    try:
+        return len(json.loads(tokenizer.read_text(encoding="utf-8"))["model"]["vocab"])
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{tokenizer}: not a tokenizer.json written by `minipss synth` ({e!r})") from None
+
+
+def random_model(folder: Path, s: PretrainSettings, raw: dict, tokenizer: Path) -> Path:
+    """Write a randomly initialised model of config `raw` (`model_config`): matrices and embeddings
+    N(0, 0.02), biases 0, norms as the family's modules make them (1, or 0 for offset norms). Seeded by
+    `s.seed`."""
     torch.manual_seed(s.seed)
     model = build_model(from_hf(raw))
     with torch.no_grad():
@@ -94,12 +117,15 @@ def random_model(folder: Path, s: PretrainSettings, tokenizer: Path) -> Path:
                 p.normal_(0.0, 0.02)
             elif name.endswith(".bias"):
                 p.zero_()
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(raw, indent=1))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True}))
-    shutil.copy(tokenizer, folder / "tokenizer.json")
-    save_file(checkpoint_state(model), str(folder / "model.safetensors"))
-    return folder
+
+    def write(tmp: Path) -> None:
+        (tmp / "config.json").write_text(json.dumps(raw, indent=1))
+        (tmp / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True}))
+        shutil.copy(tokenizer, tmp / "tokenizer.json")
+        save_file(checkpoint_state(model), str(tmp / "model.safetensors"))
+
+    shutil.rmtree(folder, ignore_errors=True)  # a model of this run's own cut off before it was whole
+    return checks.new_folder(folder, write)
 
 
 def _save(model, source: Path, out: Path, extra: dict[str, torch.Tensor] | None = None,
@@ -158,20 +184,25 @@ def pretrain(world, out, s: PretrainSettings, quiet: bool = False, stop_after: i
     """Train a fresh model on `world/train.jsonl`; checkpoints under `out`; returns the last one.
     `stop_after`: return after that step as an interrupted run would (a checkpoint step, to resume from)."""
     world, out = Path(world), Path(out)
-    for name in ("train.jsonl", "tokenizer.json", "bench.jsonl"):
-        if not (world / name).is_file():
-            raise FileNotFoundError(f"{world / name}: not found (make the world with `minipss synth`)")
-    out.mkdir(parents=True, exist_ok=True)
+    # every bad input is refused before anything is written: settings, the world's files (read whole), --out
+    s.check()
+    files = {name: checks.input_file(world / name, "world file (make the world with `minipss synth`)")
+             for name in ("train.jsonl", "tokenizer.json", "bench.jsonl")}
+    raw = model_config(s, vocab_size(files["tokenizer.json"]))
+    tok = load_tokenizer(world, from_hf(raw))  # as the model made from it will read it
+    docs = windows(tok, read_documents(files["train.jsonl"]), s.seq_len)
+    if not docs:
+        raise ValueError(f"{files['train.jsonl']}: no document has two or more tokens to learn from")
+    load_benchmark(files["bench.jsonl"])
+    checks.output_folder(out, [world], "--out")
+    record = {**asdict(s), "world": {name: file_digest(f) for name, f in files.items()}}
+    mine = checks.own_folder(out, record, stamp=SETTINGS_FILE)
     init, last = out / "init", out / "last"
-    settings_file = out / "pretrain_settings.json"
-    if settings_file.exists() and json.loads(settings_file.read_text()) != asdict(s):
-        raise ValueError(f"{out} holds a run with other settings; remove it or choose another --out")
-    settings_file.write_text(json.dumps(asdict(s)))
-    if not (init / "model.safetensors").is_file():
-        random_model(init, s, world / "tokenizer.json")
+    checks.claim(out, record, SETTINGS_FILE)
+    if mine == "new" or not (init / "model.safetensors").is_file():
+        random_model(init, s, raw, files["tokenizer.json"])
     resume = (last / "trainer_state.json").is_file()
     model = load_model(last if resume else init, device=s.device)
-    tok = load_tokenizer(init)
     model.requires_grad_(True)
     params = [p for _, p in model.named_parameters()]
     decay = [p for p in params if p.dim() >= 2]
@@ -189,7 +220,6 @@ def pretrain(world, out, s: PretrainSettings, quiet: bool = False, stop_after: i
         log.write_text("".join(l + "\n" for l in kept))
     elif log.exists():
         log.unlink()
-    docs = windows(tok, read_documents(world / "train.jsonl"), s.seq_len)
     order = batch_order(len(docs), s.batch_size, s.steps, s.seed)
     schedule = TrainSettings(steps=s.steps, lr=s.lr, warmup=s.warmup)
     saves = set(s.checkpoints or log_spaced(s.steps))
@@ -234,9 +264,10 @@ def checkpoints(run) -> list[tuple[int, Path]]:
 
 
 def settings_from(a) -> PretrainSettings:
-    marks = [int(x) for x in a.checkpoints.split(",") if x.strip()] if a.checkpoints else []
-    if any(m < 1 or m > a.steps for m in marks):
-        raise ValueError(f"--checkpoints {a.checkpoints}: every step must be in 1..{a.steps}")
+    try:
+        marks = [int(x) for x in a.checkpoints.split(",") if x.strip()] if a.checkpoints else []
+    except ValueError:
+        raise ValueError(f"--checkpoints {a.checkpoints!r}: expected comma-separated steps") from None
     return PretrainSettings(family=a.family, layers=a.layers, hidden=a.hidden, ff=a.ff, heads=a.heads,
                             steps=a.steps, lr=a.lr, warmup=a.warmup, batch_size=a.batch_size,
                             seq_len=a.seq_len, seed=a.seed, checkpoints=marks, log_every=a.log_every,

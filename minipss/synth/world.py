@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from .. import checks
 from ..method.prompts import FEW_SHOT
 
 
@@ -267,13 +268,16 @@ def build_tokenizer(texts: list[str], names: Names):
 def make_world(out, entities: int = 60, seed: int = 0, teach: int | None = None, new: int = 8) -> dict:
     """Write the world into `out` (see the module docstring); returns a summary. `entities` evaluated
     entities (a multiple of 6 keeps kinds and tiers equal), `teach` teaching entities (default
-    entities // 3, at least 6), `new` entities only for fine-tuning (at least 6)."""
-    if entities < 6:
-        raise ValueError(f"--entities {entities}: need at least 6 (PSS compares each concept with 5 others)")
-    if new < 6:
-        raise ValueError(f"new entities {new}: need at least 6")
+    entities // 3, at least 6), `new` entities only for fine-tuning (at least 6). `out` must be new, empty
+    or a world written with the same settings (`checks.own_folder`)."""
+    checks.integer("--entities", entities, 6)  # PSS compares each concept with 5 others
+    checks.integer("new entities", new, 6)
+    checks.seed("--seed", seed)
     teach = max(6, entities // 3) if teach is None else teach
-    out = Path(out)
+    checks.integer("teaching entities", teach, 6)
+    out = checks.output_folder(out, [], "--out")
+    record = {"command": "synth", "entities": entities, "seed": seed, "teach": teach, "new": new}
+    state = checks.own_folder(out, record)
     rng = random.Random(seed)
     names = Names()
     values = _value_sets(rng, names)
@@ -305,11 +309,17 @@ def make_world(out, entities: int = 60, seed: int = 0, teach: int | None = None,
                           [json.dumps(json.loads(b), ensure_ascii=False) for b in bench + new_bench], names)
     files["tokenizer.json"] = tok.to_str()
     files["card.md"] = card(world, seed, len(docs), len(new_docs), tok.get_vocab_size())
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out / name)
+    files[checks.STAMP] = json.dumps(record, sort_keys=True, indent=1)
+
+    def write_all(folder: Path) -> None:
+        for name, text in files.items():
+            (folder / name).write_text(text, encoding="utf-8")
+
+    if state == "new":  # the whole world appears at once
+        checks.new_folder(out, write_all)
+    else:  # its own world with the same settings: the same bytes again, each file whole
+        for name, text in files.items():
+            checks.write_whole(out / name, text)
     return {"out": str(out), "documents": len(docs), "new_documents": len(new_docs), "concepts": len(bench),
             "vocab": tok.get_vocab_size()}
 
@@ -348,5 +358,5 @@ def main(a) -> None:
 
 def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="folder for the world's files")
-    p.add_argument("--entities", type=int, default=60, help="evaluated entities (default 60, split in 3 tiers)")
+    p.add_argument("--entities", type=int, default=60, help="evaluated entities, 6 or more (default 60, split in 3 tiers)")
     p.add_argument("--seed", type=int, default=0)
