@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .. import load_model, load_tokenizer
+from .. import checks, load_model, load_tokenizer
 from ..finetune.train import TrainSettings, train
 from ..method.benchmark import load_benchmark
 from ..method.locate import located_scores, value_vector_sets
@@ -35,7 +35,7 @@ from ..method.run import Settings, run_pss
 from ..method.scoring import mcq_answers, open_answers
 from ..model.families import read_config
 from ..options import numbers
-from .pretrain import PretrainSettings, bench_accuracy, checkpoints, log_spaced, pretrain
+from .pretrain import FAMILY_TYPES, PretrainSettings, bench_accuracy, checkpoints, log_spaced, pretrain
 from .world import TIER_DOCS, make_world
 
 
@@ -128,7 +128,7 @@ def layer_ablation(model_dir, bench: Path, out: Path, device: str) -> dict:
 
 def pretrain_run(world: Path, run: Path, size: str, seed: int, a, checkpoints=None) -> Path:
     layers, hidden = parse_size(size)
-    s = PretrainSettings(family=a.family, layers=layers, hidden=hidden, heads=max(1, hidden // 32),
+    s = PretrainSettings(family=a.family, layers=layers, hidden=hidden, heads=heads_of(hidden),
                          steps=a.steps, lr=a.lr, batch_size=a.batch_size, seed=seed,
                          checkpoints=checkpoints or [], device=a.device, warmup=max(1, a.steps // 10))
     done = run / f"step-{a.steps:06d}"
@@ -177,15 +177,64 @@ def finetune_row(base: Path, world: Path, work: Path, variant: str | None, seed:
 # ---------------------------------------------------------------- the study
 
 
+STUDIES = ("emergence", "size", "frequency", "finetune", "layers")
+# what the saved steps in --out depend on without naming it in their paths: a rerun must share these
+RECORD = ("entities", "world_seed", "family", "steps", "checkpoints", "lr", "batch_size", "ratios", "skip_layers",
+          "pss_seed")
+
+
+def check(a) -> None:
+    """Refuse out-of-range options and an --out that is not this command's, naming them, before any work."""
+    checks.integer("--entities", a.entities, 6)
+    checks.seed("--world-seed", a.world_seed)
+    if not a.seeds:
+        raise ValueError("--seeds: give at least one seed")
+    for seed in a.seeds:
+        checks.seed("--seeds", seed)
+    sizes = [x for x in a.sizes.split(",") if x.strip()]
+    if not sizes:
+        raise ValueError("--sizes: give at least one LAYERSxHIDDEN")
+    for size in sizes + ([a.base] if a.base else []):
+        layers, hidden = parse_size(size)
+        checks.integer(f"--sizes {size}: layers", layers, 1)
+        checks.integer(f"--sizes {size}: hidden", hidden, 1)
+        checks.multiple(f"--sizes {size}: hidden", hidden, "its heads", heads_of(hidden))
+        if a.skip_layers >= layers:
+            raise ValueError(f"--skip-layers {a.skip_layers} leaves nothing to mask in a model of {layers} layers "
+                             f"(--sizes {size})")
+    checks.choice("--family", a.family, FAMILY_TYPES)
+    for option, value, low in (("--steps", a.steps, 1), ("--checkpoints", a.checkpoints, 1),
+                               ("--batch-size", a.batch_size, 1), ("--skip-layers", a.skip_layers, 0),
+                               ("--ft-steps", a.ft_steps, 1), ("--threads", a.threads, 0)):
+        checks.integer(option, value, low)
+    checks.positive("--lr", a.lr)
+    checks.positive("--ft-lr", a.ft_lr)
+    checks.ratios("--ratios", a.ratios)
+    checks.seed("--pss-seed", a.pss_seed)
+    checks.choices("--studies", [x for x in a.studies.split(",") if x.strip()], STUDIES)
+    checks.check_device(a.device)
+    checks.output_folder(a.out, [], "--out")
+    checks.own_folder(a.out, record_of(a))
+
+
+def record_of(a) -> dict:
+    return {"command": "study-synth", **{k: getattr(a, k) for k in RECORD}}
+
+
+def heads_of(hidden: int) -> int:
+    """Attention heads of a model of width `hidden` in the studies: one per 32 dimensions."""
+    return max(1, hidden // 32)
+
+
 def run(a) -> dict:
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check(a)
+    out = checks.claim(a.out, record_of(a))
     t0 = time.time()
     world = out / "world"
     if not (world / "bench.jsonl").exists():
         make_world(world, a.entities, a.world_seed)
-    studies = set(a.studies.split(","))
-    sizes = a.sizes.split(",")
+    studies = {x for x in a.studies.split(",") if x.strip()}
+    sizes = [x for x in a.sizes.split(",") if x.strip()]
     base = a.base or sizes[len(sizes) // 2]
     if base not in sizes:
         sizes.append(base)
@@ -410,10 +459,7 @@ def _ints(text: str) -> list[int]:
 
 
 def main(a) -> None:
-    if len(a.seeds) < 1:
-        raise ValueError("--seeds: give at least one seed")
-    for size in a.sizes.split(","):
-        parse_size(size)
+    check(a)  # before --threads takes effect
     if a.threads:
         torch.set_num_threads(a.threads)
     run(a)
