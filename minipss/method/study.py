@@ -29,11 +29,12 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
-from .. import benchmark_path
+from .. import benchmark_path, checks
 from ..options import numbers
 from ..weights.real_models import MODELS, ensure
-from .benchmark import TIERS
+from .benchmark import TIERS, load_benchmark
 from .compare import PLOT_EXTRA, pearson, spearman
+from .fingerprint import file_digest
 from .run import Settings, run_pss
 from .scores import mean, model_pss
 
@@ -326,7 +327,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="cloze", choices=["generate", "logits", "cloze"])
     p.add_argument("--ratios", type=numbers, default=numbers(DEFAULT_RATIOS), help=f"mask ratios (default {DEFAULT_RATIOS})")
     p.add_argument("--ratios-for", action="append", metavar="MODEL=R1,R2", help="other ratios for one model (repeatable)")
-    p.add_argument("--concepts", type=int, default=12, help="first N concepts (default 12: 4 per tier); 0 for all")
+    p.add_argument("--concepts", type=int, default=12, help="first N concepts, 6 or more (default 12: 4 per tier); 0 for all")
     p.add_argument("--no-control", action="store_true", help="leave out the random-vector control")
     p.add_argument("--skip-layers", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -345,13 +346,31 @@ def main(a) -> None:
     unknown = set(ratios_for) - set(models)
     if unknown:
         raise ValueError(f"--ratios-for names {', '.join(sorted(unknown))}, which --models does not list")
-    for r in [*a.ratios, *(x for rs in ratios_for.values() for x in rs)]:
-        if not 0 <= r <= 1:
-            raise ValueError(f"ratio {r} is outside [0, 1]")
+    checks.ratios("--ratios", a.ratios)
+    for name, rs in ratios_for.items():
+        checks.ratios(f"--ratios-for {name}", rs)
     for name in models:
         if name not in MODELS and not (Path(name) / "config.json").is_file():
             raise ValueError(f"--models: {name!r} is neither a known model ({', '.join(MODELS)}) nor a model folder")
-    bench = Path(a.bench) if a.bench else benchmark_path("minispecwiki")
+    labels = [label_of(m) for m in models]
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise ValueError(f"--models: two models would share the result folder {Path(a.out) / twice[0]}; "
+                         "give folders with different names")
+    if a.concepts != 0:
+        checks.integer("--concepts", a.concepts, 6)
+    for option, value, low in (("--skip-layers", a.skip_layers, 0), ("--batch-size", a.batch_size, 1),
+                               ("--bootstrap", a.bootstrap, 1)):
+        checks.integer(option, value, low)
+    checks.seed("--seed", a.seed)
+    checks.check_device(a.device)
+    bench = checks.input_file(a.bench, "benchmark") if a.bench else benchmark_path("minispecwiki")
+    load_benchmark(bench)  # read whole: a bad line is named before any model runs
+    checks.output_folder(a.out, [bench] + [Path(m) for m in models if m not in MODELS], "--out")
+    record = {"command": "study", "bench": file_digest(bench), "mode": a.mode, "skip_layers": a.skip_layers,
+              "seed": a.seed, "concepts": a.concepts or None, "control": not a.no_control, "dtype": a.dtype}
+    checks.own_folder(a.out, record)
+    checks.claim(a.out, record)
 
     def settings_for(name: str) -> Settings:
         return Settings(mode=a.mode, ratios=ratios_for.get(name, a.ratios), skip_layers=a.skip_layers, seed=a.seed,
