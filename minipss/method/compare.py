@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
+from .. import checks
 from .benchmark import TIERS
 
 REQUIRED = ("acc_before", "pss", "pss_by_ratio")
 PLOT_EXTRA = 'pip install "minipss[plot]"'
+RECORD = {"command": "compare"}  # its figures are made again from whichever results it is given
 
 
 # ---- reading ---------------------------------------------------------------------------------------
@@ -145,12 +148,19 @@ def _nan(x) -> float:
     return math.nan if x is None else float(x)
 
 
-def plot(results: list[dict], folder) -> list[Path]:
-    """Figures 2, 3 and 5 as PNGs in `folder`; returns their paths. Needs matplotlib."""
+def figure_class():
+    """matplotlib's Figure (its savefig renders PNG with the Agg canvas, no pyplot state); ImportError
+    with the install hint where matplotlib is missing."""
     try:
-        from matplotlib.figure import Figure  # Figure.savefig renders PNG with the Agg canvas, no pyplot state
+        from matplotlib.figure import Figure
     except ImportError:
         raise ImportError(f"plotting needs matplotlib: {PLOT_EXTRA}") from None
+    return Figure
+
+
+def plot(results: list[dict], folder) -> list[Path]:
+    """Figures 2, 3 and 5 as PNGs in `folder`; returns their paths. Needs matplotlib."""
+    Figure = figure_class()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     names = labels(results)
@@ -210,8 +220,14 @@ def _curve(ax, by_ratio: dict, log_x: bool, style: str, label: str, **kw):
 
 
 def _save(fig, path: Path) -> Path:
+    """The figure as a PNG written whole (a temporary file, then a rename)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, dpi=120, format="png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -220,12 +236,18 @@ def _save(fig, path: Path) -> Path:
 def main(args) -> None:
     """`minipss compare RESULT.json... [--plots DIR]`: print the table, then make the figures if asked."""
     results = load_results(args.results)
-    print(table(results))
-    if getattr(args, "plots", None):
+    plots = getattr(args, "plots", None)
+    if plots:  # a folder of its own for the figures, checked before anything is printed or written
         try:
-            paths = plot(results, args.plots)
+            figure_class()
         except ImportError as e:
             raise SystemExit(f"minipss: error: {e}") from None
+        checks.output_folder(plots, args.results, "--plots")
+        checks.own_folder(plots, RECORD, "--plots")
+    print(table(results))
+    if plots:
+        checks.claim(plots, RECORD)
+        paths = plot(results, plots)
         print("\nfigures:")
         for p in paths:
             print(f"  {p}")
