@@ -16,16 +16,18 @@ from pathlib import Path
 
 import torch
 
-from .. import benchmark_path, load_model, load_tokenizer
+from .. import benchmark_path, checks, load_model, load_tokenizer
 from ..method.benchmark import load_benchmark, unrelated_sets
 from ..method.locate import VARIANTS, located_scores, value_vector_sets
 from ..method.report import build_result
-from ..method.run import Settings, Unsaved, measure
+from ..method.fingerprint import file_digest, model_digest
+from ..method.run import Settings, Unsaved, check_prompt_lengths, measure
 from ..method.scores import mean
 from ..method.scoring import mcq_answers, open_answers
 from ..model.families import read_config
+from ..options import numbers
 from .hallucination import lid_for_questions, sample_answers, semantic_entropy
-from .train import TrainSettings, train
+from .train import TrainSettings, check_seq_len, read_documents, train
 
 
 METRICS = ("mcq_acc", "open_acc", "pss", "semantic_entropy", "semantic_entropy_weighted", "lid")
@@ -57,7 +59,7 @@ def evaluate(model_dir, bench, names: list[str], s, work: Path) -> dict:
     others = unrelated_sets(concepts, settings.n_unrelated, settings.seed)
     cells, timing, _ = measure(model, tok, concepts, others, settings, Unsaved(), quiet=True)
     pss = build_result(str(model_dir), str(bench), asdict(settings), concepts, others, cells, timing)
-    (work / "pss.json").write_text(json.dumps(pss, indent=1))
+    checks.write_whole(work / "pss.json", json.dumps(pss, indent=1))
     return {"mcq_acc": sum(a == q.answer for a, q in zip(answers, mcq)) / len(mcq),
             "open_acc": sum(open_ok) / len(open_ok), "pss": pss["pss"],
             "semantic_entropy": mean(entropies), "semantic_entropy_weighted": mean(weighted),
@@ -73,15 +75,63 @@ def markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def passage_concepts(path: Path) -> list[str]:
+    """The `concept` of every passage in a JSONL file (read with `read_documents` first), in file order;
+    a line without one is named."""
+    names = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            concept = json.loads(line).get("concept")
+            if not isinstance(concept, str) or not concept.strip():
+                raise ValueError(f"{path}:{n}: needs a non-empty string field 'concept' (or give --concepts)")
+            names.append(concept)
+    return names
+
+
+def check(a, bench: Path, data: Path) -> list[str]:
+    """Every option and input, before any work: both runs' settings, the model folder, the benchmark and the
+    passages read whole, the chosen concepts, every prompt within the model's context, --out its own.
+    Returns the concept names."""
+    TrainSettings(steps=a.steps, lr=a.lr, seed=a.seed, device=a.device, batch_size=a.batch_size,
+                  seq_len=a.seq_len, warmup=max(1, a.steps // 10), dtype=a.dtype).check()
+    Settings(mode=a.mode, ratios=a.ratios, dtype=a.dtype, device=a.device, seed=a.seed,
+             skip_layers=a.skip_layers).check()
+    checks.integer("--samples", a.samples, 1)
+    checks.integer("--open-tokens", a.open_tokens, 1)
+    config = read_config(checks.model_folder(a.model))
+    if a.skip_layers >= config.num_layers:
+        raise ValueError(f"--skip-layers {a.skip_layers} leaves nothing to mask in a model of "
+                         f"{config.num_layers} layers")
+    check_seq_len(a.seq_len, config, Path(a.model))
+    concepts = load_benchmark(checks.input_file(bench, "benchmark"))
+    read_documents(checks.input_file(data, "passages file"))
+    names = [n.strip() for n in a.concepts.split(";") if n.strip()] if a.concepts else sorted(
+        set(passage_concepts(data)))[:10]
+    unknown = [n for n in names if n not in {c.name for c in concepts}]
+    if unknown:
+        raise ValueError(f"--concepts: {bench} has no concept named {', '.join(map(repr, unknown))}")
+    if len(set(names)) < 6:
+        raise ValueError(f"--concepts: the experiment needs at least 6 different concepts (PSS compares each "
+                         f"with 5 others), got {len(set(names))}")
+    check_prompt_lengths([c for c in concepts if c.name in names], load_tokenizer(a.model), config, a.model,
+                         a.mode, bench)
+    checks.output_folder(a.out, [bench, data, Path(a.model)], "--out")
+    checks.own_folder(a.out, stamp_of(a, bench, data))
+    return names
+
+
+def stamp_of(a, bench: Path, data: Path) -> dict:
+    """What the saved table and checkpoints in --out were computed from."""
+    settings = {k: v for k, v in vars_of(a).items() if k not in ("quiet", "device", "model", "bench", "data")}
+    return {"command": "experiment", **settings, **{f"model {k}": v for k, v in model_digest(a.model).items()},
+            "bench": file_digest(bench), "data": file_digest(data)}
+
+
 def main(a) -> dict:
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     bench = Path(a.bench or benchmark_path("minispecwiki"))
     data = Path(a.data or passages_path())
-    names = [n.strip() for n in a.concepts.split(";")] if a.concepts else sorted(
-        {json.loads(l)["concept"] for l in data.read_text(encoding="utf-8").splitlines() if l.strip()})[:10]
-    if len(names) < 6:
-        raise ValueError("the experiment needs at least 6 concepts (PSS compares each with 5 others)")
+    names = check(a, bench, data)
+    out = checks.claim(a.out, stamp_of(a, bench, data))
     saved = out / "table.json"
     table = json.loads(saved.read_text())["table"] if saved.exists() else {}
 
@@ -91,7 +141,7 @@ def main(a) -> dict:
             work.mkdir(exist_ok=True)
             print(f"[experiment] evaluating {name}", file=sys.stderr, flush=True)
             table[name] = evaluate(model_dir, bench, names, a, work)
-            saved.write_text(json.dumps({"concepts": names, "settings": vars_of(a), "table": table}, indent=1))
+            checks.write_whole(saved, json.dumps({"concepts": names, "settings": vars_of(a), "table": table}, indent=1))
 
     record("before", a.model)
     c = read_config(a.model)
@@ -108,7 +158,7 @@ def main(a) -> dict:
             s.variant = variant
             train(a.model, data, out / variant, s, sets, quiet=a.quiet)
         record(name, out / variant)
-    (out / "table.md").write_text(markdown(table))
+    checks.write_whole(out / "table.md", markdown(table))
     try:
         plot(table, out / "table.png")
     except ModuleNotFoundError:
@@ -149,7 +199,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--mode", default="cloze", choices=["generate", "logits", "cloze"])
-    p.add_argument("--ratios", type=lambda t: [float(x) for x in t.split(",")], default=[0.01])
+    p.add_argument("--ratios", type=numbers, default=[0.01])
     p.add_argument("--skip-layers", type=int, default=5)
     p.add_argument("--samples", type=int, default=10, help="sampled answers per open question")
     p.add_argument("--open-tokens", type=int, default=150, help="greedy tokens per open answer (METHOD.md §5)")

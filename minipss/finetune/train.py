@@ -247,6 +247,14 @@ def run_fingerprint(model_dir, data, s: TrainSettings, sets: dict | None, origin
     return keep
 
 
+def check_seq_len(seq_len: int, config, source: Path) -> None:
+    """--seq-len within the model's context."""
+    limit = context_length(config)
+    if limit is not None and seq_len > limit:
+        raise ValueError(f"--seq-len {seq_len}: the model reads at most {limit} positions "
+                         f"(max_position_embeddings in {source / 'config.json'})")
+
+
 def check_out(source: Path, data: Path, out: Path, fingerprint: dict, ignore=()) -> str:
     """Before any work: what `out` holds. "new" (nothing of ours: start), "resume" (an unfinished run of
     the same fingerprint), "done" (a finished one). Anything else is refused, and no input is ever
@@ -295,10 +303,7 @@ def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[in
            any(not isinstance(j, int) or not 0 <= j < config.intermediate_size for j in cols)]
     if bad:
         raise ValueError(f"value vector sets: layer {bad[0]!r} names a layer or column the model does not have")
-    limit = context_length(config)
-    if limit is not None and s.seq_len > limit:
-        raise ValueError(f"--seq-len {s.seq_len}: the model reads at most {limit} positions "
-                         f"(max_position_embeddings in {source / 'config.json'})")
+    check_seq_len(s.seq_len, config, source)
     fingerprint = run_fingerprint(source, data, s, sets, origin)
     state = check_out(source, data, out, fingerprint)
     if state == "done":
