@@ -32,12 +32,13 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from .. import benchmark_path, load_model, load_tokenizer
+from .. import benchmark_path, checks, load_model, load_tokenizer
 from ..method import many_masks
 from ..method.benchmark import load_benchmark, questions_of, unrelated_sets
 from ..method.locate import mask_for, random_ranking
-from ..model.families import from_hf
+from ..model.families import from_hf, read_config
 from ..model.load import build_model, checkpoint_state
+from ..options import numbers
 from .hf_reference import answers, load_reference, set_mask
 
 
@@ -204,11 +205,33 @@ def end_to_end(a) -> list[dict]:
             med = {k: statistics.median(p[k] for p in r["phases"][side]) for k in ("coefficients", "baseline", "masked")}
             print(f"  {r['mode']:8} {side:9} {med['coefficients']:.1f} / {med['baseline']:.1f} / {med['masked']:.1f}")
     if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=1))
+        checks.write_whole(a.json, json.dumps(rows, indent=1))
     return rows
 
 
+def check(a) -> None:
+    """Every option and input, before any work; --json is a file path that is not an input."""
+    checks.model_folder(a.model)
+    if a.config and a.config not in CONFIGS:
+        checks.input_file(a.config, f"--config (a config.json, or one of {', '.join(CONFIGS)})")
+    if not a.config and a.skip_layers >= read_config(a.model).num_layers:
+        raise ValueError(f"--skip-layers {a.skip_layers} leaves nothing to mask in {a.model}")
+    bench = checks.input_file(a.bench, "benchmark") if a.bench else benchmark_path("minispecwiki")
+    available = len(load_benchmark(bench if a.end_to_end else benchmark_path("minispecwiki")))
+    if a.concepts is not None:
+        checks.integer("--concepts", a.concepts, 6 if a.end_to_end else 1, available)
+    checks.ratios("--ratios", a.ratios)
+    for option, value, low in (("--skip-layers", a.skip_layers, 0), ("--batch-size", a.batch_size, 1),
+                               ("--repeats", a.repeats, 1)):
+        checks.integer(option, value, low)
+    checks.choices("--modes", a.modes, ("generate", "logits", "cloze"))
+    checks.check_device(a.device)
+    if a.json:
+        checks.output_file(a.json, [bench] + checks.model_inputs(a.model), "--json")
+
+
 def main(a) -> dict:
+    check(a)
     if a.end_to_end:
         return end_to_end(a)
 
@@ -249,7 +272,7 @@ def add_arguments(p) -> None:
                    help=f"random weights of a real config ({', '.join(CONFIGS)}, or a config.json path)")
     p.add_argument("--mode", default="cloze", choices=["generate", "logits", "cloze"])
     p.add_argument("--concepts", type=int, default=None, help="default 2 (6 with --end-to-end)")
-    p.add_argument("--ratios", type=lambda t: [float(x) for x in t.split(",")], default=[0.01, 0.1, 0.3, 0.5])
+    p.add_argument("--ratios", type=numbers, default=[0.01, 0.1, 0.3, 0.5])
     p.add_argument("--skip-layers", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
