@@ -194,10 +194,7 @@ def own_folder(out, record: dict, option: str = "--out", stamp: str = STAMP, ign
     if not out.is_dir() or not any(out.iterdir()):
         return "new"
     if not (out / stamp).is_file():
-        held = sorted(p.name for p in out.iterdir())
-        raise ValueError(f"{option} {out}: the folder holds files minipss did not write here "
-                         f"({', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); nothing in it is replaced: "
-                         "choose a new or empty folder")
+        raise foreign(out, option)
     try:
         saved = json.loads((out / stamp).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -207,6 +204,14 @@ def own_folder(out, record: dict, option: str = "--out", stamp: str = STAMP, ign
         raise ValueError(f"{option} {out} holds a run with other settings or inputs (" + "; ".join(diff)
                          + f"); to start over, remove the folder {out}, or choose another {option}")
     return "same"
+
+
+def foreign(out: Path, option: str) -> ValueError:
+    """The refusal of a folder holding files this command did not write, naming some of them."""
+    held = sorted(p.name for p in out.iterdir())
+    return ValueError(f"{option} {out}: the folder holds files minipss did not write here "
+                      f"({', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); nothing in it is replaced: "
+                      "choose a new or empty folder")
 
 
 def claim(out, record: dict, stamp: str = STAMP) -> Path:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import benchmark_path
+from .checks import check_outputs
 from .finetune import experiment, train
 from .method import study
 from .method.compare import load_results, main as compare_main, plot
@@ -60,6 +61,7 @@ def cmd_pss(a, control=None) -> None:
 def cmd_quickstart(a) -> None:
     """Convert the real model if needed, then PSS in cloze mode on a balanced subset of the bundled
     benchmark (bf16: on CPUs with bf16 units it is several times faster than fp32)."""
+    check_outputs(Path(a.out), [])  # before the conversion; run_pss checks the rest
     model = ensure_gemma3_270m()
     argv = ["--model", str(model), "--bench", str(benchmark_path("minispecwiki")), "--out", a.out,
             "--mode", "cloze", "--dtype", "bfloat16", "--concepts", str(a.concepts),

@@ -17,14 +17,12 @@ converting a 1.5B model needs memory for its largest tensor, not for the model.
 """
 
 import json
-import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .. import checks
 from ..model.families import family_of_gguf
 from .gguf_tokenizer import adds_bos, build_tokenizer_json, metadata
 
@@ -205,42 +203,35 @@ def tokenizer_config(reader) -> dict:
     return out
 
 
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Move a finished folder into place: one rename when out_dir is new, else file by file."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    for path in tmp.iterdir():
-        os.replace(path, out_dir / path.name)
-    shutil.rmtree(tmp)
+def check_target(out_dir, inputs=(), option: str = "--out") -> Path:
+    """Where a conversion goes: a new or empty folder (never a file, an input, or a folder holding files)."""
+    out_dir = checks.output_folder(out_dir, inputs, option)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise checks.foreign(out_dir, option)
+    return out_dir
 
 
 def convert_gguf(gguf_path, out_dir) -> Path:
-    """Convert a GGUF file (llama, qwen2 or gemma3 architecture) into an HF layout folder; returns it."""
+    """Convert a GGUF file (llama, qwen2 or gemma3 architecture) into an HF layout folder; returns it.
+    `out_dir` must be new or empty; the folder is written beside it and renamed into place when whole."""
     import gguf
 
-    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
-    if not gguf_path.is_file():
-        raise FileNotFoundError(f"{gguf_path}: no such GGUF file")
+    gguf_path = checks.input_file(gguf_path, "GGUF file")
+    out_dir = check_target(out_dir, [gguf_path])
     reader = gguf.GGUFReader(gguf_path)
     arch = metadata(reader, "general.architecture")
     config, items = plan(reader)
     tokenizer_json = build_tokenizer_json(reader)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    try:
+    def write(tmp: Path) -> None:
         write_safetensors(tmp / "model.safetensors", items, lambda t, name: hf_tensor(t, name, config, arch))
         (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(reader), indent=2) + "\n", encoding="utf-8")
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         for path in tmp.iterdir():
             path.chmod(0o644)
-        _publish(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+
+    return checks.new_folder(out_dir, write)
 
 
 def convert_gemma3_gguf(gguf_path, out_dir) -> Path:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-from .gguf_convert import convert_gguf
+from .. import checks
+from .gguf_convert import check_target, convert_gguf
 
 WEIGHTS_DIR = Path("weights")
 GEMMA3_270M_DIR = WEIGHTS_DIR / "gemma-3-270m"
@@ -144,6 +145,7 @@ def gguf_file(name: str, folder=None) -> Path:
             raise _refuse(model, str(parts[0]), got)
         return parts[0]
     target = (Path(folder) if folder is not None else WEIGHTS_DIR / "gguf").absolute() / f"{name}.gguf"
+    checks.output_file(target, [], "the assembled GGUF")
     if target.is_file():
         got = _sha256(target)
         if got != model.sha256:
@@ -177,6 +179,7 @@ def ensure(name: str, out=None) -> Path:
     out = Path(WEIGHTS_DIR / name if out is None else out).absolute()
     if is_complete(out):
         return out
+    check_target(out)  # before any work: a new or empty folder
     try:
         import gguf  # noqa: F401  (used by convert_gguf)
     except ImportError as e:
@@ -221,7 +224,7 @@ def main(argv=None) -> int:
     except ModuleNotFoundError as e:
         _log(f"error: {e}")
         return 1
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # bad input, refused before any work: nothing written
         _log(f"error: {e}")
         return 2
     print(folder)
