@@ -365,7 +365,7 @@ def test_trainer_resume_checks_every_setting(setup, killed_training, tmp_path, c
         data.write_text(DOCS + "\n\nOne more document.")
     before = {f.name: f.read_bytes() for f in out.iterdir()}
     s = small(**{"variant": "fv", **change})
-    with pytest.raises(ValueError, match=r"holds a training run with other settings or inputs \(.*" + differs):
+    with pytest.raises(ValueError, match=r"holds a run with other settings or inputs \(.*" + differs):
         train(setup[0], data, out, s, sets, quiet=True)
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # the killed run's folder is untouched
     data.write_text(DOCS)
@@ -379,12 +379,12 @@ def test_trainer_out_never_an_input_nor_a_foreign_folder(setup, tmp_path, capsys
     data.write_text(DOCS)
     before = (model / "model.safetensors").read_bytes()
     argv = ["train", "--model", str(model), "--data", str(data), "--variant", "fv", "--steps", "2", "--quiet"]
-    refused(capsys, argv + ["--out", str(model)], r"is \(inside\) the source model folder")
-    refused(capsys, argv + ["--out", str(data)], r"is a file; give a folder")
+    refused(capsys, argv + ["--out", str(model)], r"is \(inside\) the input")
+    refused(capsys, argv + ["--out", str(data)], r"is an existing file; give a folder")
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    refused(capsys, argv + ["--out", str(other)], r"not empty and holds no minipss training run")
+    refused(capsys, argv + ["--out", str(other)], r"holds files minipss did not write here \(notes.txt\)")
     refused(capsys, argv + ["--out", str(tmp_path / "o"), "--steps", "0"], r"--steps: must be 1 or more")
     refused(capsys, argv + ["--out", str(tmp_path / "o"), "--lr", "-1"], r"--lr -1.0: must be a positive number")
     refused(capsys, argv + ["--out", str(tmp_path / "o"), "--seq-len", "5000"], r"--seq-len 5000: the model reads at most 1024")

@@ -22,11 +22,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .. import load_model, load_tokenizer
+from .. import checks, load_model, load_tokenizer
 from ..method.benchmark import load_benchmark
-from ..method.fingerprint import differences, file_digest, model_digest, short
+from ..method.fingerprint import file_digest, model_digest, short
 from ..method.locate import VARIANTS, located_scores, value_vector_sets
-from ..method.run import check_device, check_prompt_lengths, context_length
+from ..method.run import check_prompt_lengths, context_length
 from ..model.families import read_config
 from ..model.load import checkpoint_state
 from ..model.padding import right_pad
@@ -74,7 +74,7 @@ class TrainSettings:
             raise ValueError(f"betas {self.betas!r}: two numbers in [0, 1)")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"--dtype {self.dtype!r}: choose float32 or bfloat16")
-        check_device(self.device)
+        checks.check_device(self.device)
 
 
 # ---------------------------------------------------------------- which value vectors train
@@ -257,31 +257,11 @@ def check_seq_len(seq_len: int, config, source: Path) -> None:
 
 def check_out(source: Path, data: Path, out: Path, fingerprint: dict, ignore=()) -> str:
     """Before any work: what `out` holds. "new" (nothing of ours: start), "resume" (an unfinished run of
-    the same fingerprint), "done" (a finished one). Anything else is refused, and no input is ever
-    written over."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: is a file; give a folder (new or of an earlier run)")
-    outputs = {(out / n).resolve() for n in ("config.json", "model.safetensors", "tokenizer.json",
-                                              "tokenizer_config.json", "value_vectors.json", RUN_FILE,
-                                              "optimizer.safetensors", "trainer_state.json", "train_settings.json")}
-    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
-        raise ValueError(f"--out {out}: is (inside) the source model folder {source}; choose another folder")
-    if data.resolve() in outputs or data.resolve() == out.resolve():
-        raise ValueError(f"--out {out}: would write over the training data {data}; choose another folder")
-    if not out.is_dir() or not any(out.iterdir()):
+    the same fingerprint), "done" (a finished one). Anything else is refused (`checks.own_folder`), and no
+    input is ever written over."""
+    checks.output_folder(out, [source, data], "--out")
+    if checks.own_folder(out, fingerprint, "--out", RUN_FILE, ignore) == "new":
         return "new"
-    stamp = out / RUN_FILE
-    if not stamp.is_file():
-        raise ValueError(f"--out {out}: the folder is not empty and holds no minipss training run; "
-                         "choose a new or empty folder")
-    try:
-        saved = json.loads(stamp.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        saved = None
-    diff = differences(saved, fingerprint, ignore)
-    if diff:
-        raise ValueError(f"--out {out} holds a training run with other settings or inputs (" + "; ".join(diff)
-                         + f"); to start over, remove the folder {out}, or choose another --out")
     if (out / "train_settings.json").is_file():
         return "done"
     if (out / "trainer_state.json").is_file() and (out / "optimizer.safetensors").is_file():
@@ -322,8 +302,7 @@ def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[in
             raise ValueError(f"{out}: its resume state (trainer_state.json, optimizer.safetensors) is damaged "
                              f"or from another run; to start over, remove the folder {out}")
     resume = state == "resume"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_FILE).write_text(json.dumps(fingerprint, sort_keys=True, indent=1))
+    checks.claim(out, fingerprint, RUN_FILE)
     model = load_model(out if resume else source, dtype=torch.float32, device=s.device)
     tok = load_tokenizer(source)
     c = model.config
