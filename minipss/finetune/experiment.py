@@ -122,7 +122,7 @@ def check(a, bench: Path, data: Path) -> list[str]:
 
 def stamp_of(a, bench: Path, data: Path) -> dict:
     """What the saved table and checkpoints in --out were computed from."""
-    settings = {k: v for k, v in vars_of(a).items() if k not in ("quiet", "device", "model", "bench", "data")}
+    settings = {k: v for k, v in vars_of(a).items() if k not in ("quiet", "device", "out", "model", "bench", "data")}
     return {"command": "experiment", **settings, **{f"model {k}": v for k, v in model_digest(a.model).items()},
             "bench": file_digest(bench), "data": file_digest(data)}
 
