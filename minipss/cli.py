@@ -12,7 +12,7 @@ from . import benchmark_path
 from .checks import check_outputs
 from .finetune import experiment, train
 from .method import study
-from .method.compare import load_results, main as compare_main, plot
+from .method.compare import FIGURES, load_results, main as compare_main, plot
 from .method.report import summary
 from .method.run import PAPER_RATIOS, SWEEP_RATIOS, Settings, run_pss
 from .options import at_least, numbers
@@ -62,6 +62,11 @@ def cmd_quickstart(a) -> None:
     """Convert the real model if needed, then PSS in cloze mode on a balanced subset of the bundled
     benchmark (bf16: on CPUs with bf16 units it is several times faster than fp32)."""
     check_outputs(Path(a.out), [])  # before the conversion; run_pss checks the rest
+    folder = Path(a.out).parent
+    taken = [name for name in FIGURES if (folder / name).exists()]
+    if taken and not Path(a.out).is_file():  # figures beside a result are that run's, drawn again
+        raise ValueError(f"--out {a.out}: {folder} holds {', '.join(taken)}, which quickstart would replace; "
+                         "choose another --out")
     model = ensure_gemma3_270m()
     argv = ["--model", str(model), "--bench", str(benchmark_path("minispecwiki")), "--out", a.out,
             "--mode", "cloze", "--dtype", "bfloat16", "--concepts", str(a.concepts),
@@ -69,7 +74,6 @@ def cmd_quickstart(a) -> None:
     sweep = argparse.ArgumentParser()
     _pss_args(sweep, "0.1")
     cmd_pss(sweep.parse_args(argv), control=True)
-    folder = Path(a.out).parent
     try:
         for path in plot(load_results([a.out]), folder):
             print(f"figure: {path}")

@@ -367,6 +367,9 @@ def test_quickstart_checks_out_before_converting(tmp_path, capsys, monkeypatch):
     refused(capsys, ["quickstart", "--out", tmp_path / "r.json"], r"r.json is an existing folder; give a file path",
             [tmp_path])
     refused(capsys, ["quickstart", "--out", tmp_path / "r.csv"], r"does not end in .csv", [tmp_path])
+    (tmp_path / "fig3_pss_by_ratio.png").write_bytes(b"mine")
+    refused(capsys, ["quickstart", "--out", tmp_path / "q.json"],
+            r"holds fig3_pss_by_ratio.png, which quickstart would replace", [tmp_path])
     assert not (tmp_path / "weights").exists()  # nothing converted
 
 

@@ -18,6 +18,7 @@ from .benchmark import TIERS
 
 REQUIRED = ("acc_before", "pss", "pss_by_ratio")
 PLOT_EXTRA = 'pip install "minipss[plot]"'
+FIGURES = ("fig2_accuracy_vs_pss.png", "fig3_pss_by_ratio.png", "fig5_pss_by_tier.png")  # what `plot` writes
 RECORD = {"command": "compare"}  # its figures are made again from whichever results it is given
 
 
@@ -176,7 +177,7 @@ def plot(results: list[dict], folder) -> list[Path]:
     xs, ys = accuracy_vs_pss(results)
     ax.set(xlabel="accuracy before masking", ylabel="PSS (mean over ratios)",
            title=f"Pearson {_corr(pearson(xs, ys))}, Spearman {_corr(spearman(xs, ys))}")
-    paths.append(_save(fig, folder / "fig2_accuracy_vs_pss.png"))
+    paths.append(_save(fig, folder / FIGURES[0]))
 
     # Figure 3: PSS against the mask ratio; dashed: random vectors of the same count (the control).
     all_r = [float(k) for k in ratios_of(results)]
@@ -194,7 +195,7 @@ def plot(results: list[dict], folder) -> list[Path]:
     ax.set(xlabel="mask ratio" + (" (log; ratio 0 not shown)" if log_x and 0.0 in all_r else ""),
            ylabel="PSS", title="PSS by mask ratio")
     ax.legend(fontsize=7)
-    paths.append(_save(fig, folder / "fig3_pss_by_ratio.png"))
+    paths.append(_save(fig, folder / FIGURES[1]))
 
     # Figure 5: PSS per tier, one bar per result within each tier group.
     present = {t for r in results for t in r.get("tiers", {})}
@@ -209,7 +210,7 @@ def plot(results: list[dict], folder) -> list[Path]:
     ax.set(xlabel="tier", ylabel="PSS", title="PSS by tier")
     if tiers:
         ax.legend(fontsize=7)
-    paths.append(_save(fig, folder / "fig5_pss_by_tier.png"))
+    paths.append(_save(fig, folder / FIGURES[2]))
     return paths
 
 
