@@ -78,7 +78,7 @@ def cmd_quickstart(a) -> None:
         for path in plot(load_results([a.out]), folder):
             print(f"figure: {path}")
     except ImportError:
-        print(f'figures: pip install "minipss[plot]", then minipss compare {a.out} --plots {folder}')
+        print(f'figures: pip install "minipss[plot]", then minipss compare {a.out} --plots {folder / "figures"}')
 
 
 def main(argv=None) -> None:
