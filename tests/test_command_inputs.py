@@ -190,7 +190,7 @@ def test_pretrain_outputs(env, tmp_path, capsys):
     (["--sizes", "2x"], r"--sizes: '2x' is not LAYERSxHIDDEN"),
     (["--sizes", "0x16"], r"--sizes 0x16: layers 0: must be an integer >= 1"),
     (["--sizes", "2x97"], r"--sizes 2x97: hidden 97 is not a multiple of its heads 3"),
-    (["--base", "3x1x2"], r"--sizes: '3x1x2' is not LAYERSxHIDDEN"),
+    (["--base", "3x1x2"], r"--base: '3x1x2' is not LAYERSxHIDDEN"),
     (["--skip-layers", "2"], r"--skip-layers 2 leaves nothing to mask in a model of 2 layers \(--sizes 2x16\)"),
     (["--studies", "size,nope"], r"--studies: unknown 'nope'; choose among emergence, size"),
     (["--family", "nope"], r"--family 'nope': choose one of"),

@@ -60,11 +60,11 @@ def fmt(values) -> str:
     return "-" if m is None else f"{m:.3f}" if h is None else f"{m:.3f} ± {h:.3f}"
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str, option: str = "--sizes") -> tuple[int, int]:
     try:
         layers, hidden = (int(x) for x in text.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--sizes: {text!r} is not LAYERSxHIDDEN (e.g. 4x128)") from None
+        raise ValueError(f"{option}: {text!r} is not LAYERSxHIDDEN (e.g. 4x128)") from None
     return layers, hidden
 
 
@@ -194,14 +194,14 @@ def check(a) -> None:
     sizes = [x for x in a.sizes.split(",") if x.strip()]
     if not sizes:
         raise ValueError("--sizes: give at least one LAYERSxHIDDEN")
-    for size in sizes + ([a.base] if a.base else []):
-        layers, hidden = parse_size(size)
-        checks.integer(f"--sizes {size}: layers", layers, 1)
-        checks.integer(f"--sizes {size}: hidden", hidden, 1)
-        checks.multiple(f"--sizes {size}: hidden", hidden, "its heads", heads_of(hidden))
+    for option, size in [("--sizes", x) for x in sizes] + ([("--base", a.base)] if a.base else []):
+        layers, hidden = parse_size(size, option)
+        checks.integer(f"{option} {size}: layers", layers, 1)
+        checks.integer(f"{option} {size}: hidden", hidden, 1)
+        checks.multiple(f"{option} {size}: hidden", hidden, "its heads", heads_of(hidden))
         if a.skip_layers >= layers:
             raise ValueError(f"--skip-layers {a.skip_layers} leaves nothing to mask in a model of {layers} layers "
-                             f"(--sizes {size})")
+                             f"({option} {size})")
     checks.choice("--family", a.family, FAMILY_TYPES)
     for option, value, low in (("--steps", a.steps, 1), ("--checkpoints", a.checkpoints, 1),
                                ("--batch-size", a.batch_size, 1), ("--skip-layers", a.skip_layers, 0),
