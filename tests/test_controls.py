@@ -180,3 +180,38 @@ def test_split_half_needs_two_questions_per_concept(tmp_path, capsys):
         main(["pss", "--model", str(folder), "--bench", str(bench), "--out", str(tmp_path / "r.json"),
               "--split-half"])
     assert "needs at least 2" in capsys.readouterr().err and not (tmp_path / "r.json.work").exists()
+
+
+def test_claims_flip_when_p_crosses_alpha():
+    from minipss.method.claims import grows_with_accuracy, located_vs_control
+
+    test = {"difference": 0.05, "ci95": [0.01, 0.09], "n": 30}
+    yes = located_vs_control(0.01, "matched", {**test, "p_value": 0.049})
+    no = located_vs_control(0.01, "matched", {**test, "p_value": 0.051})
+    assert "hurt their own concept more than magnitude-matched" in yes and "p = 0.049" in yes
+    assert "no difference" in no and "p = 0.051" in no and "[+0.010, +0.090]" in no
+    less = located_vs_control(0.1, "random", {**test, "difference": -0.05, "p_value": 0.01})
+    assert "less than uniform random" in less
+    assert "grows with accuracy" in grows_with_accuracy("pss", 0.9, 0.049, 9)
+    flat = grows_with_accuracy("pss", 0.9, 0.051, 9)
+    assert "no correlation" in flat and "p = 0.051" in flat
+    # four models: even a perfect ordering gives p = 2/24, and the sentence says so
+    assert "smallest possible p is 0.0833" in grows_with_accuracy("excess_drop", 1.0, 2 / 24, 4)
+
+
+def test_summary_states_the_tests_of_its_result():
+    from minipss.method.report import summary
+
+    cell = {"concept_after": 0.5, "general_after": 0.6, "g_minus_c": 0.1, "pss": 0.2, "excess_drop": 0.1}
+    rows = [{"concept": f"c{i}", "tier": "high", "by_ratio": {"0.1": {**cell, "excess_drop": 0.1 + i / 100}},
+             "matched_by_ratio": {"0.1": {**cell, "excess_drop": 0.0}}} for i in range(20)]
+    result = {"settings": {"mode": "cloze", "skip_layers": 1}, "model": "m", "bench": "b", "concepts": rows,
+              "acc_before": 0.6, "pss": 0.2, "excess_drop": 0.1, "pss_by_ratio": {"0.1": 0.2},
+              "concept_after_by_ratio": {"0.1": 0.5}, "general_after_by_ratio": {"0.1": 0.6},
+              "excess_by_ratio": {"0.1": 0.1}, "tiers": {}, "significance": significance(rows, [0.1])}
+    text = summary(result)
+    assert "At ratio 10%, located vectors hurt their own concept more than magnitude-matched" in text
+    for row in rows:
+        row["matched_by_ratio"]["0.1"]["excess_drop"] = row["by_ratio"]["0.1"]["excess_drop"]
+    result["significance"] = significance(rows, [0.1])
+    assert "At ratio 10%, no difference between located vectors and magnitude-matched" in summary(result)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from .benchmark import TIERS, Concept
+from .claims import located_vs_control
 from .locate import KINDS
 from .scores import accuracy, concept_cell, mean, model_pss
 from .stats import ALPHA, BOOTSTRAP, paired_test
@@ -194,6 +195,10 @@ def summary(result: dict) -> str:
         lines += ["", "ratio   mean |m| of the masked units (over unrelated questions): located random matched"]
         lines += [f"{float(r):<6g} {_fmt(m['located'])} {_fmt(m['random'])} {_fmt(m['matched'])}"
                   for r, m in magnitudes.items()]
+    tests = [(r, kind, t["excess_drop"]) for r, by in result.get("significance", {}).items() for kind, t in by.items()]
+    if tests:
+        lines += ["", "located against the controls (paired tests over concepts):"]
+        lines += ["  " + located_vs_control(r, kind, t) for r, kind, t in tests]
     lines.append("")
     lines.append("tier    concepts acc_before   PSS  excess_drop")
     for tier, t in result["tiers"].items():
