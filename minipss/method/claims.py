@@ -36,8 +36,11 @@ def located_vs_control(ratio, control: str, test: dict, measure: str = "excess_d
     if p < ALPHA:
         direction = "more" if d > 0 else "less"
         return f"At ratio {_pct(ratio)}, located vectors hurt their own concept {direction} than {name} do: {numbers}."
+    excludes_0 = bool(ci) and (ci[0] > 0 or ci[1] < 0)
     return (f"At ratio {_pct(ratio)}, no difference between located vectors and {name} was detected "
-            f"(alpha {ALPHA}): {numbers}; differences outside the interval are unlikely given these data.")
+            f"(alpha {ALPHA}): {numbers}; "
+            + ("the percentile interval excludes 0, but with few concepts it is too narrow to decide alone."
+               if excludes_0 else "differences outside the interval are unlikely given these data."))
 
 
 def grows_with_accuracy(what: str, rho: float | None, p: float | None, n: int, method: str = "Spearman") -> str:

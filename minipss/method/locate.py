@@ -215,7 +215,7 @@ def matched_ranking(located: torch.Tensor, magnitude: torch.Tensor, k: int, skip
         pointer, live = list(starts), [b for b in range(len(sizes)) if sizes[b]]
         place = torch.empty(d, dtype=torch.long)
         place[located[layer]] = torch.arange(d)
-        place, bins, taken, chosen = place.tolist(), bins.tolist(), [False] * d, []
+        place, bins, taken, chosen, spare = place.tolist(), bins.tolist(), [False] * d, [], 0
         for t, u in enumerate(located[layer, :k].tolist()):
             pick = None
             while pick is None and live:
@@ -231,7 +231,9 @@ def matched_ranking(located: torch.Tensor, magnitude: torch.Tensor, k: int, skip
                 if p == end:
                     live.remove(b)
             if pick is None:  # more than half of the layer masked: every unit is taken or located
-                pick = taken.index(False)
+                while taken[spare]:
+                    spare += 1
+                pick = spare
             taken[pick] = True
             chosen.append(pick)
         out[layer] = torch.tensor(chosen + [v for v in range(d) if not taken[v]])
