@@ -195,7 +195,8 @@ def summary(result: dict) -> str:
         lines += ["", "ratio   mean |m| of the masked units (over unrelated questions): located random matched"]
         lines += [f"{float(r):<6g} {_fmt(m['located'])} {_fmt(m['random'])} {_fmt(m['matched'])}"
                   for r, m in magnitudes.items()]
-    tests = [(r, kind, t["excess_drop"]) for r, by in result.get("significance", {}).items() for kind, t in by.items()]
+    tests = [(r, kind, t["excess_drop"]) for r, by in result.get("significance", {}).items() if float(r) > 0
+             for kind, t in by.items()]  # at ratio 0 nothing is masked: nothing to say
     if tests:
         lines += ["", "located against the controls (paired tests over concepts):"]
         lines += ["  " + located_vs_control(r, kind, t) for r, kind, t in tests]

@@ -246,7 +246,8 @@ def markdown(summary: dict, settings: dict, figures: list[Path]) -> str:
                 e, g = t["excess_drop"], t["g_minus_c"]
                 lines.append(f"| {label} | {_pct(k)} | {kind} | {_f(e['difference'])}{_ci(e['ci95'])} | "
                              f"{_f(e['p_value'])} | {_f(g['difference'])}{_ci(g['ci95'])} | {_f(g['p_value'])} |")
-                sentences.append(f"- {label}: {located_vs_control(k, kind, e)}")
+                if float(k) > 0:  # at ratio 0 nothing is masked: nothing to say
+                    sentences.append(f"- {label}: {located_vs_control(k, kind, e)}")
     lines += ["", *sentences] if sentences else ["", "No control ran: nothing to test."]
 
     lines += ["", "## By mask ratio (Figure 3)", "",
