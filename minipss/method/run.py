@@ -425,6 +425,7 @@ def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard):
                                     "coefficient_squares", (C, means.shape[1], L, d))
     stats = ConceptStats(means, [[len(g) for g in question_groups(n, s.split_half)] for n in counts], squares)
     signed = None
+    per_question.clear()  # the |m| rows are no longer needed
     if s.ablation == "mean":
         signed = work.coefficients(gathered(lambda x, n: group_stats(x, n, False)[:, 0], False), "signed_means",
                                    (C, L, d))
