@@ -146,6 +146,8 @@ def test_pss_with_every_control_and_split_half_through_the_cli(tmp_path):
         assert set(row["matched_by_ratio"]) == set(row["control_by_ratio"]) == {"0.0", "0.05", "0.25"}
     assert set(r["magnitude_by_ratio"]["0.05"]) == {"located", "random", "matched"}
     assert r["magnitude_by_ratio"]["0.0"]["located"] is None
+    assert set(r["magnitude_median_by_ratio"]["0.25"]) == {"located", "random", "matched"}
+    assert 0 <= r["matched_shared_by_ratio"]["0.25"] <= 1
     assert r["significance"]["0.05"]["matched"]["excess_drop"]["p_value"] is not None
     # the section recomputes from the rows of the file
     assert significance(r["concepts"], r["settings"]["ratios"]) == r["significance"]

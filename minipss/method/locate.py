@@ -282,26 +282,29 @@ def cell_masks(i: int, cells: list[tuple[str, float]], stats: ConceptStats, othe
 
 def set_magnitudes(i: int, ratios: list[float], stats: ConceptStats, others: list[int], skip: int, seed: int,
                    locator: str = "diff", split: bool = False) -> dict[float, dict[str, float | None]]:
-    """Per ratio and kind, the mean magnitude a (`concept_orders`) of the units concept i's mask sets to 0,
-    over the layers >= skip (and the two halves with `split`), and as `shared` the share of the matched
+    """Per ratio: for each kind, the mean magnitude a (`concept_orders`) of the units concept i's mask sets
+    to 0 over the layers >= skip (and the two halves with `split`), under `(kind, "median")` their median
+    (a few outsized units move the mean, not the median), and under "shared" the share of the matched
     units that are also located; None where nothing is masked."""
     d_ff = stats.means.shape[-1]
     k_max = max(top_k(d_ff, r) for r in ratios)
-    sums = {(r, kind): [] for r in ratios for kind in KINDS + ("shared",)}
+    parts = {}
     for group in ((1, 2) if split else (0,)):
         orders, magnitude = concept_orders(i, KINDS, k_max, stats, group, others, skip, seed, locator)
-        for kind, order in orders.items():
-            for r in ratios:
-                k = top_k(d_ff, r)
-                if k:
-                    sums[r, kind].append(magnitude[skip:].gather(1, order[skip:, :k]).mean().item())
         for r in ratios:
             k = top_k(d_ff, r)
-            if k:
-                located = torch.zeros_like(magnitude[skip:], dtype=torch.bool)
-                located.scatter_(1, orders["located"][skip:, :k], True)
-                sums[r, "shared"].append(located.gather(1, orders["matched"][skip:, :k]).float().mean().item())
-    return {r: {kind: (sum(v) / len(v) if v else None) for (r2, kind), v in sums.items() if r2 == r} for r in ratios}
+            if not k:
+                continue
+            for kind, order in orders.items():
+                values = magnitude[skip:].gather(1, order[skip:, :k])
+                parts.setdefault((r, kind), []).append(values.mean().item())
+                parts.setdefault((r, (kind, "median")), []).append(values.median().item())
+            located = torch.zeros_like(magnitude[skip:], dtype=torch.bool)
+            located.scatter_(1, orders["located"][skip:, :k], True)
+            parts.setdefault((r, "shared"), []).append(located.gather(1, orders["matched"][skip:, :k]).float().mean().item())
+    names = [*KINDS, *((kind, "median") for kind in KINDS), "shared"]
+    return {r: {name: (sum(parts[r, name]) / len(parts[r, name]) if (r, name) in parts else None) for name in names}
+            for r in ratios}
 
 
 def concept_masks(i: int, cells: list[tuple[str, float]], coefficients: torch.Tensor, counts: list[int],

@@ -190,11 +190,15 @@ def summary(result: dict) -> str:
             if section:
                 line += f"  |   {_fmt(section['pss_by_ratio'][r])} {_fmt(section['excess_by_ratio'][r])}"
         lines.append(line)
-    magnitudes = result.get("magnitude_by_ratio")
+    magnitudes, medians = result.get("magnitude_by_ratio"), result.get("magnitude_median_by_ratio", {})
     if magnitudes:
-        lines += ["", "ratio   mean |m| of the masked units (over unrelated questions): located random matched"]
-        lines += [f"{float(r):<6g} {_fmt(m['located'])} {_fmt(m['random'])} {_fmt(m['matched'])}"
-                  for r, m in magnitudes.items()]
+        lines += ["", "|m| of the masked units (over unrelated questions):  mean: located random matched"
+                  + ("  | median: located random matched" if medians else "")]
+        for r, m in magnitudes.items():
+            line = f"{float(r):<6g} {_fmt(m['located'])} {_fmt(m['random'])} {_fmt(m['matched'])}"
+            if r in medians:
+                line += "  |   " + " ".join(_fmt(medians[r][kind]) for kind in ("located", "random", "matched"))
+            lines.append(line)
     tests = [(r, kind, t["excess_drop"]) for r, by in result.get("significance", {}).items() if float(r) > 0
              for kind, t in by.items()]  # at ratio 0 nothing is masked: nothing to say
     if tests:

@@ -434,12 +434,14 @@ def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard):
 
 def magnitude_step(stats: ConceptStats, others: list[list[int]], s: Settings) -> dict:
     """Per ratio, the mean magnitude a (the mean |m| over the unrelated questions) of the units each kind
-    of mask sets to 0, averaged over concepts and the layers >= skip (`locate.set_magnitudes`), and the
-    share of matched units that are also located. Computed for every kind, whichever controls ran: the
+    of mask sets to 0, averaged over concepts and the layers >= skip (`locate.set_magnitudes`), their
+    median (averaged over concepts), and the share of matched units that are also located. Computed for every kind, whichever controls ran: the
     saved coefficients are all it needs."""
     per = [set_magnitudes(i, s.ratios, stats, others[i], s.skip_layers, s.seed, s.locator, s.split_half)
            for i in range(len(others))]
     return {"magnitude_by_ratio": {str(r): {kind: mean(p[r][kind] for p in per) for kind in KINDS} for r in s.ratios},
+            "magnitude_median_by_ratio": {str(r): {kind: mean(p[r][kind, "median"] for p in per) for kind in KINDS}
+                                          for r in s.ratios},
             "matched_shared_by_ratio": {str(r): mean(p[r]["shared"] for p in per) for r in s.ratios}}
 
 
