@@ -84,6 +84,9 @@ def significance(rows: list[dict], ratios, n_boot: int = BOOTSTRAP, seed: int = 
 
 def build_result(model: str, bench: str, settings: dict, concepts: list[Concept], others: list[list[int]],
                  cells: dict, timing: dict, magnitudes: dict | None = None) -> dict:
+    """The result: scores per concept and ratio for every kind of cell present, model-level summaries,
+    tiers, categories, the paired tests (`significance`) and, when given, the masked sets' magnitudes
+    (`run.magnitude_step`)."""
     ratios = settings["ratios"]
     base = [x for i in range(len(concepts)) for x in cells[cell_key("baseline", i)]]
     starts, pos = [], 0
