@@ -41,13 +41,20 @@ def _pss_args(p: argparse.ArgumentParser, ratios: str) -> None:
                    help="masked coefficients set to 0 (default) or to their mean on the unrelated questions")
     p.add_argument("--no-engine", action="store_true",
                    help="score one mask at a time instead of sharing work across masks")
+    p.add_argument("--matched-control", action="store_true",
+                   help="also mask random vectors matched to the located ones' magnitudes (same count per layer)")
+    p.add_argument("--split-half", action="store_true",
+                   help="locate on one half of each concept's questions, score on the other, both ways")
+    p.add_argument("--locator", default="diff", choices=["diff", "zscore"],
+                   help="diff: |m - m*| (Eq. 5, default); zscore: over the pooled standard deviation")
     p.add_argument("--quiet", action="store_true")
 
 
 def _settings(a, control: bool):
     return Settings(mode=a.mode, ratios=a.ratios, skip_layers=a.skip_layers, seed=a.seed, concepts=a.concepts,
                     control=control, ablation=a.ablation, token_rule=a.token_rule, cloze_mean=a.cloze_mean,
-                    early_stop=not a.no_early_stop, engine=not a.no_engine, batch_size=a.batch_size, device=a.device, dtype=a.dtype)
+                    early_stop=not a.no_early_stop, engine=not a.no_engine, batch_size=a.batch_size, device=a.device,
+                    dtype=a.dtype, matched_control=a.matched_control, split_half=a.split_half, locator=a.locator)
 
 
 def cmd_pss(a, control=None) -> None:

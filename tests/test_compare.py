@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from minipss.method.compare import load_results, main, pearson, plot, ranks, spearman, table
+from minipss.method.compare import load_results, main, plot, table
+from minipss.method.stats import pearson, ranks, spearman
 from minipss.method.scores import mean
 
 

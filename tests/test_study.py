@@ -128,3 +128,24 @@ def test_figure_2_draws_a_point_outside_its_own_bootstrap_interval(study, tmp_pa
     assert [p.name for p in paths] == ["fig2_accuracy_vs_pss.png", "fig3_g_minus_c_by_ratio.png",
                                        "fig5_pss_by_tier.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_study_with_both_controls_and_split_half_reports_the_tests(tmp_path):
+    models = [make_tiny_model(tmp_path / f"m{i}", seed=i) for i in range(2)]
+    bench = make_bench(tmp_path / "bench.jsonl", n_concepts=7, n_mcq=2)
+    out = tmp_path / "out"
+    main(["study", "--models", ",".join(map(str, models)), "--bench", str(bench), "--out", str(out),
+          "--ratios", "0.1,0.5", "--concepts", "0", "--dtype", "float32", "--bootstrap", "20", "--skip-layers", "1",
+          "--matched-control", "--split-half", "--quiet"])
+    data = json.loads((out / "study.json").read_text())
+    for m in models:
+        r = json.loads((out / m.name / "result.json").read_text())
+        assert r["settings"]["matched_control"] and r["settings"]["split_half"]
+        row = data["models"][m.name]
+        assert row["matched_pss"] is not None and set(row["tests"]["0.1"]) == {"random", "matched"}
+        assert row["tests"] == r["significance"]
+    assert data["accuracy_vs"]["pss"]["spearman_p"] is None  # two models: no correlation to test
+    text = (out / "study.md").read_text()
+    assert "## Located against the controls" in text and "matched: excess drop" in text
+    assert "located vectors" in text and "folds away from 0" in text
+    assert "## By popularity tier (Figure 5), at the shared ratios 10%, 50%" in text

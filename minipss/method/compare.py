@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .. import checks
 from .benchmark import TIERS
+from .stats import pearson, spearman
 
 REQUIRED = ("acc_before", "pss", "pss_by_ratio")
 PLOT_EXTRA = 'pip install "minipss[plot]"'
@@ -62,46 +63,6 @@ def ratios_of(results: list[dict]) -> list[str]:
 
 
 # ---- correlations (Figure 2) -----------------------------------------------------------------------
-
-def pearson(xs, ys) -> float | None:
-    """Pearson's r; None with fewer than 3 points or when either side has no variance."""
-    xs, ys = [float(x) for x in xs], [float(y) for y in ys]
-    if len(xs) != len(ys):
-        raise ValueError(f"pearson: {len(xs)} x values but {len(ys)} y values")
-    n = len(xs)
-    if n < 3:
-        return None
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    sxx = sum((x - mx) ** 2 for x in xs)
-    syy = sum((y - my) ** 2 for y in ys)
-    if sxx == 0 or syy == 0:
-        return None
-    return sxy / math.sqrt(sxx * syy)
-
-
-def ranks(values) -> list[float]:
-    """Ranks from 1, tied values sharing the average of their ranks."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
-def spearman(xs, ys) -> float | None:
-    """Spearman's rho: Pearson's r of the ranks (average ranks for ties)."""
-    xs, ys = [float(x) for x in xs], [float(y) for y in ys]
-    if len(xs) != len(ys):
-        raise ValueError(f"spearman: {len(xs)} x values but {len(ys)} y values")
-    return pearson(ranks(xs), ranks(ys))
-
 
 def accuracy_vs_pss(results: list[dict]):
     """(acc_before, PSS) pairs of the results where both are numbers."""

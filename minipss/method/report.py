@@ -9,10 +9,16 @@ import os
 from pathlib import Path
 
 from .benchmark import TIERS, Concept
+from .claims import located_vs_control
 from .locate import KINDS
 from .scores import accuracy, concept_cell, mean, model_pss
+from .stats import ALPHA, BOOTSTRAP, paired_test
 
 CHANCE = 0.25
+ROWS = {"located": "by_ratio", "random": "control_by_ratio", "matched": "matched_by_ratio"}  # per-concept keys
+SECTIONS = {"random": "control", "matched": "matched"}  # model-level keys of the controls
+SETTING = {"random": "control", "matched": "matched_control"}  # the setting that runs each control
+MEASURES = ("excess_drop", "g_minus_c")  # what the paired tests compare
 
 
 def near_chance(acc: float, n: int) -> bool:
@@ -22,7 +28,8 @@ def near_chance(acc: float, n: int) -> bool:
 
 def cell_key(kind: str, concept: int, ratio: float | None = None) -> str:
     """The one name of a cell of per-question correctness: `baseline|i` (concept i's own questions,
-    unmasked), `located|i|r` or `random|i|r` (its own and unrelated questions under its mask at ratio r)."""
+    unmasked), `located|i|r`, `random|i|r` or `matched|i|r` (its own and unrelated questions under its
+    mask at ratio r)."""
     return f"{kind}|{concept}" if kind == "baseline" else f"{kind}|{concept}|{float(ratio)}"
 
 
@@ -60,8 +67,26 @@ def summarise(rows: list[dict], ratios: list[float], acc_before: float, key: str
     return out
 
 
+def significance(rows: list[dict], ratios, n_boot: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """Per ratio (str(float) keys), per control whose cells every row has, per measure: the paired test of
+    located against that control over concepts (`stats.paired_test`: mean difference, bootstrap 95%
+    interval, sign-flip p-value), from the per-concept rows alone (METHOD.md §9)."""
+    out = {}
+    for r in map(str, ratios):
+        out[r] = {}
+        for kind in ("random", "matched"):
+            if rows and all(r in row.get(ROWS[kind], {}) for row in rows):
+                out[r][kind] = {m: paired_test([row["by_ratio"][r][m] for row in rows],
+                                               [row[ROWS[kind]][r][m] for row in rows], n_boot, seed)
+                                for m in MEASURES}
+    return out
+
+
 def build_result(model: str, bench: str, settings: dict, concepts: list[Concept], others: list[list[int]],
-                 cells: dict, timing: dict) -> dict:
+                 cells: dict, timing: dict, magnitudes: dict | None = None) -> dict:
+    """The result: scores per concept and ratio for every kind of cell present, model-level summaries,
+    tiers, categories, the paired tests (`significance`) and, when given, the masked sets' magnitudes
+    (`run.magnitude_step`)."""
     ratios = settings["ratios"]
     base = [x for i in range(len(concepts)) for x in cells[cell_key("baseline", i)]]
     starts, pos = [], 0
@@ -78,7 +103,7 @@ def build_result(model: str, bench: str, settings: dict, concepts: list[Concept]
         row = {"concept": c.name, "tier": c.tier, "category": c.category,
                "concept_before": before_c, "general_before": before_g,
                "unrelated": [concepts[j].name for j in others[i]], "by_ratio": {}}
-        for kind, key in (("located", "by_ratio"), ("random", "control_by_ratio")):
+        for kind, key in ROWS.items():
             if all(cell_key(kind, i, r) in cells for r in ratios):
                 row[key] = {str(r): concept_cell(before_c, before_g, *_split(cells[cell_key(kind, i, r)], n),
                                                  acc_before, r) for r in ratios}
@@ -90,8 +115,16 @@ def build_result(model: str, bench: str, settings: dict, concepts: list[Concept]
               "pss": located["pss"], "pss_by_ratio": located["pss_by_ratio"], **{
                   k: v for k, v in located.items() if k not in ("pss", "pss_by_ratio")}}
     result["pss_concept_mean"] = mean(r["pss"] for r in rows)
-    if all("control_by_ratio" in r for r in rows) and settings.get("control"):
-        result["control"] = summarise(rows, ratios, acc_before, "control_by_ratio")
+    for kind in ("random", "matched"):
+        if all(ROWS[kind] in r for r in rows) and settings.get(SETTING[kind]):
+            result[SECTIONS[kind]] = summarise(rows, ratios, acc_before, ROWS[kind])
+    result.update(magnitudes or {})
+    result["significance"] = significance(rows, ratios)
+    result["significance_test"] = {
+        "difference": "mean over concepts of located minus control, per measure",
+        "ci95": f"percentile bootstrap over concepts, {BOOTSTRAP} draws, seed 0",
+        "p_value": "two-sided paired sign-flip permutation test over concepts (exact up to 16 concepts, "
+                   "else 100000 seeded draws)", "alpha": ALPHA}
     result["tiers"] = {}
     for tier in TIERS:
         group = [r for r in rows if r["tier"] == tier]
@@ -128,7 +161,7 @@ def write_result(result: dict, out: Path) -> None:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for row in result["concepts"]:
-            for kind, key in (("located", "by_ratio"), ("random", "control_by_ratio")):
+            for kind, key in ROWS.items():
                 for r, cell in row.get(key, {}).items():
                     w.writerow({"concept": row["concept"], "tier": row["tier"], "category": row["category"],
                                 "kind": kind, "ratio": r, "concept_before": row["concept_before"],
@@ -149,15 +182,31 @@ def summary(result: dict) -> str:
              f"PSS (mean over ratios): {_fmt(result['pss'])}   excess drop: {_fmt(result['excess_drop'])}"]
     if "warning" in result:
         lines.append("WARNING: " + result["warning"])
-    ctrl = result.get("control")
+    ctrl, matched = result.get("control"), result.get("matched")
     lines.append("")
-    lines.append("ratio    PSS  concept_after general_after excess_drop" + ("  | random: PSS excess" if ctrl else ""))
+    lines.append("ratio    PSS  concept_after general_after excess_drop" + ("  | random: PSS excess" if ctrl else "")
+                 + ("  | matched: PSS excess" if matched else ""))
     for r in result["pss_by_ratio"]:
         line = (f"{float(r):<6g} {_fmt(result['pss_by_ratio'][r])}  {_fmt(result['concept_after_by_ratio'][r])}"
                 f"        {_fmt(result['general_after_by_ratio'][r])}       {_fmt(result['excess_by_ratio'][r])}")
-        if ctrl:
-            line += f"  |   {_fmt(ctrl['pss_by_ratio'][r])} {_fmt(ctrl['excess_by_ratio'][r])}"
+        for section in (ctrl, matched):
+            if section:
+                line += f"  |   {_fmt(section['pss_by_ratio'][r])} {_fmt(section['excess_by_ratio'][r])}"
         lines.append(line)
+    magnitudes, medians = result.get("magnitude_by_ratio"), result.get("magnitude_median_by_ratio", {})
+    if magnitudes:
+        lines += ["", "|m| of the masked units (over unrelated questions):  mean: located random matched"
+                  + ("  | median: located random matched" if medians else "")]
+        for r, m in magnitudes.items():
+            line = f"{float(r):<6g} {_fmt(m['located'])} {_fmt(m['random'])} {_fmt(m['matched'])}"
+            if r in medians:
+                line += "  |   " + " ".join(_fmt(medians[r][kind]) for kind in ("located", "random", "matched"))
+            lines.append(line)
+    tests = [(r, kind, t["excess_drop"]) for r, by in result.get("significance", {}).items() if float(r) > 0
+             for kind, t in by.items()]  # at ratio 0 nothing is masked: nothing to say
+    if tests:
+        lines += ["", "located against the controls (paired tests over concepts):"]
+        lines += ["  " + located_vs_control(r, kind, t) for r, kind, t in tests]
     lines.append("")
     lines.append("tier    concepts acc_before   PSS  excess_drop")
     for tier, t in result["tiers"].items():

@@ -25,9 +25,11 @@ from ..model.families import read_config
 from . import many_masks
 from .benchmark import Concept, load_benchmark, questions_of, unrelated_sets
 from .fingerprint import differences, file_digest, model_digest, short
-from .locate import KINDS, TOKEN_RULES, collect_coefficients, concept_masks
+from .locate import (KINDS, LOCATORS, TOKEN_RULES, ConceptStats, cell_masks, group_stats, question_coefficients,
+                     question_groups, set_magnitudes)
 from .prompts import coefficient_prompt, mcq_prompt
 from .report import build_result, cell_key, parse_cell_key, write_result
+from .scores import mean
 from .scoring import GENERATE_TOKENS, MODES, cloze_tokens, letter_vocab, mcq_answers
 from .shard import Shard
 
@@ -46,6 +48,9 @@ class Settings:
     concepts: int | None = None  # keep the first N concepts of the file
     n_unrelated: int = 5  # concepts whose questions form t* (§3.2)
     control: bool = False  # also mask random vectors, same count per layer (the reviewers' control)
+    matched_control: bool = False  # also mask random vectors of the located ones' magnitudes (METHOD.md §4)
+    split_half: bool = False  # locate on one half of the questions, score on the other (METHOD.md §4)
+    locator: str = "diff"  # diff (Eq. 5) | zscore (METHOD.md §4)
     ablation: str = "zero"  # zero | mean: masked m_j set to 0 (§4.1) or to their mean on unrelated questions
     token_rule: str = "content"  # which tokens the coefficient mean covers (METHOD.md §3)
     cloze_mean: bool = False  # cloze: mean instead of sum of option-token log-probs
@@ -60,10 +65,15 @@ class Settings:
 
     def fingerprint(self, model, bench: Path) -> dict:
         """What a resumed run must share with the saved work: the contents of the model folder and of the
-        benchmark, and every setting that changes an answer (ratios and control may grow; batch size,
-        device, engine and early stop give the same answers)."""
+        benchmark, and every setting that changes an answer (ratios and the controls may grow; batch size,
+        device, engine and early stop give the same answers). Split-half and the locator count only when
+        not their defaults, so work saved before they existed still resumes."""
         keep = {k: v for k, v in asdict(self).items()
-                if k not in ("ratios", "control", "batch_size", "device", "engine", "early_stop")}
+                if k not in ("ratios", "control", "matched_control", "batch_size", "device", "engine", "early_stop")}
+        if not self.split_half:
+            del keep["split_half"]
+        if self.locator == "diff":
+            del keep["locator"]
         keep.update({f"model {k}": v for k, v in model_digest(model).items()})
         keep["bench"] = file_digest(bench)
         return keep
@@ -84,6 +94,8 @@ class Settings:
             raise ValueError(f"--batch-size {self.batch_size}: must be 1 or more")
         if self.ablation not in ("zero", "mean"):
             raise ValueError(f"--ablation {self.ablation!r}: choose zero or mean")
+        if self.locator not in LOCATORS:
+            raise ValueError(f"--locator {self.locator!r}: choose one of {', '.join(LOCATORS)}")
         if self.token_rule not in TOKEN_RULES:
             raise ValueError(f"--token-rule {self.token_rule!r}: choose one of {', '.join(TOKEN_RULES)}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -256,6 +268,10 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     check_outputs(out, [bench] + model_inputs(model_dir))
     concepts = load_benchmark(bench)[: s.concepts]
     others = unrelated_sets(concepts, s.n_unrelated, s.seed)
+    few = [c for c in concepts if len(c.mcq) < 2]
+    if s.split_half and few:
+        raise ValueError(f"{bench}:{few[0].line}: concept {few[0].name!r} has {len(few[0].mcq)} question; "
+                         "--split-half needs at least 2 per concept (one per half)")
     config = read_config(model_dir)
     if s.skip_layers >= config.num_layers:
         raise ValueError(f"--skip-layers {s.skip_layers} leaves nothing to mask in a model of "
@@ -267,11 +283,12 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     shard = Shard(s.device)
     model = load_model(model_dir, dtype=getattr(torch, s.dtype), device=shard.device)  # refuses damaged weights
     work = WorkDir(out, s.fingerprint(model_dir, bench), shard.rank)
-    cells, timing, coeffs = measure(model, tok, concepts, others, s, work, shard, quiet, start=t0)
+    cells, timing, stats = measure(model, tok, concepts, others, s, work, shard, quiet, start=t0)
+    magnitudes = magnitude_step(stats, others, s) if shard.main else None
     timing["total"] = time.time() - t0
     result = build_result(str(model_dir), str(bench), {**asdict(s), "processes": shard.world}, concepts,
-                          others, cells, timing)
-    bad = [concepts[i].name for i in range(len(concepts)) if not torch.isfinite(coeffs[i]).all()]
+                          others, cells, timing, magnitudes)
+    bad = [concepts[i].name for i in range(len(concepts)) if not torch.isfinite(stats.means[i]).all()]
     if bad:  # finite weights can still overflow (fp16, huge activations): the scores are then unreliable
         result["nonfinite_activations"] = bad
         result["warning"] = (result.get("warning", "") + " " if "warning" in result else "") + (
@@ -289,23 +306,23 @@ def measure(model, tok, concepts: list[Concept], others: list[list[int]], s: Set
     masking, then every masked cell, each located (Eq. 5) and masked (Eq. 4) and scored. Work already
     in `work` (a `WorkDir`, or `Unsaved`) is reused. Returns every cell's per-question correctness (by
     `cell_key`), the time of each step (the first from `start`, so that it includes loading) and the
-    coefficients."""
+    coefficient statistics (`locate.ConceptStats`)."""
     shard = shard or Shard(s.device)
     t0 = time.time() if start is None else start
     mine = [i for i in range(len(concepts)) if shard.mine(i)]
     work.keep_cells(lambda key: expected_length(key, concepts, others))
-    coeffs, signed = coefficients_step(model, tok, concepts, mine, s, work, shard)
+    stats, signed = coefficients_step(model, tok, concepts, mine, s, work, shard)
     timing = {"coefficients": time.time() - t0}
     t1 = time.time()
     baseline_step(model, tok, concepts, mine, s, work)
     timing["baseline"] = time.time() - t1
     t2 = time.time()
-    masked_step(model, tok, concepts, others, mine, coeffs, signed, s, work, quiet)
+    masked_step(model, tok, concepts, others, mine, stats, signed, s, work, quiet)
     timing["masked"] = time.time() - t2
     cells = {}
     for part in shard.gather(work.cells):
         cells.update(part)
-    return cells, timing, coeffs
+    return cells, timing, stats
 
 
 def expected_length(key: str, concepts: list[Concept], others: list[list[int]]) -> int | None:
@@ -318,20 +335,56 @@ def expected_length(key: str, concepts: list[Concept], others: list[list[int]]) 
 
 
 def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard):
-    """m per concept `[C, L, d_ff]` (mean |m|, §3.2), and with mean-ablation the signed means too; each
+    """Per concept and group of its questions (all of them; with split-half also each half,
+    `locate.question_groups`) the mean of the per-question |m| (§3.2), with the zscore locator the mean of
+    their squares too, as a `ConceptStats`; with mean-ablation also the signed means `[C, L, d_ff]`. Each
     process computes its own concepts, all of them receive every concept's."""
+    counts = [len(c.mcq) for c in concepts]
+    per_question = {}
 
-    def gathered(absolute=True):
-        part = collect_coefficients(model, tok, [concepts[i] for i in mine], s.token_rule, s.batch_size, absolute)
-        parts = {i: part[n] for n, i in enumerate(mine)}
-        for other in shard.gather(parts):
-            parts.update(other)
-        return torch.stack([parts[i] for i in range(len(concepts))])
+    def gathered(reduce, absolute=True):
+        def compute():
+            if absolute not in per_question:
+                texts = [coefficient_prompt(q) for i in mine for q in concepts[i].mcq]
+                per_question[absolute] = question_coefficients(model, tok, texts, s.token_rule, s.batch_size,
+                                                               absolute)
+            part = reduce(per_question[absolute], [counts[i] for i in mine])
+            parts = {i: part[n] for n, i in enumerate(mine)}
+            for other in shard.gather(parts):
+                parts.update(other)
+            return torch.stack([parts[i] for i in range(len(concepts))])
+        return compute
 
-    shape = (len(concepts), model.config.num_layers, model.config.intermediate_size)
-    coeffs = work.coefficients(gathered, shape=shape)
-    signed = work.coefficients(lambda: gathered(False), "signed_means", shape) if s.ablation == "mean" else None
-    return coeffs, signed
+    C, L, d = len(concepts), model.config.num_layers, model.config.intermediate_size
+    means = work.coefficients(gathered(lambda x, n: group_stats(x, n, False)[:, 0]), shape=(C, L, d))[:, None]
+    if s.split_half:
+        halves = work.coefficients(gathered(lambda x, n: group_stats(x, n, True)[:, 1:]), "half_coefficients",
+                                   (C, 2, L, d))
+        means = torch.cat([means, halves], 1)
+    squares = None
+    if s.locator == "zscore":
+        squares = work.coefficients(gathered(lambda x, n: group_stats(x, n, s.split_half, squares=True)),
+                                    "coefficient_squares", (C, means.shape[1], L, d))
+    stats = ConceptStats(means, [[len(g) for g in question_groups(n, s.split_half)] for n in counts], squares)
+    signed = None
+    per_question.clear()  # the |m| rows are no longer needed
+    if s.ablation == "mean":
+        signed = work.coefficients(gathered(lambda x, n: group_stats(x, n, False)[:, 0], False), "signed_means",
+                                   (C, L, d))
+    return stats, signed
+
+
+def magnitude_step(stats: ConceptStats, others: list[list[int]], s: Settings) -> dict:
+    """Per ratio, the mean magnitude a (the mean |m| over the unrelated questions) of the units each kind
+    of mask sets to 0, averaged over concepts and the layers >= skip (`locate.set_magnitudes`), their
+    median (averaged over concepts), and the share of matched units that are also located. Computed for every kind, whichever controls ran: the
+    saved coefficients are all it needs."""
+    per = [set_magnitudes(i, s.ratios, stats, others[i], s.skip_layers, s.seed, s.locator, s.split_half)
+           for i in range(len(others))]
+    return {"magnitude_by_ratio": {str(r): {kind: mean(p[r][kind] for p in per) for kind in KINDS} for r in s.ratios},
+            "magnitude_median_by_ratio": {str(r): {kind: mean(p[r][kind, "median"] for p in per) for kind in KINDS}
+                                          for r in s.ratios},
+            "matched_shared_by_ratio": {str(r): mean(p[r]["shared"] for p in per) for r in s.ratios}}
 
 
 def baseline_step(model, tok, concepts, mine, s: Settings, work) -> None:
@@ -353,11 +406,12 @@ def baseline_step(model, tok, concepts, mine, s: Settings, work) -> None:
         answers = answers[n:]
 
 
-def masked_step(model, tok, concepts, others, mine, coeffs, signed, s: Settings, work, quiet=False) -> None:
-    """Every missing (kind, concept, ratio) cell: the concept's mask (located, or random for the
-    control) scored on its own and its unrelated questions (§4.1)."""
+def masked_step(model, tok, concepts, others, mine, stats, signed, s: Settings, work, quiet=False) -> None:
+    """Every missing (kind, concept, ratio) cell: the concept's mask (located, or a control) scored on its
+    own and its unrelated questions (§4.1); with split-half, two masks, each located on one half of the
+    questions and scoring the other (`locate.cell_masks`). A cell holds the answers in `questions_of` order."""
     counts = [len(c.mcq) for c in concepts]
-    kinds = KINDS if s.control else KINDS[:1]
+    kinds = [k for k, on in zip(KINDS, (True, s.control, s.matched_control)) if on]
     todo = [(k, i, r) for i in mine for r in s.ratios for k in kinds if cell_key(k, i, r) not in work.cells]
     progress = Progress(len(todo), "masked", quiet)
     # the shared-work evaluator takes several concepts at once (their questions overlap: t* of one is t of
@@ -366,10 +420,18 @@ def masked_step(model, tok, concepts, others, mine, coeffs, signed, s: Settings,
         pool, which, cells, masks = {}, [], [], []
         for i in group:
             mine_i = [(k, r) for k, j, r in todo if j == i]
-            masks.append(concept_masks(i, mine_i, coeffs, counts, others[i], s.skip_layers, s.seed, signed))
+            m, parts = cell_masks(i, mine_i, stats, others[i], s.skip_layers, s.seed, s.locator, s.split_half,
+                                  signed)
             keys = [(j, k) for j in [i] + others[i] for k in range(counts[j])]  # questions_of's order
-            which += [[pool.setdefault(key, len(pool)) for key in keys]] * len(mine_i)
-            cells += [(k, i, r) for k, r in mine_i]
+            index = [pool.setdefault(key, len(pool)) for key in keys]
+            rows = [None] * len(m)
+            for cell_parts in parts:
+                for row, positions in cell_parts:
+                    rows[row] = [index[p] for p in positions]
+            cells += [((k, i, r), [(len(which) + row, positions) for row, positions in cell_parts])
+                      for (k, r), cell_parts in zip(mine_i, parts)]
+            which += rows
+            masks.append(m)
         masks = torch.cat(masks).to(device=model.device, dtype=model.dtype)
         qs = [concepts[j].mcq[k] for j, k in pool]
         if s.engine:  # all of this group's masks at once
@@ -378,6 +440,10 @@ def masked_step(model, tok, concepts, others, mine, coeffs, signed, s: Settings,
         else:
             answers = [mcq_answers(model, tok, [qs[q] for q in w], s.mode, m, s.batch_size, s.early_stop,
                                    s.cloze_mean) for w, m in zip(which, masks)]
-        for (k, i, r), w, got in zip(cells, which, answers):
-            work.save_cell(cell_key(k, i, r), [a == qs[q].answer for a, q in zip(got, w)])
+        for (k, i, r), cell_parts in cells:
+            correct = [None] * sum(len(positions) for _, positions in cell_parts)
+            for row, positions in cell_parts:
+                for p, q, got in zip(positions, which[row], answers[row]):
+                    correct[p] = got == qs[q].answer
+            work.save_cell(cell_key(k, i, r), correct)
             progress.step(f"{concepts[i].name} r={r} {k}")

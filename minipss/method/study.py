@@ -7,9 +7,12 @@ or a model folder) into `OUT/<model>/result.json`; each run resumes from its own
 whose result already holds these settings is not run again. Then it writes, in `OUT/`:
 
 - Table 1: accuracy before masking and PSS per model, with the spread over concepts (standard deviation
-  and a bootstrap 95% interval), the excess drop and the random-vector control beside them;
-- Figure 2: accuracy against PSS across models, Pearson and Spearman with bootstrap intervals over concepts;
-- Figure 3: General_after - Concept_after against the mask ratio, one curve per model (dashed: random);
+  and a bootstrap 95% interval), the excess drop and the controls (uniform random, magnitude-matched)
+  beside them;
+- the paired tests of located against each control per ratio, and the sentences they allow (METHOD.md §9);
+- Figure 2: accuracy against PSS across models, Pearson and Spearman with bootstrap intervals over concepts
+  and permutation p-values over the models' orderings;
+- Figure 3: General_after - Concept_after against the mask ratio, one curve per model (dashed: random; dotted: matched);
 - Figure 5: PSS per popularity tier;
 - `study.md` (the tables, the figures embedded) and `study.json` (every number in it).
 
@@ -33,17 +36,20 @@ from .. import benchmark_path, checks
 from ..options import numbers
 from ..weights.real_models import MODELS, ensure
 from .benchmark import TIERS, load_benchmark
-from .compare import PLOT_EXTRA, pearson, spearman
+from .claims import FOLD_NOTE, grows_with_accuracy, located_vs_control
+from .compare import PLOT_EXTRA
 from .fingerprint import file_digest
+from .report import significance
 from .run import Settings, run_pss
 from .scores import mean, model_pss
+from .stats import correlation_p, pearson, spearman
 
 
 DEFAULT_MODELS = ("smollm2-135m", "gemma-3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 DEFAULT_RATIOS = "0.001,0.01,0.1,0.5"
 # settings a stored result must share to be reused as it is
-SAME = ("mode", "ratios", "skip_layers", "seed", "concepts", "n_unrelated", "control", "ablation", "token_rule",
-        "cloze_mean", "dtype")
+SAME = ("mode", "ratios", "skip_layers", "seed", "concepts", "n_unrelated", "control", "matched_control",
+        "split_half", "locator", "ablation", "token_rule", "cloze_mean", "dtype")
 
 
 # ---- running ---------------------------------------------------------------------------------------
@@ -69,9 +75,9 @@ def run_models(models, bench, out, settings_for, quiet=False) -> dict[str, dict]
         label, settings = label_of(name), settings_for(name)
         path = Path(out) / label / "result.json"
         if path.is_file():
-            stored = json.loads(path.read_text())
-            if all(stored.get("settings", {}).get(k) == v for k, v in asdict(settings).items() if k in SAME):
-                results[label] = stored
+            stored = {**asdict(Settings()), **json.loads(path.read_text()).get("settings", {})}  # older: defaults
+            if all(stored[k] == v for k, v in asdict(settings).items() if k in SAME):
+                results[label] = json.loads(path.read_text())
                 if not quiet:
                     print(f"{label}: reusing {path}", flush=True)
                 continue
@@ -123,22 +129,27 @@ def summarise(results: dict[str, dict], instruct: dict[str, bool | None], n_boot
         own = scores(rows, ratios)
         boots = [scores([rows[rng.randrange(len(rows))] for _ in rows], ratios) for _ in range(n_boot)]
         control = scores(rows, ratios, "control_by_ratio") if all("control_by_ratio" in r for r in rows) else None
+        matched = scores(rows, ratios, "matched_by_ratio") if all("matched_by_ratio" in r for r in rows) else None
+        own_ratios = sorted(res["pss_by_ratio"], key=float)
         models[label] = {
             "instruction_tuned": instruct.get(label),
             "concepts": len(rows),
-            "ratios": sorted(res["pss_by_ratio"], key=float),
+            "ratios": own_ratios,
             "acc_before": own["acc"], "pss": own["pss"], "excess_drop": own["excess"],
             "acc_ci": interval(b["acc"] for b in boots), "pss_ci": interval(b["pss"] for b in boots),
             "excess_ci": interval(b["excess"] for b in boots),
             "acc_std_over_concepts": std(r["concept_before"] for r in rows),
             "pss_std_over_concepts": std(mean(r["by_ratio"][k]["pss"] for k in ratios) for r in rows),
             "control_pss": control and control["pss"], "control_excess_drop": control and control["excess"],
+            "matched_pss": matched and matched["pss"], "matched_excess_drop": matched and matched["excess"],
             "by_ratio": {k: {"pss": res["pss_by_ratio"][k], "g_minus_c": res["g_minus_c_by_ratio"][k],
                              "excess_drop": res["excess_by_ratio"][k],
-                             "control_pss": res.get("control", {}).get("pss_by_ratio", {}).get(k),
-                             "control_g_minus_c": res.get("control", {}).get("g_minus_c_by_ratio", {}).get(k),
-                             "control_excess_drop": res.get("control", {}).get("excess_by_ratio", {}).get(k)}
-                         for k in sorted(res["pss_by_ratio"], key=float)},
+                             **{f"{name}_{what}": res.get(name, {}).get(f"{key}_by_ratio", {}).get(k)
+                                for name in ("control", "matched")
+                                for what, key in (("pss", "pss"), ("g_minus_c", "g_minus_c"),
+                                                  ("excess_drop", "excess"))}}
+                         for k in own_ratios},
+            "tests": significance(rows, own_ratios),  # recomputed from the rows: older results lack them
             "tiers": {t: {"concepts": len(group), **scores(group, ratios)}
                       for t in TIERS if (group := [r for r in rows if r["tier"] == t])},
             "warning": res.get("warning"),
@@ -161,6 +172,8 @@ def summarise(results: dict[str, dict], instruct: dict[str, bool | None], n_boot
                 draws["spearman"].append(spearman(bx, by))
         corr[what] = {"pearson": pearson(xs, ys) if None not in ys else None,
                       "spearman": spearman(xs, ys) if None not in ys else None,
+                      "pearson_p": correlation_p(xs, ys, pearson) if None not in ys else None,
+                      "spearman_p": correlation_p(xs, ys, spearman) if None not in ys else None,
                       "pearson_ci": interval(draws["pearson"]), "spearman_ci": interval(draws["spearman"])}
     return {"common_ratios": ratios, "shared_concepts": shared, "bootstrap": n_boot, "models": models,
             "accuracy_vs": corr}
@@ -183,33 +196,60 @@ def _pct(key: str) -> str:
 def markdown(summary: dict, settings: dict, figures: list[Path]) -> str:
     """The study report: settings, Table 1, correlations, per-ratio and per-tier tables, the figures."""
     models, ratios = summary["models"], summary["common_ratios"]
+    shared = ", ".join(_pct(k) for k in ratios)
     lines = ["# Parameter specialization across models", "",
              f"Benchmark `{Path(settings['bench']).name}`, mode `{settings['mode']}`, dtype {settings['dtype']}, "
              f"first {settings['concepts'] or 'all'} concepts, skip {settings['skip_layers']} layers, seed {settings['seed']}, "
-             f"{'with' if settings['control'] else 'without'} the random-vector control. Every model is scored as plain text "
+             f"{'with' if settings['control'] else 'without'} the random-vector control, "
+             f"{'with' if settings.get('matched_control') else 'without'} the magnitude-matched control, "
+             f"locator {settings.get('locator', 'diff')}"
+             f"{', split-half (located on one half of the questions, scored on the other)' if settings.get('split_half') else ''}. "
+             "Every model is scored as plain text "
              "completion, without a chat template. Cross-model numbers use the mask ratios all models share: "
              f"{', '.join(_pct(k) for k in ratios)}. Intervals: bootstrap 95% over concepts ({summary['bootstrap']} draws).", "",
              "## Table 1", "",
-             "| model | instruction-tuned | concepts | ratios run | accuracy before | PSS | excess drop | random: PSS | random: excess drop |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"| model | instruction-tuned | concepts | ratios run | accuracy before | PSS at {shared} | excess drop at {shared} "
+             "| random: PSS | random: excess drop | matched: PSS | matched: excess drop |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, m in models.items():
         tuned = {True: "yes", False: "no", None: "?"}[m["instruction_tuned"]]
         lines.append(
             f"| {label} | {tuned} | {m['concepts']} | {', '.join(_pct(k) for k in m['ratios'])} | "
             f"{_f(m['acc_before'])} ± {_f(m['acc_std_over_concepts'])}{_ci(m['acc_ci'])} | "
             f"{_f(m['pss'])} ± {_f(m['pss_std_over_concepts'])}{_ci(m['pss_ci'])} | {_f(m['excess_drop'])}{_ci(m['excess_ci'])} | "
-            f"{_f(m['control_pss'])} | {_f(m['control_excess_drop'])} |")
+            f"{_f(m['control_pss'])} | {_f(m['control_excess_drop'])} | {_f(m.get('matched_pss'))} | "
+            f"{_f(m.get('matched_excess_drop'))} |")
     lines += ["", "± is the standard deviation over concepts (of a concept's accuracy, and of its own PSS with the "
-              "per-concept denominator); the model's PSS itself is Eq. 6 over all concepts.", ""]
+              "per-concept denominator); the model's PSS itself is Eq. 6 over all concepts. " + FOLD_NOTE, ""]
     warnings = [f"- {label}: {m['warning']}" for label, m in models.items() if m.get("warning")]
     lines += (["Warnings:", *warnings, ""] if warnings else [])
 
     lines += ["## Accuracy against PSS and excess drop across models (Figure 2)", "",
               f"{len(models)} models; bootstrap over the {len(summary['shared_concepts'])} concepts all were scored on.", "",
-              "| accuracy before vs | Pearson | Spearman |", "| --- | --- | --- |"]
+              "| accuracy before vs | Pearson [bootstrap] | p | Spearman [bootstrap] | p |",
+              "| --- | --- | --- | --- | --- |"]
     for what, c in summary["accuracy_vs"].items():
-        lines.append(f"| {what.replace('_', ' ')} | {_f(c['pearson'])}{_ci(c['pearson_ci'])} | "
-                     f"{_f(c['spearman'])}{_ci(c['spearman_ci'])} |")
+        lines.append(f"| {what.replace('_', ' ')} | {_f(c['pearson'])}{_ci(c['pearson_ci'])} | {_f(c.get('pearson_p'))} | "
+                     f"{_f(c['spearman'])}{_ci(c['spearman_ci'])} | {_f(c.get('spearman_p'))} |")
+    lines += ["", "p: permutation test over the orderings of the models (exact up to 8 models).", ""]
+    lines += [f"- {grows_with_accuracy(what, c['spearman'], c.get('spearman_p'), len(models))}"
+              for what, c in summary["accuracy_vs"].items()]
+
+    lines += ["", "## Located against the controls (paired tests over concepts)", "",
+              "Per concept, located minus control; mean over concepts, bootstrap 95% interval, two-sided paired "
+              "sign-flip p-value (METHOD.md §9).", "",
+              "| model | ratio | control | excess drop: difference | p | G - C: difference | p |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    sentences = []
+    for label, m in models.items():
+        for k, by in m.get("tests", {}).items():
+            for kind, t in by.items():
+                e, g = t["excess_drop"], t["g_minus_c"]
+                lines.append(f"| {label} | {_pct(k)} | {kind} | {_f(e['difference'])}{_ci(e['ci95'])} | "
+                             f"{_f(e['p_value'])} | {_f(g['difference'])}{_ci(g['ci95'])} | {_f(g['p_value'])} |")
+                if float(k) > 0:  # at ratio 0 nothing is masked: nothing to say
+                    sentences.append(f"- {label}: {located_vs_control(k, kind, e)}")
+    lines += ["", *sentences] if sentences else ["", "No control ran: nothing to test."]
 
     lines += ["", "## By mask ratio (Figure 3)", "",
               "| model | ratio | PSS | G - C | excess drop | random: PSS | random: G - C | random: excess drop |",
@@ -219,7 +259,7 @@ def markdown(summary: dict, settings: dict, figures: list[Path]) -> str:
             lines.append(f"| {label} | {_pct(k)} | {_f(r['pss'])} | {_f(r['g_minus_c'])} | {_f(r['excess_drop'])} | "
                          f"{_f(r['control_pss'])} | {_f(r['control_g_minus_c'])} | {_f(r['control_excess_drop'])} |")
 
-    lines += ["", "## By popularity tier (Figure 5)", "",
+    lines += ["", f"## By popularity tier (Figure 5), at the shared ratios {shared}", "",
               "| model | " + " | ".join(f"{t}: acc / PSS / excess" for t in TIERS) + " |",
               "| --- | " + " | ".join("---" for _ in TIERS) + " |"]
     for label, m in models.items():
@@ -228,6 +268,7 @@ def markdown(summary: dict, settings: dict, figures: list[Path]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if figures:
         lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
+        lines += ["", "Figure 2's vertical lines are PSS's bootstrap intervals. " + FOLD_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -261,11 +302,13 @@ def plot(summary: dict, folder: Path) -> list[Path]:
     fig = Figure(figsize=(6.5, 4.5))
     ax = fig.subplots()
     for label, m in models.items():
-        points = [(float(k), r["g_minus_c"], r["control_g_minus_c"]) for k, r in m["by_ratio"].items() if float(k) > 0]
+        points = [(float(k), r["g_minus_c"], r["control_g_minus_c"], r.get("matched_g_minus_c"))
+                  for k, r in m["by_ratio"].items() if float(k) > 0]
         (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], "-o", ms=3, label=label)
-        if all(p[2] is not None for p in points):
-            ax.plot([p[0] for p in points], [p[2] for p in points], "--x", ms=4, color=line.get_color(),
-                    label=f"{label} random")
+        for n, style, name in ((2, "--x", "random"), (3, ":s", "matched")):
+            if all(p[n] is not None for p in points):
+                ax.plot([p[0] for p in points], [p[n] for p in points], style, ms=3, color=line.get_color(),
+                        label=f"{label} {name}")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xscale("log")
     ax.set(xlabel="mask ratio (log)", ylabel="General_after - Concept_after", title="G - C by mask ratio")
@@ -329,6 +372,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ratios-for", action="append", metavar="MODEL=R1,R2", help="other ratios for one model (repeatable)")
     p.add_argument("--concepts", type=int, default=12, help="first N concepts, 6 or more (default 12: 4 per tier); 0 for all")
     p.add_argument("--no-control", action="store_true", help="leave out the random-vector control")
+    p.add_argument("--matched-control", action="store_true", help="add the magnitude-matched random control")
+    p.add_argument("--split-half", action="store_true", help="locate on one half of the questions, score on the other")
+    p.add_argument("--locator", default="diff", choices=["diff", "zscore"], help="diff (Eq. 5, default) or zscore")
     p.add_argument("--skip-layers", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
@@ -368,19 +414,22 @@ def main(a) -> None:
     load_benchmark(bench)  # read whole: a bad line is named before any model runs
     checks.output_folder(a.out, [bench] + [Path(m) for m in models if m not in MODELS], "--out")
     record = {"command": "study", "bench": file_digest(bench), "mode": a.mode, "skip_layers": a.skip_layers,
-              "seed": a.seed, "concepts": a.concepts or None, "control": not a.no_control, "dtype": a.dtype}
+              "seed": a.seed, "concepts": a.concepts or None, "control": not a.no_control, "split_half": a.split_half,
+              "locator": a.locator, "dtype": a.dtype}
     checks.own_folder(a.out, record)
     checks.claim(a.out, record)
 
     def settings_for(name: str) -> Settings:
         return Settings(mode=a.mode, ratios=ratios_for.get(name, a.ratios), skip_layers=a.skip_layers, seed=a.seed,
                         concepts=a.concepts or None, control=not a.no_control, dtype=a.dtype, device=a.device,
-                        batch_size=a.batch_size)
+                        batch_size=a.batch_size, matched_control=a.matched_control, split_half=a.split_half,
+                        locator=a.locator)
 
     results = run_models(models, bench, a.out, settings_for, a.quiet)
     instruct = {label_of(m): (MODELS[m].instruct if m in MODELS else None) for m in models}
     settings = {"bench": str(bench), "mode": a.mode, "dtype": a.dtype, "concepts": a.concepts or None,
                 "skip_layers": a.skip_layers, "seed": a.seed, "control": not a.no_control,
+                "matched_control": a.matched_control, "split_half": a.split_half, "locator": a.locator,
                 "ratios": {label_of(m): settings_for(m).ratios for m in models}}
     path = write_report(results, a.out, settings, instruct, a.bootstrap)
     print(path.read_text())

@@ -153,7 +153,7 @@ def run_pss(model_dir, bench, out, mode: str, ratios: list[float], skip: int = 5
     t2 = time.time()
     counts = [len(c.mcq) for c in cs]
     for i in range(len(cs)):
-        mine = [(kind, r) for r in ratios for kind in (KINDS if control else KINDS[:1])]
+        mine = [(kind, r) for r in ratios for kind in (KINDS[:2] if control else KINDS[:1])]  # located, random
         masks = concept_masks(i, mine, coeffs, counts, others[i], skip, seed, signed).to(device=device, dtype=dtype)
         for (kind, r), mask in zip(mine, masks):
             score(cell_key(kind, i, r), questions_of(cs, i, others[i]), mask)

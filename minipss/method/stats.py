@@ -1,0 +1,124 @@
+"""Paired tests over concepts and correlation tests over models (METHOD.md §9): a percentile bootstrap
+interval, the paired sign-flip permutation test, and Pearson and Spearman with a permutation p-value.
+
+Exact where the enumeration is small (2^n sign patterns for n <= 16 concepts, n! orderings for n <= 8
+models), else Monte Carlo with a seeded generator and p = (count + 1) / (draws + 1). Every test is
+two-sided; a test with a direction reads the sign of the difference beside its p-value.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+ALPHA = 0.05
+EXACT_SIGNS = 16  # up to this many pairs every sign pattern is enumerated
+EXACT_ORDERS = 8  # up to this many points every ordering is enumerated
+DRAWS = 100_000  # Monte Carlo draws beyond those sizes
+BOOTSTRAP = 10_000  # bootstrap draws over concepts
+TOLERANCE = 1e-12  # statistics equal up to rounding count as "at least as extreme"
+
+
+def bootstrap_ci(values, n_boot: int = BOOTSTRAP, seed: int = 0, level: float = 0.95) -> list[float] | None:
+    """Percentile interval of the mean of `values` under resampling them with replacement (`n_boot`
+    draws, seeded): the draws' sorted means at floor(q (n_boot - 1)) and ceil((1 - q) (n_boot - 1)), q =
+    (1 - level) / 2. None for no values."""
+    x = np.asarray([float(v) for v in values])
+    if not len(x):
+        return None
+    rng = np.random.default_rng(seed)
+    means = np.sort(x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1))
+    q = (1 - level) / 2
+    return [float(means[math.floor(q * (n_boot - 1))]), float(means[math.ceil((1 - q) * (n_boot - 1))])]
+
+
+def sign_flip_p(differences, draws: int = DRAWS, seed: int = 0) -> float | None:
+    """Two-sided p-value of the paired sign-flip permutation test that the mean of `differences` is 0:
+    the share of sign patterns whose mean is at least as far from 0 as the observed one. Every pattern
+    for up to EXACT_SIGNS pairs (the observed one among them), else `draws` seeded random patterns,
+    (count + 1) / (draws + 1). None for no pairs."""
+    d = np.asarray([float(v) for v in differences])
+    n = len(d)
+    if not n:
+        return None
+    observed = abs(d.mean())
+    if n <= EXACT_SIGNS:
+        signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+        return float((np.abs((signs * d).mean(1)) >= observed - TOLERANCE).mean())
+    rng = np.random.default_rng(seed)
+    count = 0
+    for start in range(0, draws, 10_000):
+        signs = rng.choice((-1.0, 1.0), size=(min(10_000, draws - start), n))
+        count += int((np.abs((signs * d).mean(1)) >= observed - TOLERANCE).sum())
+    return (count + 1) / (draws + 1)
+
+
+def paired_test(located, control, n_boot: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """`located - control` per concept (pairs where both are numbers): their mean `difference`, its
+    bootstrap 95% interval `ci95` and the sign-flip `p_value`."""
+    d = [a - b for a, b in zip(located, control) if a is not None and b is not None]
+    return {"difference": sum(d) / len(d) if d else None, "ci95": bootstrap_ci(d, n_boot, seed),
+            "p_value": sign_flip_p(d, seed=seed), "n": len(d)}
+
+
+# ---- correlations across models ---------------------------------------------------------------------
+
+def pearson(xs, ys) -> float | None:
+    """Pearson's r; None with fewer than 3 points or when either side has no variance."""
+    xs, ys = [float(x) for x in xs], [float(y) for y in ys]
+    if len(xs) != len(ys):
+        raise ValueError(f"pearson: {len(xs)} x values but {len(ys)} y values")
+    n = len(xs)
+    if n < 3:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx == 0 or syy == 0:
+        return None
+    return sxy / math.sqrt(sxx * syy)
+
+
+def ranks(values) -> list[float]:
+    """Ranks from 1, tied values sharing the average of their ranks."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(xs, ys) -> float | None:
+    """Spearman's rho: Pearson's r of the ranks (average ranks for ties)."""
+    xs, ys = [float(x) for x in xs], [float(y) for y in ys]
+    if len(xs) != len(ys):
+        raise ValueError(f"spearman: {len(xs)} x values but {len(ys)} y values")
+    return pearson(ranks(xs), ranks(ys))
+
+
+def correlation_p(xs, ys, method=pearson, draws: int = DRAWS, seed: int = 0) -> float | None:
+    """Two-sided permutation p-value of a correlation (`pearson` or `spearman`): the share of orderings
+    of `ys` against `xs` whose |r| is at least the observed one; every ordering for up to EXACT_ORDERS
+    points, else `draws` seeded random ones, (count + 1) / (draws + 1). None where r is."""
+    observed = method(xs, ys)
+    if observed is None:
+        return None
+    ys = list(ys)
+    if len(ys) <= EXACT_ORDERS:
+        rs = [method(xs, p) for p in itertools.permutations(ys)]
+        return sum(r is not None and abs(r) >= abs(observed) - TOLERANCE for r in rs) / len(rs)
+    rng = np.random.default_rng(seed)
+    count = 0
+    for _ in range(draws):
+        r = method(xs, [ys[k] for k in rng.permutation(len(ys))])
+        count += r is not None and abs(r) >= abs(observed) - TOLERANCE
+    return (count + 1) / (draws + 1)
