@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -20,11 +20,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .. import load_model, load_tokenizer
+from ..model.fastest import resolve_dtype
 from ..model.families import read_config
 from . import many_masks
 from .benchmark import Concept, load_benchmark, questions_of, unrelated_sets
 from .fingerprint import differences, file_digest, model_digest, short
 from .locate import KINDS, TOKEN_RULES, collect_coefficients, concept_masks
+from .progress import REPORT_EVERY, Progress
 from .prompts import coefficient_prompt, mcq_prompt
 from .report import build_result, cell_key, parse_cell_key, write_result
 from .scoring import GENERATE_TOKENS, MODES, cloze_tokens, letter_vocab, mcq_answers
@@ -52,7 +54,8 @@ class Settings:
     engine: bool = True  # score all of a concept's masks (and the baseline) together, sharing work (same answers)
     batch_size: int = 32
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "float32"  # auto: bf16 where it is measured faster (METHOD.md §9), resolved before any work
+    dtype_choice: str = ""  # why this dtype (written by run_pss)
 
     def __post_init__(self):
         self.ratios = [float(r) for r in self.ratios]  # result keys are str(float): "0.1", "0.0"
@@ -62,7 +65,7 @@ class Settings:
         benchmark, and every setting that changes an answer (ratios and control may grow; batch size,
         device, engine and early stop give the same answers)."""
         keep = {k: v for k, v in asdict(self).items()
-                if k not in ("ratios", "control", "batch_size", "device", "engine", "early_stop")}
+                if k not in ("ratios", "control", "batch_size", "device", "engine", "early_stop", "dtype_choice")}
         keep.update({f"model {k}": v for k, v in model_digest(model).items()})
         keep["bench"] = file_digest(bench)
         return keep
@@ -91,8 +94,8 @@ class Settings:
             raise ValueError(f"--ablation {self.ablation!r}: choose zero or mean")
         if self.token_rule not in TOKEN_RULES:
             raise ValueError(f"--token-rule {self.token_rule!r}: choose one of {', '.join(TOKEN_RULES)}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"--dtype {self.dtype!r}: choose float32, bfloat16 or float16")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"--dtype {self.dtype!r}: choose auto, float32, bfloat16 or float16")
         check_device(self.device)
 
 
@@ -177,22 +180,6 @@ def check_prompt_lengths(concepts: list[Concept], tok, config, model_dir, mode: 
                     raise ValueError(
                         f"{bench}:{c.line}: concept {c.name!r} mcq[{k}]: its {what} prompt needs {n} positions; "
                         f"the model reads at most {limit} (max_position_embeddings in {Path(model_dir) / 'config.json'})")
-
-
-class Progress:
-    """One line per step on stderr with the elapsed and remaining time."""
-
-    def __init__(self, total: int, what: str, quiet: bool = False):
-        self.total, self.what, self.quiet, self.done, self.start = total, what, quiet, 0, time.time()
-
-    def step(self, label: str = "") -> None:
-        self.done += 1
-        if self.quiet:
-            return
-        spent = time.time() - self.start
-        left = spent / self.done * (self.total - self.done)
-        print(f"[{self.what} {self.done}/{self.total}] {label} {spent:.0f}s elapsed, ~{left:.0f}s left",
-              file=sys.stderr, flush=True)
 
 
 class WorkDir:
@@ -302,9 +289,11 @@ class Unsaved:
         pass  # nothing saved, nothing stale
 
 
-def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool = False) -> dict:
+def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool = False,
+            report_every: float = REPORT_EVERY) -> dict:
     """`minipss pss`: check everything, load, `measure`, then write `out` (JSON) and `out` with .csv;
-    returns the result dict."""
+    returns the result dict. `--dtype auto` is resolved here (`fastest.resolve_dtype`); the result and
+    the work folder record the dtype used."""
     s = settings or Settings()
     t0 = time.time()
     bench, out = Path(bench), Path(out)
@@ -323,9 +312,14 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     if s.mode == "logits":
         letter_vocab(tok)  # refuses a tokenizer without single-token letters
     shard = Shard(s.device)
+    dtype, why = resolve_dtype(s.dtype, shard.device, (config.hidden_size, config.intermediate_size))
+    s = replace(s, dtype=dtype, dtype_choice=why)
+    if not quiet and shard.main:
+        print(f"dtype {dtype} ({why})", file=sys.stderr, flush=True)
     model = load_model(model_dir, dtype=getattr(torch, s.dtype), device=shard.device)  # refuses damaged weights
     work = WorkDir(out, s.fingerprint(model_dir, bench), shard.rank)
-    cells, timing, coeffs = measure(model, tok, concepts, others, s, work, shard, quiet, start=t0)
+    cells, timing, coeffs = measure(model, tok, concepts, others, s, work, shard, quiet, start=t0,
+                                    report_every=report_every)
     timing["total"] = time.time() - t0
     result = build_result(str(model_dir), str(bench), {**asdict(s), "processes": shard.world}, concepts,
                           others, cells, timing)
@@ -342,23 +336,25 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
 
 
 def measure(model, tok, concepts: list[Concept], others: list[list[int]], s: Settings, work, shard=None,
-            quiet: bool = False, start: float | None = None) -> tuple[dict, dict, torch.Tensor]:
+            quiet: bool = False, start: float | None = None,
+            report_every: float = REPORT_EVERY) -> tuple[dict, dict, torch.Tensor]:
     """The paper's steps on a loaded model: coefficients per concept (§3.2), the accuracy before
     masking, then every masked cell, each located (Eq. 5) and masked (Eq. 4) and scored. Work already
     in `work` (a `WorkDir`, or `Unsaved`) is reused. Returns every cell's per-question correctness (by
     `cell_key`), the time of each step (the first from `start`, so that it includes loading) and the
-    coefficients."""
+    coefficients. Each step reports its progress on stderr at least every `report_every` seconds unless
+    `quiet`."""
     shard = shard or Shard(s.device)
     t0 = time.time() if start is None else start
     mine = [i for i in range(len(concepts)) if shard.mine(i)]
     work.keep_cells(lambda key: expected_length(key, concepts, others))
-    coeffs, signed = coefficients_step(model, tok, concepts, mine, s, work, shard)
+    coeffs, signed = coefficients_step(model, tok, concepts, mine, s, work, shard, quiet, report_every)
     timing = {"coefficients": time.time() - t0}
     t1 = time.time()
-    baseline_step(model, tok, concepts, mine, s, work)
+    baseline_step(model, tok, concepts, mine, s, work, quiet, report_every)
     timing["baseline"] = time.time() - t1
     t2 = time.time()
-    masked_step(model, tok, concepts, others, mine, coeffs, signed, s, work, quiet)
+    masked_step(model, tok, concepts, others, mine, coeffs, signed, s, work, quiet, report_every)
     timing["masked"] = time.time() - t2
     cells = {}
     for part in shard.gather(work.cells):
@@ -375,12 +371,16 @@ def expected_length(key: str, concepts: list[Concept], others: list[list[int]]) 
     return len(concepts[i].mcq) if kind == "baseline" else len(questions_of(concepts, i, others[i]))
 
 
-def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard):
+def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard, quiet=False,
+                      report_every: float = REPORT_EVERY):
     """m per concept `[C, L, d_ff]` (mean |m|, §3.2), and with mean-ablation the signed means too; each
     process computes its own concepts, all of them receive every concept's."""
 
     def gathered(absolute=True):
-        part = collect_coefficients(model, tok, [concepts[i] for i in mine], s.token_rule, s.batch_size, absolute)
+        n = sum(len(concepts[i].mcq) for i in mine)
+        with Progress(n, "coefficients" if absolute else "signed means", quiet, report_every, "questions") as p:
+            part = collect_coefficients(model, tok, [concepts[i] for i in mine], s.token_rule, s.batch_size,
+                                        absolute, p.add)
         parts = {i: part[n] for n, i in enumerate(mine)}
         for other in shard.gather(parts):
             parts.update(other)
@@ -392,50 +392,63 @@ def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard):
     return coeffs, signed
 
 
-def baseline_step(model, tok, concepts, mine, s: Settings, work) -> None:
+def baseline_step(model, tok, concepts, mine, s: Settings, work, quiet=False,
+                  report_every: float = REPORT_EVERY) -> None:
     """Accuracy before masking: each concept's own questions, unmasked (one more mask, all ones, for
-    the shared-work evaluator: every missing concept at once)."""
+    the shared-work evaluator: the missing concepts in groups of at most 256 questions, each group's
+    cells saved as it finishes)."""
     missing = [i for i in mine if cell_key("baseline", i) not in work.cells]
-    if not missing:
-        return
-    qs = [q for i in missing for q in concepts[i].mcq]
-    if s.engine:
-        ones = torch.ones(1, model.config.num_layers, model.config.intermediate_size, device=model.device,
-                          dtype=model.dtype)
-        answers = many_masks.answers(model, tok, qs, ones, s.skip_layers, s.mode, s.cloze_mean, s.early_stop)[0]
-    else:
-        answers = mcq_answers(model, tok, qs, s.mode, None, s.batch_size, s.early_stop, s.cloze_mean)
-    for i in missing:
-        n = len(concepts[i].mcq)
-        work.save_cell(cell_key("baseline", i), [a == q.answer for a, q in zip(answers[:n], concepts[i].mcq)])
-        answers = answers[n:]
+    alone = [[] for _ in concepts]
+    with Progress(sum(len(concepts[i].mcq) for i in missing), "baseline", quiet, report_every, "questions") as p:
+        for group in engine_groups(missing, alone, [len(c.mcq) for c in concepts], 256):
+            qs = [q for i in group for q in concepts[i].mcq]
+            if s.engine:
+                ones = torch.ones(1, model.config.num_layers, model.config.intermediate_size, device=model.device,
+                                  dtype=model.dtype)
+                answers = many_masks.answers(model, tok, qs, ones, s.skip_layers, s.mode, s.cloze_mean,
+                                             s.early_stop, progress=p.add)[0]
+            else:
+                answers = mcq_answers(model, tok, qs, s.mode, None, s.batch_size, s.early_stop, s.cloze_mean)
+                p.add(len(qs))
+            for i in group:
+                n = len(concepts[i].mcq)
+                work.save_cell(cell_key("baseline", i),
+                               [a == q.answer for a, q in zip(answers[:n], concepts[i].mcq)])
+                answers = answers[n:]
 
 
-def masked_step(model, tok, concepts, others, mine, coeffs, signed, s: Settings, work, quiet=False) -> None:
+def masked_step(model, tok, concepts, others, mine, coeffs, signed, s: Settings, work, quiet=False,
+                report_every: float = REPORT_EVERY) -> None:
     """Every missing (kind, concept, ratio) cell: the concept's mask (located, or random for the
-    control) scored on its own and its unrelated questions (§4.1)."""
+    control) scored on its own and its unrelated questions (§4.1). Each cell is saved as soon as its
+    mask's questions are all answered; progress counts (mask, question) rows (METHOD.md §9)."""
     counts = [len(c.mcq) for c in concepts]
     kinds = KINDS if s.control else KINDS[:1]
     todo = [(k, i, r) for i in mine for r in s.ratios for k in kinds if cell_key(k, i, r) not in work.cells]
-    progress = Progress(len(todo), "masked", quiet)
-    # the shared-work evaluator takes several concepts at once (their questions overlap: t* of one is t of
-    # others), so the blocks below skip run once per question for the group, not once per concept
-    for group in engine_groups(sorted({i for _, i, _ in todo}), others, counts, 256 if s.engine else 1):
-        pool, which, cells, masks = {}, [], [], []
-        for i in group:
-            mine_i = [(k, r) for k, j, r in todo if j == i]
-            masks.append(concept_masks(i, mine_i, coeffs, counts, others[i], s.skip_layers, s.seed, signed))
-            keys = [(j, k) for j in [i] + others[i] for k in range(counts[j])]  # questions_of's order
-            which += [[pool.setdefault(key, len(pool)) for key in keys]] * len(mine_i)
-            cells += [(k, i, r) for k, r in mine_i]
-        masks = torch.cat(masks).to(device=model.device, dtype=model.dtype)
-        qs = [concepts[j].mcq[k] for j, k in pool]
-        if s.engine:  # all of this group's masks at once
-            answers = many_masks.answers(model, tok, qs, masks, s.skip_layers, s.mode, s.cloze_mean,
-                                         s.early_stop, which)
-        else:
-            answers = [mcq_answers(model, tok, [qs[q] for q in w], s.mode, m, s.batch_size, s.early_stop,
-                                   s.cloze_mean) for w, m in zip(which, masks)]
-        for (k, i, r), w, got in zip(cells, which, answers):
-            work.save_cell(cell_key(k, i, r), [a == qs[q].answer for a, q in zip(got, w)])
-            progress.step(f"{concepts[i].name} r={r} {k}")
+    rows = sum(counts[i] + sum(counts[j] for j in others[i]) for _, i, _ in todo)
+    with Progress(rows, "masked", quiet, report_every) as progress:
+        # the shared-work evaluator takes several concepts at once (their questions overlap: t* of one is t
+        # of others), so the blocks below skip run once per question for the group, not once per concept
+        for group in engine_groups(sorted({i for _, i, _ in todo}), others, counts, 256 if s.engine else 1):
+            pool, which, cells, masks = {}, [], [], []
+            for i in group:
+                mine_i = [(k, r) for k, j, r in todo if j == i]
+                masks.append(concept_masks(i, mine_i, coeffs, counts, others[i], s.skip_layers, s.seed, signed))
+                keys = [(j, k) for j in [i] + others[i] for k in range(counts[j])]  # questions_of's order
+                which += [[pool.setdefault(key, len(pool)) for key in keys]] * len(mine_i)
+                cells += [(k, i, r) for k, r in mine_i]
+            masks = torch.cat(masks).to(device=model.device, dtype=model.dtype)
+            qs = [concepts[j].mcq[k] for j, k in pool]
+
+            def save(m: int, got: list) -> None:  # mask m's questions are all answered: its cell is done
+                k, i, r = cells[m]
+                work.save_cell(cell_key(k, i, r), [a == qs[q].answer for a, q in zip(got, which[m])])
+
+            if s.engine:  # all of this group's masks at once
+                many_masks.answers(model, tok, qs, masks, s.skip_layers, s.mode, s.cloze_mean, s.early_stop,
+                                   which, on_mask=save, progress=progress.add)
+            else:
+                for m, (w, mask) in enumerate(zip(which, masks)):
+                    save(m, mcq_answers(model, tok, [qs[q] for q in w], s.mode, mask, s.batch_size, s.early_stop,
+                                        s.cloze_mean))
+                    progress.add(len(w))
