@@ -24,6 +24,7 @@ from ..method.run import Settings, Unsaved, measure
 from ..method.scores import mean
 from ..method.scoring import mcq_answers, open_answers
 from ..model.families import read_config
+from ..model.fastest import resolve_dtype
 from .hallucination import lid_for_questions, sample_answers, semantic_entropy
 from .train import TrainSettings, train
 
@@ -52,7 +53,8 @@ def evaluate(model_dir, bench, names: list[str], s, work: Path) -> dict:
         entropies.append(se["discrete"])
         weighted.append(se["weighted"])
     lids = lid_for_questions(model, tok, opens, [g.split("\n")[0].strip() for g in greedy])
-    settings = Settings(mode=s.mode, ratios=s.ratios, dtype=s.dtype, device=s.device, seed=s.seed,
+    settings = Settings(mode=s.mode, ratios=s.ratios, dtype=s.dtype, dtype_choice=getattr(s, "dtype_choice", ""),
+                        device=s.device, seed=s.seed,
                         skip_layers=s.skip_layers)
     others = unrelated_sets(concepts, settings.n_unrelated, settings.seed)
     cells, timing, _ = measure(model, tok, concepts, others, settings, Unsaved(), quiet=True)
@@ -82,6 +84,10 @@ def main(a) -> dict:
         {json.loads(l)["concept"] for l in data.read_text(encoding="utf-8").splitlines() if l.strip()})[:10]
     if len(names) < 6:
         raise ValueError("the experiment needs at least 6 concepts (PSS compares each with 5 others)")
+    c = read_config(a.model)
+    a.dtype, a.dtype_choice = resolve_dtype(a.dtype, a.device, (c.hidden_size, c.intermediate_size))
+    if not a.quiet:
+        print(f"dtype {a.dtype} ({a.dtype_choice})", file=sys.stderr, flush=True)
     saved = out / "table.json"
     table = json.loads(saved.read_text())["table"] if saved.exists() else {}
 
@@ -94,7 +100,6 @@ def main(a) -> dict:
             saved.write_text(json.dumps({"concepts": names, "settings": vars_of(a), "table": table}, indent=1))
 
     record("before", a.model)
-    c = read_config(a.model)
     model = load_model(a.model, device=a.device)
     scores = located_scores(model, load_tokenizer(a.model), load_benchmark(bench), names, seed=a.seed)
     del model
@@ -155,5 +160,6 @@ def add_arguments(p) -> None:
     p.add_argument("--open-tokens", type=int, default=150, help="greedy tokens per open answer (METHOD.md §5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="evaluation dtype; auto (default): bf16 where a bf16 product is measured faster")
     p.add_argument("--quiet", action="store_true")

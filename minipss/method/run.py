@@ -312,10 +312,11 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     if s.mode == "logits":
         letter_vocab(tok)  # refuses a tokenizer without single-token letters
     shard = Shard(s.device)
-    dtype, why = resolve_dtype(s.dtype, shard.device, (config.hidden_size, config.intermediate_size))
-    s = replace(s, dtype=dtype, dtype_choice=why)
+    if s.dtype == "auto" or not s.dtype_choice:  # a caller that resolved it already says why
+        dtype, why = resolve_dtype(s.dtype, shard.device, (config.hidden_size, config.intermediate_size))
+        s = replace(s, dtype=dtype, dtype_choice=why)
     if not quiet and shard.main:
-        print(f"dtype {dtype} ({why})", file=sys.stderr, flush=True)
+        print(f"dtype {s.dtype} ({s.dtype_choice})", file=sys.stderr, flush=True)
     model = load_model(model_dir, dtype=getattr(torch, s.dtype), device=shard.device)  # refuses damaged weights
     work = WorkDir(out, s.fingerprint(model_dir, bench), shard.rank)
     cells, timing, coeffs = measure(model, tok, concepts, others, s, work, shard, quiet, start=t0,
@@ -395,12 +396,12 @@ def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard, quie
 def baseline_step(model, tok, concepts, mine, s: Settings, work, quiet=False,
                   report_every: float = REPORT_EVERY) -> None:
     """Accuracy before masking: each concept's own questions, unmasked (one more mask, all ones, for
-    the shared-work evaluator: the missing concepts in groups of at most 256 questions, each group's
-    cells saved as it finishes)."""
+    the shared-work evaluator: the missing concepts in groups of at most 32 questions, each group's
+    cells saved, and its progress reported, as it finishes)."""
     missing = [i for i in mine if cell_key("baseline", i) not in work.cells]
     alone = [[] for _ in concepts]
     with Progress(sum(len(concepts[i].mcq) for i in missing), "baseline", quiet, report_every, "questions") as p:
-        for group in engine_groups(missing, alone, [len(c.mcq) for c in concepts], 256):
+        for group in engine_groups(missing, alone, [len(c.mcq) for c in concepts], 32):
             qs = [q for i in group for q in concepts[i].mcq]
             if s.engine:
                 ones = torch.ones(1, model.config.num_layers, model.config.intermediate_size, device=model.device,

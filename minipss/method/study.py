@@ -30,6 +30,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import benchmark_path
+from ..model.families import read_config
+from ..model.fastest import resolve_dtype
 from ..options import numbers
 from ..weights.real_models import MODELS, ensure
 from .benchmark import TIERS
@@ -175,6 +177,13 @@ def _ci(ci) -> str:
     return "" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def _dtypes(dtype) -> str:
+    """One dtype, or per model where they differ (`auto` resolves per model)."""
+    if isinstance(dtype, str) or len(set(dtype.values())) == 1:
+        return dtype if isinstance(dtype, str) else next(iter(dtype.values()))
+    return ", ".join(f"{v} ({k})" for k, v in dtype.items())
+
+
 def _pct(key: str) -> str:
     return f"{float(key) * 100:g}%"
 
@@ -183,7 +192,7 @@ def markdown(summary: dict, settings: dict, figures: list[Path]) -> str:
     """The study report: settings, Table 1, correlations, per-ratio and per-tier tables, the figures."""
     models, ratios = summary["models"], summary["common_ratios"]
     lines = ["# Parameter specialization across models", "",
-             f"Benchmark `{Path(settings['bench']).name}`, mode `{settings['mode']}`, dtype {settings['dtype']}, "
+             f"Benchmark `{Path(settings['bench']).name}`, mode `{settings['mode']}`, dtype {_dtypes(settings['dtype'])}, "
              f"first {settings['concepts'] or 'all'} concepts, skip {settings['skip_layers']} layers, seed {settings['seed']}, "
              f"{'with' if settings['control'] else 'without'} the random-vector control. Every model is scored as plain text "
              "completion, without a chat template. Cross-model numbers use the mask ratios all models share: "
@@ -330,7 +339,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-control", action="store_true", help="leave out the random-vector control")
     p.add_argument("--skip-layers", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto (default): bf16 where a bf16 product is measured faster, else fp32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws over concepts (default 1000)")
@@ -353,14 +363,24 @@ def main(a) -> None:
             raise ValueError(f"--models: {name!r} is neither a known model ({', '.join(MODELS)}) nor a model folder")
     bench = Path(a.bench) if a.bench else benchmark_path("minispecwiki")
 
+    dtypes = {}
+
+    def dtype_for(name: str) -> tuple[str, str]:  # auto: per model, its own MLP's shape (METHOD.md §9)
+        if name not in dtypes:
+            c = read_config(model_folder(name)) if a.dtype == "auto" else None
+            dtypes[name] = resolve_dtype(a.dtype, a.device, (c.hidden_size, c.intermediate_size) if c else (0, 0))
+        return dtypes[name]
+
     def settings_for(name: str) -> Settings:
+        dtype, why = dtype_for(name)
         return Settings(mode=a.mode, ratios=ratios_for.get(name, a.ratios), skip_layers=a.skip_layers, seed=a.seed,
-                        concepts=a.concepts or None, control=not a.no_control, dtype=a.dtype, device=a.device,
-                        batch_size=a.batch_size)
+                        concepts=a.concepts or None, control=not a.no_control, dtype=dtype, dtype_choice=why,
+                        device=a.device, batch_size=a.batch_size)
 
     results = run_models(models, bench, a.out, settings_for, a.quiet)
     instruct = {label_of(m): (MODELS[m].instruct if m in MODELS else None) for m in models}
-    settings = {"bench": str(bench), "mode": a.mode, "dtype": a.dtype, "concepts": a.concepts or None,
+    settings = {"bench": str(bench), "mode": a.mode, "dtype": {label_of(m): dtype_for(m)[0] for m in models},
+                "concepts": a.concepts or None,
                 "skip_layers": a.skip_layers, "seed": a.seed, "control": not a.no_control,
                 "ratios": {label_of(m): settings_for(m).ratios for m in models}}
     path = write_report(results, a.out, settings, instruct, a.bootstrap)

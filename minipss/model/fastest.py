@@ -15,39 +15,40 @@ from functools import lru_cache
 import torch
 
 DTYPES = ("float32", "bfloat16", "float16")
-ROWS = 32  # rows of the timed product: a batch of prompts' tokens, as the evaluation runs them
+ROWS = 64  # rows of the timed product: a batch of prompts' tokens, as the evaluation runs them
 MAX_ELEMENTS = 1 << 22  # a wider matrix (an output head) is timed on its first columns: throughput per column
 
 
-def product_seconds(dtype: torch.dtype, device: str, shape: tuple[int, int, int], reps: int = 4) -> float:
-    """Best time of `reps` products `[rows, inner] x [inner, outer]` in `dtype` (after one warm-up)."""
+def product_seconds(dtype: torch.dtype, device: str, shape: tuple[int, int, int], reps: int) -> float:
+    """Time of `reps` products `[rows, inner] x [inner, outer]` in `dtype` (after one warm-up)."""
     rows, inner, outer = shape
     x = torch.randn(rows, inner, device=device).to(dtype)
     w = torch.randn(outer, inner, device=device).to(dtype)
     torch.nn.functional.linear(x, w)
-    best = float("inf")
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
     for _ in range(reps):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
         torch.nn.functional.linear(x, w)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 @lru_cache(maxsize=None)
-def bf16_speedup(device: str, shape: tuple[int, int, int]) -> float:
+def bf16_speedup(device: str, shape: tuple[int, int, int], rounds: int = 5) -> float:
     """How many times faster a bf16 product of `shape` (rows, inner, outer) runs than an fp32 one on
-    `device`, measured once per process and shape (the fp32 and bf16 timings alternate, best of each)."""
+    `device`, measured once per process and shape: fp32 and bf16 alternate in `rounds` rounds of about
+    10 ms of fp32 work each, and the median of the rounds' ratios counts (a machine shared with other
+    work slows single timings, not the ratio of back-to-back ones)."""
     rows, inner, outer = shape
     shape = (rows, inner, max(1, min(outer, MAX_ELEMENTS // max(inner, 1))))
-    fp32, bf16 = [], []
-    for _ in range(3):
-        fp32.append(product_seconds(torch.float32, device, shape))
-        bf16.append(product_seconds(torch.bfloat16, device, shape))
-    return min(fp32) / max(min(bf16), 1e-9)
+    for dtype in (torch.float32, torch.bfloat16):  # the first products of a process run slow: threads start
+        product_seconds(dtype, device, shape, 3)
+    reps = max(1, min(64, int(0.03 / max(product_seconds(torch.float32, device, shape, 3), 1e-6))))
+    ratios = sorted(product_seconds(torch.float32, device, shape, reps) /
+                    max(product_seconds(torch.bfloat16, device, shape, reps), 1e-9) for _ in range(rounds))
+    return ratios[rounds // 2]
 
 
 def bf16_faster(device, shape: tuple[int, int, int]) -> bool:
