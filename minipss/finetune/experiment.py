@@ -25,6 +25,7 @@ from ..method.scores import mean
 from ..method.scoring import mcq_answers, open_answers
 from ..model.families import read_config
 from ..model.fastest import resolve_dtype
+from ..options import dtype_option
 from .hallucination import lid_for_questions, sample_answers, semantic_entropy
 from .train import TrainSettings, train
 
@@ -160,6 +161,5 @@ def add_arguments(p) -> None:
     p.add_argument("--open-tokens", type=int, default=150, help="greedy tokens per open answer (METHOD.md §5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="evaluation dtype; auto (default): bf16 where a bf16 product is measured faster")
+    dtype_option(p, ("float32", "bfloat16"), what="evaluation dtype; ")
     p.add_argument("--quiet", action="store_true")

@@ -31,7 +31,7 @@ from ..model.families import read_config
 from ..model.fastest import resolve_dtype
 from ..model.load import checkpoint_state
 from ..model.padding import right_pad
-from ..options import at_least
+from ..options import at_least, dtype_option
 
 
 @dataclass
@@ -438,8 +438,7 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="forward in bf16 autocast or fp32; auto (default): bf16 where it is measured faster")
+    dtype_option(p, ("float32", "bfloat16"), what="forward in bf16 autocast or fp32; ")
     p.add_argument("--batch-size", type=at_least(1), default=4)
     p.add_argument("--accum", type=at_least(1), default=1)
     p.add_argument("--seq-len", type=at_least(2), default=128)

@@ -32,7 +32,7 @@ from pathlib import Path
 from .. import benchmark_path
 from ..model.families import read_config
 from ..model.fastest import resolve_dtype
-from ..options import numbers
+from ..options import dtype_option, numbers
 from ..weights.real_models import MODELS, ensure
 from .benchmark import TIERS
 from .compare import PLOT_EXTRA, pearson, spearman
@@ -339,8 +339,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-control", action="store_true", help="leave out the random-vector control")
     p.add_argument("--skip-layers", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="auto (default): bf16 where a bf16 product is measured faster, else fp32")
+    dtype_option(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws over concepts (default 1000)")

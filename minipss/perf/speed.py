@@ -38,6 +38,7 @@ from ..method.benchmark import load_benchmark, questions_of, unrelated_sets
 from ..method.locate import mask_for, random_ranking
 from ..model.families import from_hf, read_config
 from ..model.fastest import machine, resolve_dtype
+from ..options import dtype_option
 from ..model.load import build_model, checkpoint_state
 from .hf_reference import answers, load_reference, set_mask
 
@@ -266,8 +267,7 @@ def add_arguments(p) -> None:
     p.add_argument("--skip-layers", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="auto (default): bf16 where a bf16 product of the MLP's shape is measured faster")
+    dtype_option(p, ("float32", "bfloat16"))
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--end-to-end", action="store_true",
                    help="time the whole `minipss pss` job against the whole job the usual way, as processes")
