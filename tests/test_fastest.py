@@ -44,6 +44,13 @@ def test_auto_resolves_to_bf16_where_faster_and_fp32_elsewhere(monkeypatch):
         fastest.resolve_dtype("half", "cpu", (640, 2048))
 
 
+def test_a_model_too_small_to_time_stays_fp32(setup, tmp_path):
+    r = run_pss(*setup, tmp_path / "r.json", Settings(mode="cloze", ratios=[0.1], skip_layers=1, dtype="auto"),
+                quiet=True)
+    assert r["settings"]["dtype"] == "float32" and "too small" in r["settings"]["dtype_choice"]
+    assert not GreedyHead(minipss.load_model(setup[0])).screen
+
+
 def test_the_result_records_the_resolved_dtype(setup, tmp_path, monkeypatch):
     model, bench = setup
     stub_speedup(monkeypatch, 3.0)

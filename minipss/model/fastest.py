@@ -17,6 +17,7 @@ import torch
 DTYPES = ("float32", "bfloat16", "float16")
 ROWS = 64  # rows of the timed product: a batch of prompts' tokens, as the evaluation runs them
 MAX_ELEMENTS = 1 << 22  # a wider matrix (an output head) is timed on its first columns: throughput per column
+MIN_ELEMENTS = 1 << 18  # a smaller matrix is not timed: its products take microseconds, bf16 saves nothing
 
 
 def product_seconds(dtype: torch.dtype, device: str, shape: tuple[int, int, int], reps: int) -> float:
@@ -36,12 +37,15 @@ def product_seconds(dtype: torch.dtype, device: str, shape: tuple[int, int, int]
 
 
 @lru_cache(maxsize=None)
-def bf16_speedup(device: str, shape: tuple[int, int, int], rounds: int = 5) -> float:
+def bf16_speedup(device: str, shape: tuple[int, int, int], rounds: int = 5) -> float | None:
     """How many times faster a bf16 product of `shape` (rows, inner, outer) runs than an fp32 one on
     `device`, measured once per process and shape: fp32 and bf16 alternate in `rounds` rounds of about
-    10 ms of fp32 work each, and the median of the rounds' ratios counts (a machine shared with other
-    work slows single timings, not the ratio of back-to-back ones)."""
+    30 ms of fp32 work each, and the median of the rounds' ratios counts (a machine shared with other
+    work slows single timings, not the ratio of back-to-back ones). None for a matrix of fewer than
+    `MIN_ELEMENTS` entries, which is not worth timing (and whose timing would be noise)."""
     rows, inner, outer = shape
+    if inner * outer < MIN_ELEMENTS:
+        return None
     shape = (rows, inner, max(1, min(outer, MAX_ELEMENTS // max(inner, 1))))
     for dtype in (torch.float32, torch.bfloat16):  # the first products of a process run slow: threads start
         product_seconds(dtype, device, shape, 3)
@@ -53,7 +57,8 @@ def bf16_speedup(device: str, shape: tuple[int, int, int], rounds: int = 5) -> f
 
 def bf16_faster(device, shape: tuple[int, int, int]) -> bool:
     """True when a bf16 product of `shape` (rows, inner, outer) is measured faster than fp32 on `device`."""
-    return bf16_speedup(str(torch.device(device)), tuple(shape)) > 1.0
+    speedup = bf16_speedup(str(torch.device(device)), tuple(shape))
+    return speedup is not None and speedup > 1.0
 
 
 def machine() -> str:
@@ -73,7 +78,8 @@ def machine() -> str:
 def resolve_dtype(requested: str, device, shape: tuple[int, int]) -> tuple[str, str]:
     """The dtype to use for `--dtype requested` on `device` for a model whose MLP is `shape` (hidden,
     intermediate), and the reason: `auto` is bfloat16 on a CUDA device that supports it and on a CPU where
-    a bf16 product of the MLP's shape is measured faster than fp32, float32 elsewhere (METHOD.md §9)."""
+    a bf16 product of the MLP's shape is measured faster than fp32, float32 elsewhere (also for an MLP
+    too small to time, such as a test model's; METHOD.md §9)."""
     if requested != "auto":
         if requested not in DTYPES:
             raise ValueError(f"--dtype {requested!r}: choose auto, {', '.join(DTYPES)}")
@@ -85,6 +91,8 @@ def resolve_dtype(requested: str, device, shape: tuple[int, int]) -> tuple[str, 
         return "float32", f"auto: {torch.cuda.get_device_name(dev)} does not support bf16"
     hidden, intermediate = shape
     speedup = bf16_speedup(str(dev), (ROWS, hidden, intermediate))
+    if speedup is None:
+        return "float32", f"auto: an MLP of {hidden} x {intermediate} is too small for bf16 to pay"
     if speedup > 1.0:
         return "bfloat16", f"auto: bf16 product {speedup:.1f}x faster than fp32 on this CPU"
     return "float32", f"auto: bf16 product {1 / speedup:.1f}x slower than fp32 on this CPU"
