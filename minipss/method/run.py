@@ -314,6 +314,7 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     shard = Shard(s.device)
     if s.dtype == "auto" or not s.dtype_choice:  # a caller that resolved it already says why
         dtype, why = resolve_dtype(s.dtype, shard.device, (config.hidden_size, config.intermediate_size))
+        dtype, why = shard.gather((dtype, why))[0]  # every process uses rank 0's choice
         s = replace(s, dtype=dtype, dtype_choice=why)
     if not quiet and shard.main:
         print(f"dtype {s.dtype} ({s.dtype_choice})", file=sys.stderr, flush=True)
