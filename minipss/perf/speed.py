@@ -38,8 +38,8 @@ from ..method.benchmark import load_benchmark, questions_of, unrelated_sets
 from ..method.locate import mask_for, random_ranking
 from ..model.families import from_hf, read_config
 from ..model.fastest import machine, resolve_dtype
-from ..options import dtype_option
 from ..model.load import build_model, checkpoint_state
+from ..options import dtype_option
 from .hf_reference import answers, load_reference, set_mask
 
 
