@@ -12,10 +12,11 @@ from . import benchmark_path
 from .checks import check_outputs
 from .finetune import experiment, train
 from .method import study
+from .method.benchmark import load_benchmark
 from .method.compare import FIGURES, load_results, main as compare_main, plot
 from .method.report import summary
 from .method.run import PAPER_RATIOS, SWEEP_RATIOS, Settings, run_pss
-from .options import at_least, numbers
+from .options import at_least, dtype_option, numbers
 from .perf import speed as perf
 from .synth import pretrain, study as study_synth, world as synth
 from .weights.real_models import ensure_gemma3_270m
@@ -31,7 +32,7 @@ def _pss_args(p: argparse.ArgumentParser, ratios: str) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concepts", type=at_least(6), default=None, help="keep the first N concepts (at least 6)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    dtype_option(p)
     p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--token-rule", default="content", choices=["content", "all", "last"],
                    help="tokens the coefficient mean covers (default: all but special tokens)")
@@ -65,9 +66,15 @@ def cmd_pss(a, control=None) -> None:
     print(f"\nresults: {a.out} and {Path(a.out).with_suffix('.csv')}")
 
 
+QUICKSTART_CONCEPTS = 6  # 2 per tier
+QUICKSTART_RATIOS = "0.01,0.1"  # where located and random vectors differ most on this model (README)
+FULL_RATIOS = "0.001,0.01,0.1,0.5"
+
+
 def cmd_quickstart(a) -> None:
-    """Convert the real model if needed, then PSS in cloze mode on a balanced subset of the bundled
-    benchmark (bf16: on CPUs with bf16 units it is several times faster than fp32)."""
+    """Convert the real model if needed, then PSS in cloze mode with the random-vector control on a
+    balanced subset of the bundled benchmark, sized to take about 5 minutes on a 2-core CPU without bf16
+    units (README); `--dtype auto` picks bf16 where it is faster."""
     check_outputs(Path(a.out), [])  # before the conversion; run_pss checks the rest
     folder = Path(a.out).parent
     taken = [name for name in FIGURES if (folder / name).exists()]
@@ -75,12 +82,17 @@ def cmd_quickstart(a) -> None:
         raise ValueError(f"--out {a.out}: {folder} holds {', '.join(taken)}, which quickstart would replace; "
                          "choose another --out")
     model = ensure_gemma3_270m()
-    argv = ["--model", str(model), "--bench", str(benchmark_path("minispecwiki")), "--out", a.out,
-            "--mode", "cloze", "--dtype", "bfloat16", "--concepts", str(a.concepts),
-            "--ratios", "0.001,0.01,0.1,0.5"]
+    bench = benchmark_path("minispecwiki")
+    ratios = ",".join(map(str, a.ratios))
+    argv = ["--model", str(model), "--bench", str(bench), "--out", a.out, "--mode", "cloze", "--dtype", a.dtype,
+            "--concepts", str(a.concepts), "--ratios", ratios] + (["--quiet"] if a.quiet else [])
+    print(f"quickstart: minipss pss --mode cloze --control --concepts {a.concepts} --ratios {ratios} "
+          f"--dtype {a.dtype} (model {model})", flush=True)
     sweep = argparse.ArgumentParser()
     _pss_args(sweep, "0.1")
     cmd_pss(sweep.parse_args(argv), control=True)
+    print(f"\nthe full version (all {len(load_benchmark(bench))} concepts, ratios {FULL_RATIOS}): minipss pss "
+          f"--model {model} --bench {bench} --out runs/full/result.json --mode cloze --control --ratios {FULL_RATIOS}")
     try:
         for path in plot(load_results([a.out]), folder):
             print(f"figure: {path}")
@@ -103,7 +115,12 @@ def main(argv=None) -> None:
 
     p = sub.add_parser("quickstart", help="the default job: real Gemma 3 270M, bundled benchmark, CPU, minutes")
     p.add_argument("--out", default="runs/quickstart/result.json")
-    p.add_argument("--concepts", type=at_least(6), default=12)
+    p.add_argument("--concepts", type=at_least(6), default=QUICKSTART_CONCEPTS,
+                   help=f"the first N concepts (default {QUICKSTART_CONCEPTS}: 2 per tier)")
+    p.add_argument("--ratios", type=numbers, default=numbers(QUICKSTART_RATIOS),
+                   help=f"mask ratios (default {QUICKSTART_RATIOS})")
+    dtype_option(p)
+    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("compare", help="compare result files: table, correlations, figures")

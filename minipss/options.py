@@ -26,3 +26,10 @@ def numbers(text: str) -> list[float]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
     return values
+
+
+def dtype_option(p: argparse.ArgumentParser, choices=("float32", "bfloat16", "float16"), what: str = "") -> None:
+    """`--dtype`, `auto` by default: bf16 where a bf16 product is measured faster, else fp32 (METHOD.md §10)."""
+    p.add_argument("--dtype", default="auto", choices=["auto", *choices],
+                   help=f"{what}auto (default): bf16 where a bf16 product of the model's shape is measured "
+                        "faster than fp32 (a CUDA device that supports it; a CPU with bf16 units), else fp32")

@@ -25,7 +25,8 @@ from ..method.run import Settings, Unsaved, check_prompt_lengths, measure
 from ..method.scores import mean
 from ..method.scoring import mcq_answers, open_answers
 from ..model.families import read_config
-from ..options import numbers
+from ..model.fastest import resolve_dtype
+from ..options import dtype_option, numbers
 from .hallucination import lid_for_questions, sample_answers, semantic_entropy
 from .train import TrainSettings, check_seq_len, read_documents, train
 
@@ -54,7 +55,8 @@ def evaluate(model_dir, bench, names: list[str], s, work: Path) -> dict:
         entropies.append(se["discrete"])
         weighted.append(se["weighted"])
     lids = lid_for_questions(model, tok, opens, [g.split("\n")[0].strip() for g in greedy])
-    settings = Settings(mode=s.mode, ratios=s.ratios, dtype=s.dtype, device=s.device, seed=s.seed,
+    settings = Settings(mode=s.mode, ratios=s.ratios, dtype=s.dtype, dtype_choice=getattr(s, "dtype_choice", ""),
+                        device=s.device, seed=s.seed,
                         skip_layers=s.skip_layers)
     others = unrelated_sets(concepts, settings.n_unrelated, settings.seed)
     cells, timing, _ = measure(model, tok, concepts, others, settings, Unsaved(), quiet=True)
@@ -122,7 +124,8 @@ def check(a, bench: Path, data: Path) -> list[str]:
 
 def stamp_of(a, bench: Path, data: Path) -> dict:
     """What the saved table and checkpoints in --out were computed from."""
-    settings = {k: v for k, v in vars_of(a).items() if k not in ("quiet", "device", "out", "model", "bench", "data")}
+    settings = {k: v for k, v in vars_of(a).items() if k not in ("quiet", "device", "out", "model", "bench", "data",
+                                                                          "dtype_choice")}
     return {"command": "experiment", **settings, **{f"model {k}": v for k, v in model_digest(a.model).items()},
             "bench": file_digest(bench), "data": file_digest(data)}
 
@@ -130,6 +133,11 @@ def stamp_of(a, bench: Path, data: Path) -> dict:
 def main(a) -> dict:
     bench = Path(a.bench or benchmark_path("minispecwiki"))
     data = Path(a.data or passages_path())
+    checks.check_device(a.device)
+    c = read_config(checks.model_folder(a.model))
+    a.dtype, a.dtype_choice = resolve_dtype(a.dtype, a.device, (c.hidden_size, c.intermediate_size))
+    if not a.quiet:
+        print(f"dtype {a.dtype} ({a.dtype_choice})", file=sys.stderr, flush=True)
     names = check(a, bench, data)
     out = checks.claim(a.out, stamp_of(a, bench, data))
     saved = out / "table.json"
@@ -144,7 +152,6 @@ def main(a) -> dict:
             checks.write_whole(saved, json.dumps({"concepts": names, "settings": vars_of(a), "table": table}, indent=1))
 
     record("before", a.model)
-    c = read_config(a.model)
     model = load_model(a.model, device=a.device)
     scores = located_scores(model, load_tokenizer(a.model), load_benchmark(bench), names, seed=a.seed)
     del model
@@ -205,5 +212,5 @@ def add_arguments(p) -> None:
     p.add_argument("--open-tokens", type=int, default=150, help="greedy tokens per open answer (METHOD.md §5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    dtype_option(p, ("float32", "bfloat16"), what="evaluation dtype; ")
     p.add_argument("--quiet", action="store_true")

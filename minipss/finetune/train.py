@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,9 +28,10 @@ from ..method.fingerprint import file_digest, model_digest, short
 from ..method.locate import VARIANTS, located_scores, value_vector_sets
 from ..method.run import check_prompt_lengths, context_length
 from ..model.families import read_config
+from ..model.fastest import resolve_dtype
 from ..model.load import checkpoint_state
 from ..model.padding import right_pad
-from ..options import at_least
+from ..options import at_least, dtype_option
 
 
 @dataclass
@@ -50,7 +51,8 @@ class TrainSettings:
     seed: int = 0
     save_every: int = 0  # 0: only at the end
     device: str = "cpu"
-    dtype: str = "float32"  # bfloat16: the forward under bf16 autocast, fp32 master weights (any device)
+    dtype: str = "float32"  # bfloat16: the forward under bf16 autocast, fp32 master weights (any device);
+    # auto: bfloat16 where a bf16 product is measured faster (METHOD.md §10), resolved before any work
 
     def check(self) -> None:
         """Refuse out-of-range values, naming the option, before any work."""
@@ -72,8 +74,8 @@ class TrainSettings:
             raise ValueError(f"--seed {self.seed}: must be in [0, 2**32)")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas {self.betas!r}: two numbers in [0, 1)")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"--dtype {self.dtype!r}: choose float32 or bfloat16")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"--dtype {self.dtype!r}: choose auto, float32 or bfloat16")
         checks.check_device(self.device)
 
 
@@ -269,6 +271,17 @@ def check_out(source: Path, data: Path, out: Path, fingerprint: dict, ignore=())
     return "new"  # stopped before its first checkpoint was complete: start again
 
 
+def resolved(s: TrainSettings, config, quiet: bool = False) -> TrainSettings:
+    """`s` with `--dtype auto` replaced by the dtype it resolves to for this model on this device (the
+    run's fingerprint records that one), the choice printed unless `quiet`."""
+    if s.dtype != "auto":
+        return s
+    dtype, why = resolve_dtype(s.dtype, s.device, (config.hidden_size, config.intermediate_size))
+    if not quiet:
+        print(f"dtype {dtype} ({why})", file=sys.stderr, flush=True)
+    return replace(s, dtype=dtype)
+
+
 def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[int]], quiet=False,
           origin: dict | None = None):
     """Train and write `out`; resumes when `out` holds a checkpoint of an unfinished run with the same
@@ -279,6 +292,7 @@ def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[in
     if not data.is_file():
         raise FileNotFoundError(f"{data}: training data not found")
     config = read_config(source)
+    s = resolved(s, config, quiet)
     bad = [l for l, cols in sets.items() if not (isinstance(l, int) and 0 <= l < config.num_layers) or
            any(not isinstance(j, int) or not 0 <= j < config.intermediate_size for j in cols)]
     if bad:
@@ -362,6 +376,7 @@ def main(a) -> None:
                       weight_decay=a.weight_decay, r_pv=a.r_pv, save_every=a.save_every)
     s.check()
     c = read_config(a.model)
+    s = resolved(s, c, a.quiet)
     if not 0 <= a.pv_first_layer < c.num_layers:
         raise ValueError(f"--pv-first-layer {a.pv_first_layer}: the model has layers 0..{c.num_layers - 1}")
     names = [n.strip() for n in (a.concepts or "").split(";") if n.strip()]
@@ -407,7 +422,7 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    dtype_option(p, ("float32", "bfloat16"), what="forward in bf16 autocast or fp32; ")
     p.add_argument("--batch-size", type=at_least(1), default=4)
     p.add_argument("--accum", type=at_least(1), default=1)
     p.add_argument("--seq-len", type=at_least(2), default=128)

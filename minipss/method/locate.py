@@ -24,9 +24,9 @@ TOKEN_RULES = ("content", "all", "last")
 
 @torch.inference_mode()
 def question_coefficients(model, tok, texts: list[str], token_rule: str = "content",
-                          batch_size: int = 32, absolute: bool = True) -> torch.Tensor:
+                          batch_size: int = 32, absolute: bool = True, progress=None) -> torch.Tensor:
     """Mean |m| (m itself when not `absolute`) over each text's tokens, per layer: `[N, L, d_ff]` in
-    fp32 (§3.2, Appendix B.1).
+    fp32 (§3.2, Appendix B.1). `progress(n)`, if given, hears of every n texts done.
 
     token_rule: `content` leaves out special tokens such as BOS (default), `all` keeps them, `last` uses
     the last token only."""
@@ -38,6 +38,8 @@ def question_coefficients(model, tok, texts: list[str], token_rule: str = "conte
         coefficients = Coefficients(pool=token_weights(ids, attn, tok.special_ids, token_rule), absolute=absolute)
         model.run_blocks(model.embed(ids, pos), attention_mask=attn, position_ids=pos, coefficients=coefficients)
         out.append(torch.stack(coefficients, 1).cpu())
+        if progress is not None:
+            progress(ids.shape[0])
     return torch.cat(out)[torch.argsort(torch.tensor(order))]  # back to the order of `texts`
 
 
@@ -56,11 +58,12 @@ def token_weights(ids: torch.Tensor, attention: torch.Tensor, special_ids, token
 
 
 def collect_coefficients(model, tok, concepts: list[Concept], token_rule: str = "content",
-                         batch_size: int = 32, absolute: bool = True) -> torch.Tensor:
+                         batch_size: int = 32, absolute: bool = True, progress=None) -> torch.Tensor:
     """Per concept, the mean over its questions of the per-question coefficients: `[C, L, d_ff]`.
     Each question is read as `Question: {q} Answer: {correct option}` (§3.2)."""
     texts = [coefficient_prompt(q) for c in concepts for q in c.mcq]
-    return concept_means(question_coefficients(model, tok, texts, token_rule, batch_size, absolute), concepts)
+    return concept_means(question_coefficients(model, tok, texts, token_rule, batch_size, absolute, progress),
+                         concepts)
 
 
 def concept_means(per_question: torch.Tensor, concepts: list[Concept]) -> torch.Tensor:

@@ -100,27 +100,48 @@ def _prompt_batches(model, tok, questions: list[MCQ], masks: torch.Tensor, skip:
             yield m0 + rows, qs, x, cache, attn[qs, :n + w], n + lengths[qs]
 
 
-def _by_mask(subsets: list[list[int]], found: dict) -> list[list]:
-    """`found[(mask, question)]` as one list per mask, in the order of its questions."""
-    return [[found[m, q] for q in qs] for m, qs in enumerate(subsets)]
+class Answers:
+    """Answers as they are found: `put(mask, question, answer)`; once every question of a mask is answered,
+    `on_mask(mask, its answers in the order of its questions)` runs (so a caller can save that mask's cell
+    at once); `progress(n)` hears of every n (mask, question) rows done. `by_mask()`: one list per mask."""
+
+    def __init__(self, subsets: list[list[int]], on_mask=None, progress=None):
+        self.subsets, self.on_mask, self.progress = subsets, on_mask, progress
+        self.found, self.missing = {}, [len(set(qs)) for qs in subsets]
+
+    def put(self, m: int, q: int, answer) -> None:
+        if (m, q) in self.found:
+            return
+        self.found[m, q] = answer
+        self.missing[m] -= 1
+        if self.missing[m] == 0 and self.on_mask is not None:
+            self.on_mask(m, [self.found[m, k] for k in self.subsets[m]])
+
+    def rows_done(self, n: int) -> None:
+        if self.progress is not None and n:
+            self.progress(n)
+
+    def by_mask(self) -> list[list]:
+        return [[self.found[m, q] for q in qs] for m, qs in enumerate(self.subsets)]
 
 
 @torch.inference_mode()
 def letter_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int,
-                   max_rows: int | None = None, which=None) -> list[list[str]]:
+                   max_rows: int | None = None, which=None, on_mask=None, progress=None) -> list[list[str]]:
     """`logits` mode for every mask in `masks` `[M, L, d_ff]`: answers `[M][Q]` (or, with `which`, mask m's
     answers to the questions `which[m]`). Only the four letter rows of the output matrix are multiplied
-    (their argmax is all the mode reads)."""
+    (their argmax is all the mode reads). `on_mask` and `progress` as in `Answers`."""
     dev = model.device
     max_rows = max_rows or (32 if dev.type == "cpu" else 512)  # measured: small batches stay in CPU caches
     vocab, owner = letter_vocab(tok)
     vocab = vocab.to(dev)
-    found = {}
+    found = Answers(_subsets(which, masks.shape[0], len(questions)), on_mask, progress)
     for ms, qs, x, _, attn, real in _prompt_batches(model, tok, questions, masks, skip, max_rows, which=which):
         h = x[torch.arange(len(qs), device=dev), real - 1 - (attn.shape[1] - x.shape[1])]
+        found.rows_done(len(qs))
         for m, q, letter in zip(ms.tolist(), qs.tolist(), best_letters(model.head(h, vocab), owner)):
-            found[m, q] = letter
-    return _by_mask(_subsets(which, masks.shape[0], len(questions)), found)
+            found.put(m, q, letter)
+    return found.by_mask()
 
 
 def left_align(cache: KVCache, attention: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -142,18 +163,21 @@ def left_align(cache: KVCache, attention: torch.Tensor, real: torch.Tensor) -> t
 @torch.inference_mode()
 def generate_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int,
                      max_rows: int | None = None, max_new_tokens: int = GENERATE_TOKENS,
-                     early_stop: bool = True, return_tokens: bool = False, which=None):
+                     early_stop: bool = True, return_tokens: bool = False, which=None, on_mask=None,
+                     progress=None):
     """`generate` mode (the paper's) for every mask in `masks` `[M, L, d_ff]`: answers `[M][Q]`, the first
     standalone letter in up to `max_new_tokens` greedy tokens (EOS ends a row). The prompts share work as
     in `letter_answers`; then all (mask, question) rows of a batch decode together, each with its own
     mask, and a row leaves the batch at EOS or, with `early_stop`, as soon as more tokens cannot change
     its letter (`prompts.letter_decided`). `which` as in `letter_answers`. With `return_tokens`, also the
-    generated ids, in the same layout."""
+    generated ids, in the same layout. `on_mask` and `progress` (a row counts once it has left the batch)
+    as in `Answers`."""
     dev, L = model.device, model.config.num_layers
     max_rows = max_rows or (64 if dev.type == "cpu" else 512)
     eos = torch.tensor(list(tok.eos_ids) or [-1], device=dev)
     greedy = GreedyHead(model)
-    found, tokens = {}, {}
+    subsets = _subsets(which, masks.shape[0], len(questions))
+    found, tokens = Answers(subsets, on_mask, progress), {}
     for ms, qs, x, cache, attn, real in _prompt_batches(model, tok, questions, masks, skip, max_rows,
                                                         whole_cache=True, which=which):
         R = len(qs)
@@ -173,6 +197,7 @@ def generate_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip
             keep = ~torch.tensor(finished, device=dev)
             if step == max_new_tokens - 1 or not keep.any():
                 break
+            found.rows_done(len(finished) - int(keep.sum()))
             if not keep.all():
                 alive, nxt, attn, pos, row_masks = alive[keep], nxt[keep], attn[keep], pos[keep], row_masks[keep]
                 cache = cache.rows(keep.nonzero().squeeze(1))
@@ -181,31 +206,36 @@ def generate_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip
                                  cache=cache)
             nxt = greedy(x[:, -1])
             pos = pos + 1
+        found.rows_done(len(alive))  # the rows still in the batch at its end
         for r, (m, q) in enumerate(zip(ms.tolist(), qs.tolist())):
-            found[m, q], tokens[m, q] = letter_in(tok.decode(out[r])), out[r]
-    subsets = _subsets(which, masks.shape[0], len(questions))
-    answers = _by_mask(subsets, found)
-    return (answers, _by_mask(subsets, tokens)) if return_tokens else answers
+            tokens[m, q] = out[r]
+            found.put(m, q, letter_in(tok.decode(out[r])))
+    answers = found.by_mask()
+    return (answers, [[tokens[m, q] for q in qs] for m, qs in enumerate(subsets)]) if return_tokens else answers
 
 
 def answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int, mode: str,
-            cloze_mean: bool = False, early_stop: bool = True, which=None) -> list[list[str | None]]:
+            cloze_mean: bool = False, early_stop: bool = True, which=None, on_mask=None,
+            progress=None) -> list[list[str | None]]:
     """The answers `[M][Q]` of every mask in `masks` in scoring mode `mode` (METHOD.md §5); with `which`, mask
-    m's answers to the questions `which[m]` only."""
+    m's answers to the questions `which[m]` only. `on_mask(m, answers)` runs as soon as mask m's questions
+    are all answered, `progress(n)` as every n (mask, question) rows are done (`Answers`)."""
     if mode == "logits":
-        return letter_answers(model, tok, questions, masks, skip, which=which)
+        return letter_answers(model, tok, questions, masks, skip, which=which, on_mask=on_mask, progress=progress)
     if mode == "cloze":
-        return cloze_answers(model, tok, questions, masks, skip, mean=cloze_mean, which=which)
+        return cloze_answers(model, tok, questions, masks, skip, mean=cloze_mean, which=which, on_mask=on_mask,
+                             progress=progress)
     if mode == "generate":
-        return generate_answers(model, tok, questions, masks, skip, early_stop=early_stop, which=which)
+        return generate_answers(model, tok, questions, masks, skip, early_stop=early_stop, which=which,
+                                on_mask=on_mask, progress=progress)
     raise ValueError(f"unknown mode {mode!r}; choose one of generate, logits, cloze")
 
 
 @torch.inference_mode()
 def cloze_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int, mean: bool = False,
-                  max_rows: int | None = None, which=None) -> list[list[str]]:
+                  max_rows: int | None = None, which=None, on_mask=None, progress=None) -> list[list[str]]:
     """`cloze` mode for every mask in `masks` `[M, L, d_ff]`: answers `[M][Q]` (with `which`, mask m's
-    answers to the questions `which[m]`)."""
+    answers to the questions `which[m]`). `on_mask` and `progress` as in `Answers`."""
     dev, L = model.device, model.config.num_layers
     max_rows = max_rows or (256 if dev.type == "cpu" else 1024)
     _check(masks, skip, model.config.intermediate_size)
@@ -226,7 +256,7 @@ def cloze_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: i
     o_pos = c_pos[owner, -1:] + 1 + torch.arange(W, device=dev)
     low_o = low.rows(owner)
     x_opt = model.run_blocks(model.embed(o_ids, o_pos), 0, skip, o_attn, o_pos, cache=low_o)
-    found = {}
+    found = Answers(subsets, on_mask, progress)
     for m0, m1 in _mask_ranges([sum(per_q[q] for q in w) for w in subsets], max_rows):
         chunk = masks[m0:m1]
         pairs = [(m - m0, q) for m in range(m0, m1) for q in subsets[m]]
@@ -241,9 +271,10 @@ def cloze_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: i
                              cache=up.rows(ctx_row))
         totals = option_scores(model, c_last[ctx_row], x, o_ids[oq], o_mask[oq], mean).tolist()
         start = 0
+        found.rows_done(len(pairs))
         for m, q in pairs:
-            found[m0 + m, q] = best_option(questions[q], totals[start:start + per_q[q]])
+            found.put(m0 + m, q, best_option(questions[q], totals[start:start + per_q[q]]))
             start += per_q[q]
-    return _by_mask(subsets, found)
+    return found.by_mask()
 
 

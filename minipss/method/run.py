@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -21,12 +21,14 @@ from safetensors.torch import save_file
 
 from .. import load_model, load_tokenizer
 from ..checks import check_device, check_outputs, model_inputs, ratios
+from ..model.fastest import resolve_dtype
 from ..model.families import read_config
 from . import many_masks
 from .benchmark import Concept, load_benchmark, questions_of, unrelated_sets
 from .fingerprint import differences, file_digest, model_digest, short
 from .locate import (KINDS, LOCATORS, TOKEN_RULES, ConceptStats, cell_masks, group_stats, question_coefficients,
                      question_groups, set_magnitudes)
+from .progress import REPORT_EVERY, Progress
 from .prompts import coefficient_prompt, mcq_prompt
 from .report import build_result, cell_key, parse_cell_key, write_result
 from .scores import mean
@@ -58,7 +60,8 @@ class Settings:
     engine: bool = True  # score all of a concept's masks (and the baseline) together, sharing work (same answers)
     batch_size: int = 32
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "float32"  # auto: bf16 where it is measured faster (METHOD.md §10), resolved before any work
+    dtype_choice: str = ""  # why this dtype (written by run_pss)
 
     def __post_init__(self):
         self.ratios = [float(r) for r in self.ratios]  # result keys are str(float): "0.1", "0.0"
@@ -69,7 +72,8 @@ class Settings:
         device, engine and early stop give the same answers). Split-half and the locator count only when
         not their defaults, so work saved before they existed still resumes."""
         keep = {k: v for k, v in asdict(self).items()
-                if k not in ("ratios", "control", "matched_control", "batch_size", "device", "engine", "early_stop")}
+                if k not in ("ratios", "control", "matched_control", "batch_size", "device", "engine", "early_stop",
+                             "dtype_choice")}
         if not self.split_half:
             del keep["split_half"]
         if self.locator == "diff":
@@ -98,8 +102,8 @@ class Settings:
             raise ValueError(f"--locator {self.locator!r}: choose one of {', '.join(LOCATORS)}")
         if self.token_rule not in TOKEN_RULES:
             raise ValueError(f"--token-rule {self.token_rule!r}: choose one of {', '.join(TOKEN_RULES)}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"--dtype {self.dtype!r}: choose float32, bfloat16 or float16")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"--dtype {self.dtype!r}: choose auto, float32, bfloat16 or float16")
         check_device(self.device)
 
 
@@ -131,22 +135,6 @@ def check_prompt_lengths(concepts: list[Concept], tok, config, model_dir, mode: 
                     raise ValueError(
                         f"{bench}:{c.line}: concept {c.name!r} mcq[{k}]: its {what} prompt needs {n} positions; "
                         f"the model reads at most {limit} (max_position_embeddings in {Path(model_dir) / 'config.json'})")
-
-
-class Progress:
-    """One line per step on stderr with the elapsed and remaining time."""
-
-    def __init__(self, total: int, what: str, quiet: bool = False):
-        self.total, self.what, self.quiet, self.done, self.start = total, what, quiet, 0, time.time()
-
-    def step(self, label: str = "") -> None:
-        self.done += 1
-        if self.quiet:
-            return
-        spent = time.time() - self.start
-        left = spent / self.done * (self.total - self.done)
-        print(f"[{self.what} {self.done}/{self.total}] {label} {spent:.0f}s elapsed, ~{left:.0f}s left",
-              file=sys.stderr, flush=True)
 
 
 class WorkDir:
@@ -256,9 +244,11 @@ class Unsaved:
         pass  # nothing saved, nothing stale
 
 
-def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool = False) -> dict:
+def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool = False,
+            report_every: float = REPORT_EVERY) -> dict:
     """`minipss pss`: check everything, load, `measure`, then write `out` (JSON) and `out` with .csv;
-    returns the result dict."""
+    returns the result dict. `--dtype auto` is resolved here (`fastest.resolve_dtype`); the result and
+    the work folder record the dtype used."""
     s = settings or Settings()
     t0 = time.time()
     bench, out = Path(bench), Path(out)
@@ -281,9 +271,16 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     if s.mode == "logits":
         letter_vocab(tok)  # refuses a tokenizer without single-token letters
     shard = Shard(s.device)
+    if s.dtype == "auto" or not s.dtype_choice:  # a caller that resolved it already says why
+        dtype, why = resolve_dtype(s.dtype, shard.device, (config.hidden_size, config.intermediate_size))
+        dtype, why = shard.gather((dtype, why))[0]  # every process uses rank 0's choice
+        s = replace(s, dtype=dtype, dtype_choice=why)
+    if not quiet and shard.main:
+        print(f"dtype {s.dtype} ({s.dtype_choice})", file=sys.stderr, flush=True)
     model = load_model(model_dir, dtype=getattr(torch, s.dtype), device=shard.device)  # refuses damaged weights
     work = WorkDir(out, s.fingerprint(model_dir, bench), shard.rank)
-    cells, timing, stats = measure(model, tok, concepts, others, s, work, shard, quiet, start=t0)
+    cells, timing, stats = measure(model, tok, concepts, others, s, work, shard, quiet, start=t0,
+                                   report_every=report_every)
     magnitudes = magnitude_step(stats, others, s) if shard.main else None
     timing["total"] = time.time() - t0
     result = build_result(str(model_dir), str(bench), {**asdict(s), "processes": shard.world}, concepts,
@@ -301,23 +298,25 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
 
 
 def measure(model, tok, concepts: list[Concept], others: list[list[int]], s: Settings, work, shard=None,
-            quiet: bool = False, start: float | None = None) -> tuple[dict, dict, torch.Tensor]:
+            quiet: bool = False, start: float | None = None,
+            report_every: float = REPORT_EVERY) -> tuple[dict, dict, torch.Tensor]:
     """The paper's steps on a loaded model: coefficients per concept (§3.2), the accuracy before
     masking, then every masked cell, each located (Eq. 5) and masked (Eq. 4) and scored. Work already
     in `work` (a `WorkDir`, or `Unsaved`) is reused. Returns every cell's per-question correctness (by
     `cell_key`), the time of each step (the first from `start`, so that it includes loading) and the
-    coefficient statistics (`locate.ConceptStats`)."""
+    coefficient statistics (`locate.ConceptStats`). Each step reports its progress on stderr at least every
+    `report_every` seconds unless `quiet`."""
     shard = shard or Shard(s.device)
     t0 = time.time() if start is None else start
     mine = [i for i in range(len(concepts)) if shard.mine(i)]
     work.keep_cells(lambda key: expected_length(key, concepts, others))
-    stats, signed = coefficients_step(model, tok, concepts, mine, s, work, shard)
+    stats, signed = coefficients_step(model, tok, concepts, mine, s, work, shard, quiet, report_every)
     timing = {"coefficients": time.time() - t0}
     t1 = time.time()
-    baseline_step(model, tok, concepts, mine, s, work)
+    baseline_step(model, tok, concepts, mine, s, work, quiet, report_every)
     timing["baseline"] = time.time() - t1
     t2 = time.time()
-    masked_step(model, tok, concepts, others, mine, stats, signed, s, work, quiet)
+    masked_step(model, tok, concepts, others, mine, stats, signed, s, work, quiet, report_every)
     timing["masked"] = time.time() - t2
     cells = {}
     for part in shard.gather(work.cells):
@@ -334,7 +333,8 @@ def expected_length(key: str, concepts: list[Concept], others: list[list[int]]) 
     return len(concepts[i].mcq) if kind == "baseline" else len(questions_of(concepts, i, others[i]))
 
 
-def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard):
+def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard, quiet=False,
+                      report_every: float = REPORT_EVERY):
     """Per concept and group of its questions (all of them; with split-half also each half,
     `locate.question_groups`) the mean of the per-question |m| (§3.2), with the zscore locator the mean of
     their squares too, as a `ConceptStats`; with mean-ablation also the signed means `[C, L, d_ff]`. Each
@@ -346,8 +346,10 @@ def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard):
         def compute():
             if absolute not in per_question:
                 texts = [coefficient_prompt(q) for i in mine for q in concepts[i].mcq]
-                per_question[absolute] = question_coefficients(model, tok, texts, s.token_rule, s.batch_size,
-                                                               absolute)
+                with Progress(len(texts), "coefficients" if absolute else "signed means", quiet, report_every,
+                              "questions") as p:
+                    per_question[absolute] = question_coefficients(model, tok, texts, s.token_rule, s.batch_size,
+                                                                   absolute, p.add)
             part = reduce(per_question[absolute], [counts[i] for i in mine])
             parts = {i: part[n] for n, i in enumerate(mine)}
             for other in shard.gather(parts):
@@ -387,63 +389,81 @@ def magnitude_step(stats: ConceptStats, others: list[list[int]], s: Settings) ->
             "matched_shared_by_ratio": {str(r): mean(p[r]["shared"] for p in per) for r in s.ratios}}
 
 
-def baseline_step(model, tok, concepts, mine, s: Settings, work) -> None:
+def baseline_step(model, tok, concepts, mine, s: Settings, work, quiet=False,
+                  report_every: float = REPORT_EVERY) -> None:
     """Accuracy before masking: each concept's own questions, unmasked (one more mask, all ones, for
-    the shared-work evaluator: every missing concept at once)."""
+    the shared-work evaluator: the missing concepts in groups of at most 32 questions, each group's
+    cells saved, and its progress reported, as it finishes)."""
     missing = [i for i in mine if cell_key("baseline", i) not in work.cells]
-    if not missing:
-        return
-    qs = [q for i in missing for q in concepts[i].mcq]
-    if s.engine:
-        ones = torch.ones(1, model.config.num_layers, model.config.intermediate_size, device=model.device,
-                          dtype=model.dtype)
-        answers = many_masks.answers(model, tok, qs, ones, s.skip_layers, s.mode, s.cloze_mean, s.early_stop)[0]
-    else:
-        answers = mcq_answers(model, tok, qs, s.mode, None, s.batch_size, s.early_stop, s.cloze_mean)
-    for i in missing:
-        n = len(concepts[i].mcq)
-        work.save_cell(cell_key("baseline", i), [a == q.answer for a, q in zip(answers[:n], concepts[i].mcq)])
-        answers = answers[n:]
+    alone = [[] for _ in concepts]
+    with Progress(sum(len(concepts[i].mcq) for i in missing), "baseline", quiet, report_every, "questions") as p:
+        for group in engine_groups(missing, alone, [len(c.mcq) for c in concepts], 32):
+            qs = [q for i in group for q in concepts[i].mcq]
+            if s.engine:
+                ones = torch.ones(1, model.config.num_layers, model.config.intermediate_size, device=model.device,
+                                  dtype=model.dtype)
+                answers = many_masks.answers(model, tok, qs, ones, s.skip_layers, s.mode, s.cloze_mean,
+                                             s.early_stop, progress=p.add)[0]
+            else:
+                answers = mcq_answers(model, tok, qs, s.mode, None, s.batch_size, s.early_stop, s.cloze_mean)
+                p.add(len(qs))
+            for i in group:
+                n = len(concepts[i].mcq)
+                work.save_cell(cell_key("baseline", i),
+                               [a == q.answer for a, q in zip(answers[:n], concepts[i].mcq)])
+                answers = answers[n:]
 
 
-def masked_step(model, tok, concepts, others, mine, stats, signed, s: Settings, work, quiet=False) -> None:
+def masked_step(model, tok, concepts, others, mine, stats, signed, s: Settings, work, quiet=False,
+                report_every: float = REPORT_EVERY) -> None:
     """Every missing (kind, concept, ratio) cell: the concept's mask (located, or a control) scored on its
     own and its unrelated questions (§4.1); with split-half, two masks, each located on one half of the
-    questions and scoring the other (`locate.cell_masks`). A cell holds the answers in `questions_of` order."""
+    questions and scoring the other (`locate.cell_masks`). A cell holds the answers in `questions_of` order
+    and is saved as soon as its masks' questions are all answered; progress counts (mask, question) rows
+    (METHOD.md §10)."""
     counts = [len(c.mcq) for c in concepts]
     kinds = [k for k, on in zip(KINDS, (True, s.control, s.matched_control)) if on]
     todo = [(k, i, r) for i in mine for r in s.ratios for k in kinds if cell_key(k, i, r) not in work.cells]
-    progress = Progress(len(todo), "masked", quiet)
-    # the shared-work evaluator takes several concepts at once (their questions overlap: t* of one is t of
-    # others), so the blocks below skip run once per question for the group, not once per concept
-    for group in engine_groups(sorted({i for _, i, _ in todo}), others, counts, 256 if s.engine else 1):
-        pool, which, cells, masks = {}, [], [], []
-        for i in group:
-            mine_i = [(k, r) for k, j, r in todo if j == i]
-            m, parts = cell_masks(i, mine_i, stats, others[i], s.skip_layers, s.seed, s.locator, s.split_half,
-                                  signed)
-            keys = [(j, k) for j in [i] + others[i] for k in range(counts[j])]  # questions_of's order
-            index = [pool.setdefault(key, len(pool)) for key in keys]
-            rows = [None] * len(m)
-            for cell_parts in parts:
-                for row, positions in cell_parts:
-                    rows[row] = [index[p] for p in positions]
-            cells += [((k, i, r), [(len(which) + row, positions) for row, positions in cell_parts])
-                      for (k, r), cell_parts in zip(mine_i, parts)]
-            which += rows
-            masks.append(m)
-        masks = torch.cat(masks).to(device=model.device, dtype=model.dtype)
-        qs = [concepts[j].mcq[k] for j, k in pool]
-        if s.engine:  # all of this group's masks at once
-            answers = many_masks.answers(model, tok, qs, masks, s.skip_layers, s.mode, s.cloze_mean,
-                                         s.early_stop, which)
-        else:
-            answers = [mcq_answers(model, tok, [qs[q] for q in w], s.mode, m, s.batch_size, s.early_stop,
-                                   s.cloze_mean) for w, m in zip(which, masks)]
-        for (k, i, r), cell_parts in cells:
-            correct = [None] * sum(len(positions) for _, positions in cell_parts)
-            for row, positions in cell_parts:
-                for p, q, got in zip(positions, which[row], answers[row]):
-                    correct[p] = got == qs[q].answer
-            work.save_cell(cell_key(k, i, r), correct)
-            progress.step(f"{concepts[i].name} r={r} {k}")
+    rows = sum(counts[i] + sum(counts[j] for j in others[i]) for _, i, _ in todo)
+    with Progress(rows, "masked", quiet, report_every) as progress:
+        # the shared-work evaluator takes several concepts at once (their questions overlap: t* of one is t
+        # of others), so the blocks below skip run once per question for the group, not once per concept
+        for group in engine_groups(sorted({i for _, i, _ in todo}), others, counts, 256 if s.engine else 1):
+            pool, which, cells, masks = {}, [], [], []
+            for i in group:
+                mine_i = [(k, r) for k, j, r in todo if j == i]
+                m, parts = cell_masks(i, mine_i, stats, others[i], s.skip_layers, s.seed, s.locator,
+                                      s.split_half, signed)
+                keys = [(j, k) for j in [i] + others[i] for k in range(counts[j])]  # questions_of's order
+                index = [pool.setdefault(key, len(pool)) for key in keys]
+                rows = [None] * len(m)
+                for cell_parts in parts:
+                    for row, positions in cell_parts:
+                        rows[row] = [index[p] for p in positions]
+                cells += [((k, i, r), [(len(which) + row, positions) for row, positions in cell_parts])
+                          for (k, r), cell_parts in zip(mine_i, parts)]
+                which += rows
+                masks.append(m)
+            masks = torch.cat(masks).to(device=model.device, dtype=model.dtype)
+            qs = [concepts[j].mcq[k] for j, k in pool]
+            cell_of = {row: n for n, (_, cell_parts) in enumerate(cells) for row, _ in cell_parts}
+            answered = {}
+
+            def save(row: int, got: list) -> None:  # mask `row` has answered all its questions
+                answered[row] = got
+                key, cell_parts = cells[cell_of[row]]
+                if all(r in answered for r, _ in cell_parts):  # and so have the other masks of its cell
+                    correct = [None] * sum(len(positions) for _, positions in cell_parts)
+                    for r, positions in cell_parts:
+                        for p, q, a in zip(positions, which[r], answered.pop(r)):
+                            correct[p] = a == qs[q].answer
+                    work.save_cell(cell_key(*key), correct)
+
+            if s.engine:  # all of this group's masks at once
+                many_masks.answers(model, tok, qs, masks, s.skip_layers, s.mode, s.cloze_mean, s.early_stop,
+                                   which, on_mask=save, progress=progress.add)
+            else:
+                for row, (w, mask) in enumerate(zip(which, masks)):
+                    save(row, mcq_answers(model, tok, [qs[q] for q in w], s.mode, mask, s.batch_size,
+                                          s.early_stop, s.cloze_mean))
+                    progress.add(len(w))

@@ -33,7 +33,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import benchmark_path, checks
-from ..options import numbers
+from ..model.families import read_config
+from ..model.fastest import resolve_dtype
+from ..options import dtype_option, numbers
 from ..weights.real_models import MODELS, ensure
 from .benchmark import TIERS, load_benchmark
 from .claims import FOLD_NOTE, grows_with_accuracy, located_vs_control
@@ -189,6 +191,13 @@ def _ci(ci) -> str:
     return "" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def _dtypes(dtype) -> str:
+    """One dtype, or per model where they differ (`auto` resolves per model)."""
+    if isinstance(dtype, str) or len(set(dtype.values())) == 1:
+        return dtype if isinstance(dtype, str) else next(iter(dtype.values()))
+    return ", ".join(f"{v} ({k})" for k, v in dtype.items())
+
+
 def _pct(key: str) -> str:
     return f"{float(key) * 100:g}%"
 
@@ -198,7 +207,7 @@ def markdown(summary: dict, settings: dict, figures: list[Path]) -> str:
     models, ratios = summary["models"], summary["common_ratios"]
     shared = ", ".join(_pct(k) for k in ratios)
     lines = ["# Parameter specialization across models", "",
-             f"Benchmark `{Path(settings['bench']).name}`, mode `{settings['mode']}`, dtype {settings['dtype']}, "
+             f"Benchmark `{Path(settings['bench']).name}`, mode `{settings['mode']}`, dtype {_dtypes(settings['dtype'])}, "
              f"first {settings['concepts'] or 'all'} concepts, skip {settings['skip_layers']} layers, seed {settings['seed']}, "
              f"{'with' if settings['control'] else 'without'} the random-vector control, "
              f"{'with' if settings.get('matched_control') else 'without'} the magnitude-matched control, "
@@ -377,7 +386,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--locator", default="diff", choices=["diff", "zscore"], help="diff (Eq. 5, default) or zscore")
     p.add_argument("--skip-layers", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    dtype_option(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws over concepts (default 1000)")
@@ -419,15 +428,25 @@ def main(a) -> None:
     checks.own_folder(a.out, record)
     checks.claim(a.out, record)
 
+    dtypes = {}
+
+    def dtype_for(name: str) -> tuple[str, str]:  # auto: per model, its own MLP's shape (METHOD.md §10)
+        if name not in dtypes:
+            c = read_config(model_folder(name)) if a.dtype == "auto" else None
+            dtypes[name] = resolve_dtype(a.dtype, a.device, (c.hidden_size, c.intermediate_size) if c else (0, 0))
+        return dtypes[name]
+
     def settings_for(name: str) -> Settings:
+        dtype, why = dtype_for(name)
         return Settings(mode=a.mode, ratios=ratios_for.get(name, a.ratios), skip_layers=a.skip_layers, seed=a.seed,
-                        concepts=a.concepts or None, control=not a.no_control, dtype=a.dtype, device=a.device,
-                        batch_size=a.batch_size, matched_control=a.matched_control, split_half=a.split_half,
-                        locator=a.locator)
+                        concepts=a.concepts or None, control=not a.no_control, dtype=dtype, dtype_choice=why,
+                        device=a.device, batch_size=a.batch_size, matched_control=a.matched_control,
+                        split_half=a.split_half, locator=a.locator)
 
     results = run_models(models, bench, a.out, settings_for, a.quiet)
     instruct = {label_of(m): (MODELS[m].instruct if m in MODELS else None) for m in models}
-    settings = {"bench": str(bench), "mode": a.mode, "dtype": a.dtype, "concepts": a.concepts or None,
+    settings = {"bench": str(bench), "mode": a.mode, "dtype": {label_of(m): dtype_for(m)[0] for m in models},
+                "concepts": a.concepts or None,
                 "skip_layers": a.skip_layers, "seed": a.seed, "control": not a.no_control,
                 "matched_control": a.matched_control, "split_half": a.split_half, "locator": a.locator,
                 "ratios": {label_of(m): settings_for(m).ratios for m in models}}

@@ -11,26 +11,38 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .fastest import ROWS, bf16_faster
 from .layers import KVCache
 from .padding import left_pad
 
 
 class GreedyHead:
     """Greedy next tokens from final residual states `x` `[N, d]`: `model.head(x).argmax(-1)`, the same
-    tokens up to fp32 summation order, as any change of batch (METHOD.md §5). With fp32 weights on a CPU
-    the full-vocabulary product first runs in bf16, about three times cheaper, only to screen: a token is
-    a candidate when its bf16 logit lies within twice the proven error bound of the best one, and the
-    argmax is taken over the candidates' fp32 logits (usually a handful). (CUDA may sum bf16 products in
-    reduced precision, so there the full product runs.) Built once per decoding run: it keeps a bf16 copy
-    of the output matrix, so the weights must not change while it is in use."""
+    tokens up to fp32 summation order, as any change of batch (METHOD.md §5). With `screen`, the
+    full-vocabulary product first runs in bf16, only to screen: a token is a candidate when its bf16 logit
+    lies within twice the proven error bound of the best one, and the argmax is taken over the candidates'
+    fp32 logits (usually a handful). Screening needs fp32 weights on a CPU, no head bias and no final
+    softcap (CUDA may sum bf16 products in reduced precision, which the bound does not cover, so there the
+    full product runs). `screen=None` screens when that holds and a bf16 product of the head's shape is
+    measured faster than fp32 on this device (METHOD.md §10; a CPU without bf16 units runs it slower);
+    True insists (ValueError where not possible), False never screens; `.screen` says which. Built once
+    per decoding run: it keeps a bf16 copy of the output matrix, so the weights must not change while it
+    is in use."""
 
     @torch.no_grad()
-    def __init__(self, model):
+    def __init__(self, model, screen: bool | None = None):
         self.model = model
         out = model.get_submodule(model.head_path)
         self.weight = out.weight
-        self.screen = (out.weight.dtype == torch.float32 and out.weight.device.type == "cpu" and out.bias is None
-                       and model.config.final_softcap is None)
+        eligible = (out.weight.dtype == torch.float32 and out.weight.device.type == "cpu" and out.bias is None
+                    and model.config.final_softcap is None)
+        if screen and not eligible:
+            raise ValueError("GreedyHead(screen=True) needs fp32 output weights on a CPU, without bias or "
+                             "final softcap")
+        if screen is None:
+            vocab, d = out.weight.shape
+            screen = eligible and bf16_faster(out.weight.device, (ROWS, d, vocab))
+        self.screen = bool(screen)
         if self.screen:
             self.weight16 = out.weight.to(torch.bfloat16)
             self.norm = float(out.weight.norm(dim=1).max())

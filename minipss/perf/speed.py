@@ -37,8 +37,9 @@ from ..method import many_masks
 from ..method.benchmark import load_benchmark, questions_of, unrelated_sets
 from ..method.locate import mask_for, random_ranking
 from ..model.families import from_hf, read_config
+from ..model.fastest import machine, resolve_dtype
 from ..model.load import build_model, checkpoint_state
-from ..options import numbers
+from ..options import dtype_option, numbers
 from .hf_reference import answers, load_reference, set_mask
 
 
@@ -230,8 +231,20 @@ def check(a) -> None:
         checks.output_file(a.json, [bench] + checks.model_inputs(a.model), "--json")
 
 
+def resolve(a) -> None:
+    """`--dtype auto` resolved for the model's (or `--config`'s) MLP shape on `--device`; prints the machine
+    and the choice, so that every figure says where it comes from."""
+    raw = (CONFIGS.get(a.config) or json.loads(Path(a.config).read_text())) if a.config else None
+    hidden, intermediate = (raw["hidden_size"], raw["intermediate_size"]) if raw else (
+        (c := read_config(a.model)).hidden_size, c.intermediate_size)
+    a.dtype, why = resolve_dtype(a.dtype, a.device, (hidden, intermediate))
+    print(f"{'machine':34} {machine()}")
+    print(f"{'dtype':34} {a.dtype} ({why})")
+
+
 def main(a) -> dict:
     check(a)
+    resolve(a)
     if a.end_to_end:
         return end_to_end(a)
 
@@ -249,7 +262,7 @@ def main(a) -> dict:
         run_minipss(model, tok, jobs[:1], a.mode, a.skip_layers, a.batch_size)
     flops = counter.get_total_flops() * len(jobs)
     rate = matmul_rate(dtype, a.device)
-    report = {"device": a.device, "dtype": a.dtype, "mode": a.mode, "prompts": prompts,
+    report = {"machine": machine(), "device": a.device, "dtype": a.dtype, "mode": a.mode, "prompts": prompts,
               "minipss_prompts_per_s": prompts / t_mine, "minipss_s": t_mine,
               "minipss_tflops": flops / t_mine / 1e12, "matmul_tflops": rate,
               "projected_specwiki_min": SPECWIKI_PROMPTS / (prompts / t_mine) / 60}
@@ -276,7 +289,7 @@ def add_arguments(p) -> None:
     p.add_argument("--skip-layers", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    dtype_option(p, ("float32", "bfloat16"))
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--end-to-end", action="store_true",
                    help="time the whole `minipss pss` job against the whole job the usual way, as processes")
