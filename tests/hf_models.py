@@ -154,3 +154,28 @@ def record_coefficients(model):
         setattr(owner, name, rec)
         recs.append(rec)
     return recs
+
+
+def make_method_model(name: str, folder, seed: int = 0, scale: float = 0.2, letter_boost: float = 1.0):
+    """The parity row `name` as a model the method runs on: the byte tokenizer's vocabulary (259) saved
+    beside it, room for the 3-shot prompt and 30 tokens (context 1024), matrices at std `scale` (HF
+    initialises at 0.02, where the MLPs barely matter and greedy decoding repeats one token). Returns
+    the transformers model (eval, fp32)."""
+    from tiny import byte_tokenizer
+
+    context = next((k for k in ("n_positions", "max_seq_len") if k in CONFIGS[name][1]), "max_position_embeddings")
+    hf = make_hf_model(name, folder, seed=seed, vocab_size=259, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+                       **{context: 1024})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, scale, generator=g)
+        if name.startswith("gemma"):  # Gemma scales the embedding by sqrt(d); else it swamps the blocks
+            hf.get_input_embeddings().weight.div_(hf.config.hidden_size ** 0.5)
+        tok = byte_tokenizer()  # letters and spaces likelier, so that answers vary (not all None)
+        for text in (" ", "A", "B", "C", "D"):
+            hf.get_output_embeddings().weight[tok.encode(text).ids[0]] *= letter_boost
+    hf.save_pretrained(folder, safe_serialization=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return hf
