@@ -61,25 +61,35 @@ def test_cached_greedy_decoding_equals_transformers_generate(family_pair):
 
 
 def masks_for(model) -> torch.Tensor:
+    """Zero masks at three ratios (the first masks nothing)."""
     L, d_ff = model.config.num_layers, model.config.intermediate_size
     return torch.stack([mask_for(random_ranking((L, d_ff), s), r, SKIP) for s, r in enumerate((0.0, 0.3, 0.7))])
 
 
+def mean_masks_for(model) -> torch.Tensor:
+    """Mean-ablation masks (`[L, 2 * d_ff]`: multiplier, then value)."""
+    L, d_ff = model.config.num_layers, model.config.intermediate_size
+    fill = torch.randn(L, d_ff, generator=torch.Generator().manual_seed(1))
+    return torch.stack([mask_for(random_ranking((L, d_ff), 9 + s), r, SKIP, fill) for s, r in enumerate((0.2, 0.6))])
+
+
 def test_engine_generate_equals_the_plain_protocol_one_mask_at_a_time(family_pair):
     """Every mask's tokens and letters equal a left-padded batch decoded with that mask alone
-    (`mcq_answers`), with and without early stopping; batches of 7 rows mix masks."""
+    (`mcq_answers`), with and without early stopping, for zero and mean-ablation masks; batches of 7
+    rows mix masks."""
     name, _, ours, tok, questions = family_pair
-    masks = masks_for(ours)
     prompts = [tok.encode(mcq_prompt(q)) for q in questions]
-    fast, tokens = generate_answers(ours, tok, questions, masks, SKIP, max_rows=7, early_stop=False,
-                                    return_tokens=True)
-    varied([t for row in tokens for t in row], name)
-    assert len({a for row in fast for a in row}) >= 2, (name, "one answer everywhere: equality would say little")
-    early = generate_answers(ours, tok, questions, masks, SKIP, max_rows=7)
-    for m, got, toks, got_early in zip(masks, fast, tokens, early):
-        assert toks == generate(ours, prompts, GENERATE_TOKENS, tok.eos_ids, tok.pad_id, mlp_mask=m), name
-        assert got == mcq_answers(ours, tok, questions, "generate", m, early_stop=False), name
-        assert got_early == got == mcq_answers(ours, tok, questions, "generate", m), name
+    for masks in (masks_for(ours), mean_masks_for(ours)):
+        fast, tokens = generate_answers(ours, tok, questions, masks, SKIP, max_rows=7, early_stop=False,
+                                        return_tokens=True)
+        if masks.shape[-1] == ours.config.intermediate_size:
+            varied([t for row in tokens for t in row], name)
+            assert len({a for row in fast for a in row}) >= 2, (name, "one answer everywhere: equality would say little")
+        early = generate_answers(ours, tok, questions, masks, SKIP, max_rows=7)
+        for m, got, toks, got_early in zip(masks, fast, tokens, early):
+            assert toks == generate(ours, prompts, GENERATE_TOKENS, tok.eos_ids, tok.pad_id, mlp_mask=m), name
+            assert got == mcq_answers(ours, tok, questions, "generate", m, early_stop=False), name
+            assert got_early == got == mcq_answers(ours, tok, questions, "generate", m), name
 
 
 def test_engine_rows_leaving_at_eos_equal_the_plain_protocol(family_pair):

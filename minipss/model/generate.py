@@ -21,16 +21,20 @@ class GreedyHead:
     the full-vocabulary product first runs in bf16, about three times cheaper, only to screen: a token is
     a candidate when its bf16 logit lies within twice the proven error bound of the best one, and the
     argmax is taken over the candidates' fp32 logits (usually a handful). (CUDA may sum bf16 products in
-    reduced precision, so there the full product runs.) Built once per decoding run: it keeps a bf16 copy
-    of the output matrix, so the weights must not change while it is in use."""
+    reduced precision, so there the full product runs.) `screen`: None decides as above, True screens
+    (ValueError unless the head is eligible: fp32 weights, no bias, no final softcap), False never does.
+    Built once per decoding run: it keeps a bf16 copy of the output matrix, so the weights must not change
+    while it is in use."""
 
     @torch.no_grad()
-    def __init__(self, model):
+    def __init__(self, model, screen: bool | None = None):
         self.model = model
         out = model.get_submodule(model.head_path)
         self.weight = out.weight
-        self.screen = (out.weight.dtype == torch.float32 and out.weight.device.type == "cpu" and out.bias is None
-                       and model.config.final_softcap is None)
+        eligible = out.weight.dtype == torch.float32 and out.bias is None and model.config.final_softcap is None
+        if screen and not eligible:
+            raise ValueError("screening the greedy head needs fp32 weights, no head bias and no final softcap")
+        self.screen = eligible and out.weight.device.type == "cpu" if screen is None else screen
         if self.screen:
             self.weight16 = out.weight.to(torch.bfloat16)
             self.norm = float(out.weight.norm(dim=1).max())
