@@ -183,7 +183,7 @@ METHOD_WEIGHTS = {
     "falcon_sequential": (2, 0.2), "gemma2": (1, 0.2), "gemma3": (2, 0.2), "gpt2_unscaled": (1, 0.2),
     "gpt_neox": (0, 0.4), "gpt_neox_sequential_tied": (0, 0.4), "gptj": (5, 0.2), "llama_linear_tied": (1, 0.2),
     "mistral": (2, 0.2), "mpt_clip_scale": (6, 0.4), "mpt_six_heads": (2, 0.2), "olmo2_gqa": (0, 0.4),
-    "olmo2_tied": (6, 0.1), "olmo_clip": (1, 0.2), "olmo_tied": (2, 0.2), "qwen3": (2, 0.2), "qwen3_bias": (5, 0.2),
+    "olmo2_tied": (6, 0.1), "olmo_clip": (2, 0.2), "olmo_tied": (2, 0.2), "qwen3": (2, 0.2), "qwen3_bias": (5, 0.2),
 }
 
 
