@@ -3,8 +3,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-
 import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` skip where no CUDA GPU is present."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
 
 
 def skip_unless_installed(name: str) -> None:

@@ -112,6 +112,17 @@ CONFIGS = {
 }
 
 
+def one_row_per_family() -> list[str]:
+    """The first parity-table row of each registered family."""
+    from minipss.model.families import family_of
+
+    transformers = pytest.importorskip("transformers")
+    rows = {}
+    for name, (cls_name, _) in CONFIGS.items():
+        rows.setdefault(family_of(getattr(transformers, cls_name).model_type).model_types, name)
+    return sorted(rows.values())
+
+
 def make_hf_model(name: str, folder, seed: int = 0, **overrides):
     """Build the named tiny model in transformers with random weights (norms included), save it as
     safetensors in `folder`, and return it in eval mode (eager attention, fp32). `overrides` change
@@ -134,6 +145,15 @@ def make_hf_model(name: str, folder, seed: int = 0, **overrides):
     return model
 
 
+def padded_batch(vocab=128, lengths=(3 * WINDOW, 2 * WINDOW + 1, 5), seed=1):
+    """Random token rows of different lengths, left-padded: (ids, attention mask, positions)."""
+    from minipss.model.padding import left_pad
+
+    g = torch.Generator().manual_seed(seed)
+    seqs = [torch.randint(1, vocab, (n,), generator=g).tolist() for n in lengths]
+    return left_pad(seqs, pad_id=0)
+
+
 class Recorder(torch.nn.Module):
     """Wraps HF's down_proj / fc_out and records its input (the coefficients m), without hooks."""
 
@@ -154,3 +174,41 @@ def record_coefficients(model):
         setattr(owner, name, rec)
         recs.append(rec)
     return recs
+
+
+# (seed, weight std) per row where the default (0, 0.2) decodes one token over and over or answers
+# nothing; found once by trying a few; test_decoding asserts that the tokens and answers do vary
+METHOD_WEIGHTS = {
+    "falcon_7b_style": (1, 0.2), "falcon_new_arch": (4, 0.2), "falcon_new_arch_one_norm": (1, 0.2),
+    "falcon_sequential": (2, 0.2), "gemma2": (1, 0.2), "gemma3": (2, 0.2), "gpt2_unscaled": (1, 0.2),
+    "gpt_neox": (0, 0.4), "gpt_neox_sequential_tied": (0, 0.4), "gptj": (5, 0.2), "llama_linear_tied": (1, 0.2),
+    "mistral": (2, 0.2), "mpt_clip_scale": (6, 0.4), "mpt_six_heads": (2, 0.2), "olmo2_gqa": (0, 0.4),
+    "olmo2_tied": (6, 0.1), "olmo_clip": (2, 0.2), "olmo_tied": (2, 0.2), "qwen3": (2, 0.2), "qwen3_bias": (5, 0.2),
+}
+
+
+def make_method_model(name: str, folder, letter_boost: float = 2.0):
+    """The parity row `name` as a model the method runs on: the byte tokenizer's vocabulary (259) saved
+    beside it, room for the 3-shot prompt and 30 tokens (context 1024), matrices at the std of
+    `METHOD_WEIGHTS` (HF initialises at 0.02, where the MLPs barely matter and greedy decoding repeats
+    one token), the output rows of " " and the letters A-D times `letter_boost`. Returns the
+    transformers model (eval, fp32)."""
+    from tiny import byte_tokenizer
+
+    seed, scale = METHOD_WEIGHTS.get(name, (0, 0.2))
+    context = next((k for k in ("n_positions", "max_seq_len") if k in CONFIGS[name][1]), "max_position_embeddings")
+    hf = make_hf_model(name, folder, seed=seed, vocab_size=259, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+                       **{context: 1024})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, scale, generator=g)
+        if name.startswith("gemma"):  # Gemma scales the embedding by sqrt(d); else it swamps the blocks
+            hf.get_input_embeddings().weight.div_(hf.config.hidden_size ** 0.5)
+        tok = byte_tokenizer()  # letters and spaces likelier, so that answers vary (not all None)
+        for text in (" ", "A", "B", "C", "D"):
+            hf.get_output_embeddings().weight[tok.encode(text).ids[0]] *= letter_boost
+    hf.save_pretrained(folder, safe_serialization=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return hf

@@ -2,7 +2,10 @@
 
 import json
 
+import minipss
 from minipss.cli import main
+from minipss.method.benchmark import load_benchmark
+from minipss.method.scoring import mcq_answers
 from minipss.finetune.experiment import METRICS
 from tiny import make_bench, make_tiny_model
 
@@ -22,7 +25,11 @@ def test_experiment_writes_a_row_per_variant_with_every_metric(tmp_path):
     assert list(table) == ["before", "FT-FV", "FT-PV", "FT-CV", "FT-RV"]
     for row in table.values():
         assert set(row) == set(METRICS)
-        assert 0 <= row["mcq_acc"] <= 1 and row["lid"] > 0
+    # the untouched model's row: its own cloze accuracy on the concepts' questions, its own PSS run
+    qs = [q for c in load_benchmark(bench) for q in c.mcq]
+    answers = mcq_answers(minipss.load_model(model), minipss.load_tokenizer(model), qs, "cloze")
+    assert table["before"]["mcq_acc"] == sum(a == q.answer for a, q in zip(answers, qs)) / len(qs)
+    assert table["before"]["pss"] == json.loads((out / "eval-before" / "pss.json").read_text())["pss"]
     assert (out / "table.md").read_text().count("\n") == 2 + 5
     for v in ("fv", "pv", "cv", "rv"):
         assert json.loads((out / v / "value_vectors.json").read_text())["variant"] == v

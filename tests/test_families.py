@@ -1,7 +1,6 @@
 """Every registered family runs the whole method: `minipss pss` in the three scoring modes and
 `minipss train` with each variant, on a tiny random model written by transformers."""
 
-import inspect
 import json
 
 import pytest
@@ -9,38 +8,20 @@ import torch
 
 import minipss
 from minipss.cli import main
-from minipss.model.families import family_of
-from hf_models import CONFIGS, make_hf_model
-from tiny import byte_tokenizer, make_bench
+from hf_models import make_method_model, one_row_per_family
+from builders import training_text
+from tiny import make_bench
 
 transformers = pytest.importorskip("transformers")
 
 
-def one_row_per_family() -> list[str]:
-    """The first parity-table row of each registered family."""
-    rows = {}
-    for name, (cls_name, _) in CONFIGS.items():
-        rows.setdefault(family_of(getattr(transformers, cls_name).model_type).model_types, name)
-    return sorted(rows.values())
-
-DOCS = "\n\n".join(f"Concept {i} is known for fact number {i * 7}, said the record." for i in range(8))
-
-
 @pytest.fixture(scope="module", params=one_row_per_family())
 def family_model(request, tmp_path_factory):
+    """(row name, model folder, benchmark of 7 concepts, training text)."""
     d = tmp_path_factory.mktemp(request.param)
-    cls = getattr(transformers, CONFIGS[request.param][0])
-    context = "max_seq_len" if "max_seq_len" in inspect.signature(cls.__init__).parameters else "max_position_embeddings"
-    # the byte tokenizer's vocabulary, and room for the 3-shot prompt (about 500 bytes)
-    hf = make_hf_model(request.param, d / "m", vocab_size=259, **{context: 1024})
-    with torch.no_grad():  # weights large enough that the MLPs matter (HF initialises at std 0.02)
-        for p in hf.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
-    hf.save_pretrained(d / "m", safe_serialization=True)
-    byte_tokenizer().save(str(d / "m" / "tokenizer.json"))
+    make_method_model(request.param, d / "m")
     bench = make_bench(d / "bench.jsonl", n_concepts=7, n_mcq=2)
-    (d / "data.txt").write_text(DOCS)
+    (d / "data.txt").write_text(training_text())
     return request.param, d / "m", bench, d / "data.txt"
 
 
@@ -54,7 +35,7 @@ def test_pss_runs_in_every_mode(family_model, mode, tmp_path):
     assert len(r["concepts"]) == 7, name
     # every concept has 2 questions: accuracy before masking is the mean of the concepts' own
     assert r["acc_before"] == pytest.approx(sum(c["concept_before"] for c in r["concepts"]) / 7), name
-    if mode != "cloze":  # a random model answers one letter whatever it reads: nothing more to compare
+    if mode != "cloze":  # one letter whatever it reads (decoding in every family: test_decoding)
         return
     # masking every value vector changes the answers of a random model somewhere
     cells = [(c["concept_before"], c["general_before"], c["by_ratio"]["1.0"]["concept_after"],

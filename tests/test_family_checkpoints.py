@@ -1,8 +1,6 @@
 """GPT-NeoX and GPT-2 beyond the parity rows: hub configs and key layouts, trained checkpoints that
 transformers reads back (GPT-2's Conv1D `[in, out]` layout round-trips), refused variants."""
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -11,9 +9,9 @@ import minipss
 from minipss.model.families import from_hf
 from minipss.finetune.train import TrainSettings, train
 from hf_models import make_hf_model
+from builders import training_text
 from tiny import make_tiny_model
 
-DOCS = "\n\n".join(f"Concept {i} is known for fact number {i * 7}, said the record." for i in range(8))
 
 # config.json of EleutherAI/pythia-70m as published (transformers v4 keys)
 PYTHIA_70M = {"architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0, "eos_token_id": 0, "hidden_act": "gelu",
@@ -29,7 +27,7 @@ def test_trained_checkpoint_loads_in_transformers(model_type, tmp_path):
     transformers = pytest.importorskip("transformers")
     model_dir = make_tiny_model(tmp_path / "m", model_type=model_type, layers=2)
     data = tmp_path / "data.txt"
-    data.write_text(DOCS)
+    data.write_text(training_text())
     before = minipss.load_model(model_dir)
     columns = [0, 3, 5]
     settings = TrainSettings(steps=3, lr=1e-2, batch_size=2, seq_len=24, warmup=1)

@@ -8,6 +8,7 @@ from minipss.model.generate import generate
 from minipss.model.padding import left_pad
 from hf_models import record_coefficients
 
+pytestmark = pytest.mark.real_model
 pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 

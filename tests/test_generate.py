@@ -1,34 +1,29 @@
-"""Greedy decoding with the KV cache equals transformers' generate and a cache-free recomputation."""
+"""Greedy decoding with the KV cache equals a cache-free recomputation, stops rows at EOS, applies per-row
+masks and samples reproducibly (its equality with transformers' generate in every family: test_decoding)."""
 
 import pytest
 import torch
 
 import minipss
-from minipss.model.generate import generate
+import minipss.model.generate
+from minipss.model.generate import GreedyHead, generate
 from hf_models import make_hf_model
+from tiny import GPTJ_SHAPE, make_tiny_model
 
 
 @pytest.fixture(scope="module", params=["gemma3", "llama3_bias", "gptj"])
-def pair(request, tmp_path_factory):
+def minipss_model(request, tmp_path_factory):
+    """A parity row loaded by minipss."""
     folder = tmp_path_factory.mktemp(request.param)
-    return make_hf_model(request.param, folder), minipss.load_model(folder)
+    make_hf_model(request.param, folder)
+    return minipss.load_model(folder)
 
 
 PROMPTS = [[5, 9, 14, 3, 77, 21, 8, 90, 4], [11, 2, 6], [45, 46, 47, 48, 49, 50]]
 
 
-def test_greedy_equals_transformers_generate(pair):
-    hf, ours = pair
-    mine = generate(ours, PROMPTS, max_new_tokens=8, pad_id=0)
-    from minipss.model.padding import left_pad
-    ids, mask, _ = left_pad(PROMPTS, pad_id=0)
-    ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
-                      pad_token_id=0, eos_token_id=None)
-    assert mine == ref[:, ids.shape[1]:].tolist()
-
-
-def test_cache_equals_recomputing_every_step_with_a_mask(pair):
-    _, ours = pair
+def test_cache_equals_recomputing_every_step_with_a_mask(minipss_model):
+    ours = minipss_model
     c = ours.config
     mask = (torch.rand(c.num_layers, c.intermediate_size, generator=torch.Generator().manual_seed(0)) > 0.5)
     mine = generate(ours, PROMPTS[:1], max_new_tokens=10, mlp_mask=mask.float())[0]
@@ -39,8 +34,8 @@ def test_cache_equals_recomputing_every_step_with_a_mask(pair):
     assert mine == seq[len(PROMPTS[0]):]
 
 
-def test_rows_stop_at_eos_and_per_row_masks_apply(pair):
-    _, ours = pair
+def test_rows_stop_at_eos_and_per_row_masks_apply(minipss_model):
+    ours = minipss_model
     c = ours.config
     free = generate(ours, PROMPTS, max_new_tokens=6)
     eos = free[1][2]
@@ -55,22 +50,40 @@ def test_rows_stop_at_eos_and_per_row_masks_apply(pair):
     assert mixed[0] == alone[0] and mixed[1:] == free[1:]
 
 
-def test_sampling_is_seeded(pair):
-    _, ours = pair
+def test_sampling_is_seeded(minipss_model):
+    ours = minipss_model
     run = lambda s: generate(ours, PROMPTS, 6, temperature=1.0, generator=torch.Generator().manual_seed(s))
     assert run(3) == run(3)
     assert any(run(3) != run(s) for s in range(4, 8))
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gemma2"])  # gemma2: a final softcap, so no screening
-def test_greedy_head_picks_the_full_argmax(model_type, tmp_path):
-    """The bf16-screened argmax equals the full fp32 argmax on many states of every scale, with exact
-    ties (the lowest id wins) and with logits apart by less than bf16 can tell."""
-    from minipss.model.generate import GreedyHead
-    from tiny import make_tiny_model
+@pytest.mark.parametrize("model_type, extra, dtype, eligible", [
+    ("llama", {}, torch.float32, True),
+    ("gemma2", dict(final_logit_softcapping=30.0), torch.float32, False),  # a final softcap
+    ("gptj", GPTJ_SHAPE, torch.float32, False),  # a head bias
+    ("llama", {}, torch.bfloat16, False),  # no fp32 weights
+])
+def test_screening_is_on_exactly_where_the_head_allows_it(model_type, extra, dtype, eligible, tmp_path,
+                                                         monkeypatch):
+    """On the CPU the greedy head screens by default exactly when it may and the bf16 product is measured
+    faster; True forces it (refused where the head is not eligible); False turns it off."""
+    model = minipss.load_model(make_tiny_model(tmp_path / "m", model_type=model_type, **extra), dtype=dtype)
+    for faster in (True, False):
+        monkeypatch.setattr(minipss.model.generate, "bf16_faster", lambda device, shape: faster)
+        assert GreedyHead(model).screen is (eligible and faster)
+    assert GreedyHead(model, screen=False).screen is False
+    if eligible:
+        assert GreedyHead(model, screen=True).screen is True
+    else:
+        with pytest.raises(ValueError, match="needs fp32 output weights on a CPU, without bias or final softcap"):
+            GreedyHead(model, screen=True)
 
-    extra = dict(final_logit_softcapping=30.0) if model_type == "gemma2" else {}
-    model = minipss.load_model(make_tiny_model(tmp_path / "m", model_type=model_type, d_ff=32, **extra))
+
+def test_screened_greedy_head_picks_the_full_argmax(tmp_path):
+    """The bf16-screened argmax equals the full fp32 argmax on many states of every scale, with exact
+    ties (the lowest id wins) and with logits apart by less than bf16 can tell (where an argmax of the
+    bf16 product alone picks the wrong token)."""
+    model = minipss.load_model(make_tiny_model(tmp_path / "m", model_type="llama", d_ff=32))
     head = model.get_submodule(model.head_path).weight
     x = torch.randn(400, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     x = x * torch.logspace(-2, 2, 400)[:, None]
@@ -80,11 +93,12 @@ def test_greedy_head_picks_the_full_argmax(model_type, tmp_path):
         head[tie] = head[top]
     full = model.head(x).argmax(-1)
     assert (full == min(top, tie)).sum() >= 5 and not (full == max(top, tie)).any()
-    screen = None if model_type == "gemma2" else True  # screening insisted on (auto: too small to pay)
-    assert GreedyHead(model, screen=screen).screen == (model_type != "gemma2")
-    assert torch.equal(GreedyHead(model, screen=screen)(x), full)
+    screened = GreedyHead(model, screen=True)
+    assert screened.screen and torch.equal(screened(x), full)
     with torch.no_grad():
         head[250] = head[top] * (1 + 2 ** -20)  # the same in bf16, a little larger in fp32
     full = model.head(x).argmax(-1)
-    assert (full == 250).sum() >= 5
-    assert torch.equal(GreedyHead(model, screen=screen)(x), full)
+    rough = torch.nn.functional.linear(model.final_norm(x).bfloat16(), head.bfloat16()).argmax(-1)
+    assert (full == 250).sum() >= 5 and (rough != full).sum() >= 5
+    assert torch.equal(GreedyHead(model, screen=True)(x), full)
+    assert torch.equal(GreedyHead(model, screen=False)(x), full)

@@ -1,7 +1,6 @@
 """Loading: both config dialects, shards, prefixes; clear errors naming the file for bad input."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -9,11 +8,13 @@ from safetensors.torch import load_file, save_file
 
 import minipss
 from minipss.model.families import from_hf
+from builders import copy_model, shard_checkpoint
 from hf_models import make_hf_model  # skips the tests built on it when transformers is not installed
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
+    """A tiny Gemma 3 model folder written by transformers."""
     path = tmp_path_factory.mktemp("gemma3")
     make_hf_model("gemma3", path)
     return path
@@ -21,9 +22,8 @@ def folder(tmp_path_factory):
 
 @pytest.fixture
 def copy(folder, tmp_path):
-    dst = tmp_path / "m"
-    shutil.copytree(folder, dst)
-    return dst
+    """A copy of `folder` to change."""
+    return copy_model(folder, tmp_path)
 
 
 def reference_logits(path):
@@ -54,14 +54,7 @@ def test_v4_hub_dialect_parses_like_v5(folder):
 
 
 def test_sharded_checkpoint_loads_like_single_file(copy, folder):
-    state = load_file(copy / "model.safetensors")
-    keys = sorted(state)
-    half = len(keys) // 2
-    save_file({k: state[k] for k in keys[:half]}, copy / "model-00001-of-00002.safetensors")
-    save_file({k: state[k] for k in keys[half:]}, copy / "model-00002-of-00002.safetensors")
-    index = {"weight_map": {k: f"model-0000{1 + (i >= half)}-of-00002.safetensors" for i, k in enumerate(keys)}}
-    (copy / "model.safetensors.index.json").write_text(json.dumps(index))
-    (copy / "model.safetensors").unlink()
+    shard_checkpoint(copy)
     assert torch.equal(reference_logits(copy), reference_logits(folder))
 
 

@@ -4,18 +4,11 @@ import pytest
 import torch
 
 import minipss
-from minipss.model.padding import left_pad
-from hf_models import CONFIGS, WINDOW, make_hf_model, record_coefficients
+from hf_models import CONFIGS, make_hf_model, padded_batch as batch, record_coefficients
 
 transformers = pytest.importorskip("transformers")
 
 FAMILIES = sorted(CONFIGS)
-
-
-def batch(vocab=128, lengths=(3 * WINDOW, 2 * WINDOW + 1, 5), seed=1):
-    g = torch.Generator().manual_seed(seed)
-    seqs = [torch.randint(1, vocab, (n,), generator=g).tolist() for n in lengths]
-    return left_pad(seqs, pad_id=0)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

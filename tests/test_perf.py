@@ -3,6 +3,8 @@
 import pytest
 
 from minipss.cli import main
+import torch
+
 from tiny import make_tiny_model
 
 pytest.importorskip("transformers")
@@ -37,14 +39,22 @@ def test_perf_on_random_weights_of_a_config(tmp_path, capsys):
 @pytest.mark.parametrize("mode", ["logits", "generate"])
 def test_the_usual_way_as_a_whole_job_finds_what_minipss_pss_finds(tmp_path, mode):
     """`python -m minipss.perf.hf_reference` (transformers, masked down_proj, one mask at a time) and `minipss pss`
-    give the same per-question correctness in every cell (fp32)."""
+    give the same per-question correctness in every cell (fp32), and the same letters: the reference's
+    letters equal minipss's own for each cell's mask, rebuilt from the coefficients the run saved."""
     import json
 
+    from safetensors.torch import load_file
+
+    import minipss
+    from minipss.method import many_masks
+    from minipss.method.benchmark import load_benchmark, questions_of, unrelated_sets
+    from minipss.method.locate import KINDS, concept_masks
+    from minipss.method.report import cell_key
     from minipss.method.run import Settings, run_pss
     from minipss.perf.hf_reference import run_pss as reference_pss
     from tiny import make_bench
 
-    model = make_tiny_model(tmp_path / "m", layers=3, d_ff=32)
+    model = make_tiny_model(tmp_path / "m", seed=2, layers=3, d_ff=32)
     bench = make_bench(tmp_path / "b.jsonl", n_concepts=7, n_mcq=2)
     run_pss(model, bench, tmp_path / "r.json", Settings(mode=mode, ratios=[0.25, 0.5], skip_layers=1,
                                                          control=True), quiet=True)
@@ -55,6 +65,19 @@ def test_the_usual_way_as_a_whole_job_finds_what_minipss_pss_finds(tmp_path, mod
     ref = reference_pss(model, bench, tmp_path / "ref.json", mode, [0.25, 0.5], skip=1, control=True)
     assert ref["cells"] == cells and len(cells) == 7 * (1 + 2 * 2)
     assert json.loads((tmp_path / "ref.json").read_text())["cells"] == cells
+
+    ours, tok, cs = minipss.load_model(model), minipss.load_tokenizer(model), load_benchmark(bench)
+    coeffs = load_file(tmp_path / "r.json.work" / "coefficients.safetensors")["coefficients"]
+    others, counts = unrelated_sets(cs, 5, 0), [len(c.mcq) for c in cs]
+    letters = {}
+    for i, c in enumerate(cs):
+        letters[cell_key("baseline", i)] = many_masks.answers(ours, tok, c.mcq, torch.ones(1, 3, 32), 1, mode)[0]
+        mine = [(kind, r) for r in (0.25, 0.5) for kind in KINDS]
+        got = many_masks.answers(ours, tok, questions_of(cs, i, others[i]),
+                                 concept_masks(i, mine, coeffs, counts, others[i], 1, 0, None), 1, mode)
+        letters.update({cell_key(kind, i, r): g for (kind, r), g in zip(mine, got)})
+    assert letters == ref["answers"]
+    assert len({a for row in letters.values() for a in row}) > 1  # answers that differ between cells
 
 
 def test_end_to_end_times_both_jobs_as_processes(tmp_path, capsys):

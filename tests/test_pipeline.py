@@ -8,11 +8,12 @@ import pytest
 from cli_process import kill_when, line_count, run_minipss
 from minipss.cli import main
 from minipss.method.run import Settings, run_pss
+from builders import GOOD_CONCEPT as GOOD, bench_with_line, strip_timing
 from tiny import make_bench, make_tiny_model
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def model_and_bench(tmp_path_factory):
     d = tmp_path_factory.mktemp("pipe")
     return make_tiny_model(d / "m"), make_bench(d / "bench.jsonl", n_concepts=7, n_mcq=2)
 
@@ -20,12 +21,8 @@ def setup(tmp_path_factory):
 SETTINGS = dict(mode="cloze", ratios=[0.0, 0.1, 0.5], skip_layers=1, control=True)
 
 
-def strip_timing(result):
-    return {k: v for k, v in result.items() if k != "timing_s"}
-
-
-def test_result_file_has_the_interface_fields(setup, tmp_path):
-    model, bench = setup
+def test_result_file_has_the_interface_fields(model_and_bench, tmp_path):
+    model, bench = model_and_bench
     out = tmp_path / "r.json"
     main(["pss", "--model", str(model), "--bench", str(bench), "--out", str(out), "--mode", "cloze",
           "--ratios", "0.1,0.25", "--skip-layers", "1", "--quiet"])
@@ -42,16 +39,16 @@ def test_result_file_has_the_interface_fields(setup, tmp_path):
     assert out.with_suffix(".csv").read_text().count("\n") == 1 + 7 * 2
 
 
-def test_ratio_zero_changes_nothing(setup, tmp_path):
-    r = run_pss(*setup, tmp_path / "r.json", Settings(**SETTINGS), quiet=True)
+def test_ratio_zero_changes_nothing(model_and_bench, tmp_path):
+    r = run_pss(*model_and_bench, tmp_path / "r.json", Settings(**SETTINGS), quiet=True)
     assert r["pss_by_ratio"]["0.0"] == 0.0 and r["excess_by_ratio"]["0.0"] == 0.0
     for c in r["concepts"]:
         cell = c["by_ratio"]["0.0"]
         assert (cell["concept_after"], cell["general_after"]) == (c["concept_before"], c["general_before"])
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path):
-    model, bench = setup
+def test_killed_run_resumes_to_the_uninterrupted_result(model_and_bench, tmp_path):
+    model, bench = model_and_bench
     args = lambda out, *extra: ["pss", "--model", model, "--bench", bench, "--out", out, "--mode", "cloze",
                                 "--ratios", "0.0,0.1,0.3,0.5", "--skip-layers", "1", "--control", *extra]
     full = re.findall(r"^\[masked\] \d+/(\d+) rows", run_minipss(*args(tmp_path / "a.json")), re.M)
@@ -70,29 +67,27 @@ def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path):
     assert out.with_suffix(".csv").read_bytes() == (tmp_path / "a.csv").read_bytes()
 
 
-def test_same_seed_same_result_other_seed_other_sets(setup, tmp_path):
-    a = run_pss(*setup, tmp_path / "a.json", Settings(mode="cloze", ratios=[0.2], skip_layers=1), quiet=True)
-    b = run_pss(*setup, tmp_path / "b.json", Settings(mode="cloze", ratios=[0.2], skip_layers=1), quiet=True)
-    c = run_pss(*setup, tmp_path / "c.json", Settings(mode="cloze", ratios=[0.2], skip_layers=1, seed=1), quiet=True)
+def test_same_seed_same_result_other_seed_other_sets(model_and_bench, tmp_path):
+    a = run_pss(*model_and_bench, tmp_path / "a.json", Settings(mode="cloze", ratios=[0.2], skip_layers=1), quiet=True)
+    b = run_pss(*model_and_bench, tmp_path / "b.json", Settings(mode="cloze", ratios=[0.2], skip_layers=1), quiet=True)
+    c = run_pss(*model_and_bench, tmp_path / "c.json", Settings(mode="cloze", ratios=[0.2], skip_layers=1, seed=1), quiet=True)
     assert strip_timing(a)["concepts"] == strip_timing(b)["concepts"]
     assert [x["unrelated"] for x in a["concepts"]] != [x["unrelated"] for x in c["concepts"]]
 
 
-def test_resume_refuses_work_from_other_settings(setup, tmp_path):
-    run_pss(*setup, tmp_path / "a.json", Settings(mode="cloze", ratios=[0.2], skip_layers=1), quiet=True)
+def test_resume_refuses_work_from_other_settings(model_and_bench, tmp_path):
+    run_pss(*model_and_bench, tmp_path / "a.json", Settings(mode="cloze", ratios=[0.2], skip_layers=1), quiet=True)
     with pytest.raises(ValueError, match="other settings"):
-        run_pss(*setup, tmp_path / "a.json", Settings(mode="cloze", ratios=[0.2], skip_layers=2), quiet=True)
+        run_pss(*model_and_bench, tmp_path / "a.json", Settings(mode="cloze", ratios=[0.2], skip_layers=2), quiet=True)
 
 
-def test_skip_at_least_the_layer_count_is_an_error(setup, tmp_path, capsys):
+def test_skip_at_least_the_layer_count_is_an_error(model_and_bench, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["pss", "--model", str(setup[0]), "--bench", str(setup[1]), "--out", str(tmp_path / "r.json"),
+        main(["pss", "--model", str(model_and_bench[0]), "--bench", str(model_and_bench[1]), "--out", str(tmp_path / "r.json"),
               "--skip-layers", "4"])
     assert "leaves nothing to mask" in capsys.readouterr().err
 
 
-GOOD = {"concept": "X", "tier": "high", "category": "c",
-        "mcq": [{"question": "q?", "options": {"A": "a", "B": "b", "C": "c", "D": "d"}, "answer": "A"}]}
 BAD = {
     "invalid JSON": ("{nope", "invalid JSON"),
     "missing field": ({k: v for k, v in GOOD.items() if k != "tier"}, "missing field 'tier'"),
@@ -106,45 +101,41 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_malformed_benchmark_names_file_line_field_and_writes_nothing(setup, tmp_path, capsys, case):
+def test_malformed_benchmark_names_file_line_field_and_writes_nothing(model_and_bench, tmp_path, capsys, case):
     line, message = BAD[case]
-    rows = [json.dumps({**GOOD, "concept": f"C{i}"}) for i in range(6)]
-    rows.insert(3, line if isinstance(line, str) else json.dumps(line))
     if case == "duplicate concept":
-        rows[3] = json.dumps({**GOOD, "concept": "C0"})
-        message = "duplicate name 'C0'"
-    bench = tmp_path / "bad.jsonl"
-    bench.write_text("\n".join(rows) + "\n")
+        line, message = {**GOOD, "concept": "C0"}, "duplicate name 'C0'"
+    bench = bench_with_line(tmp_path / "bad.jsonl", line, 3)
     out = tmp_path / "out" / "r.json"
     with pytest.raises(SystemExit):
-        main(["pss", "--model", str(setup[0]), "--bench", str(bench), "--out", str(out)])
+        main(["pss", "--model", str(model_and_bench[0]), "--bench", str(bench), "--out", str(out)])
     err = capsys.readouterr().err
     assert "bad.jsonl:4:" in err and pytest.importorskip("re").search(message, err), err
     assert not (tmp_path / "out").exists()
 
 
-def test_too_few_concepts(setup, tmp_path, capsys):
+def test_too_few_concepts(model_and_bench, tmp_path, capsys):
     bench = make_bench(tmp_path / "small.jsonl", n_concepts=5)
     with pytest.raises(SystemExit):
-        main(["pss", "--model", str(setup[0]), "--bench", str(bench), "--out", str(tmp_path / "r.json")])
+        main(["pss", "--model", str(model_and_bench[0]), "--bench", str(bench), "--out", str(tmp_path / "r.json")])
     assert "at least 6" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode", ["cloze", "logits", "generate"])
-def test_shared_work_engine_gives_the_plain_result(setup, tmp_path, mode):
+def test_shared_work_engine_gives_the_plain_result(model_and_bench, tmp_path, mode):
     kw = dict(mode=mode, ratios=[0.1, 0.5], skip_layers=1, control=True)
-    fast = run_pss(*setup, tmp_path / "a.json", Settings(engine=True, **kw), quiet=True)
-    plain = run_pss(*setup, tmp_path / "b.json", Settings(engine=False, **kw), quiet=True)
+    fast = run_pss(*model_and_bench, tmp_path / "a.json", Settings(engine=True, **kw), quiet=True)
+    plain = run_pss(*model_and_bench, tmp_path / "b.json", Settings(engine=False, **kw), quiet=True)
     assert strip_timing(fast)["concepts"] == strip_timing(plain)["concepts"]
     assert fast["settings"]["engine"] and not plain["settings"]["engine"]
 
 
-def test_mean_ablation_runs_and_differs_from_zero_masking(setup, tmp_path):
+def test_mean_ablation_runs_and_differs_from_zero_masking(model_and_bench, tmp_path):
     kw = dict(mode="cloze", ratios=[0.5], skip_layers=1)
-    zero = run_pss(*setup, tmp_path / "z.json", Settings(**kw), quiet=True)
-    mean = run_pss(*setup, tmp_path / "m.json", Settings(ablation="mean", **kw), quiet=True)
+    zero = run_pss(*model_and_bench, tmp_path / "z.json", Settings(**kw), quiet=True)
+    mean = run_pss(*model_and_bench, tmp_path / "m.json", Settings(ablation="mean", **kw), quiet=True)
     assert [c["by_ratio"] for c in mean["concepts"]] != [c["by_ratio"] for c in zero["concepts"]]
-    fast = run_pss(*setup, tmp_path / "f.json", Settings(ablation="mean", engine=False, **kw), quiet=True)
+    fast = run_pss(*model_and_bench, tmp_path / "f.json", Settings(ablation="mean", engine=False, **kw), quiet=True)
     assert [c["by_ratio"] for c in fast["concepts"]] == [c["by_ratio"] for c in mean["concepts"]]
 
 

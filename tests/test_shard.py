@@ -5,11 +5,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from builders import strip_timing
 from tiny import make_bench, make_tiny_model
 
 
 def strip(result):
-    result = {k: v for k, v in result.items() if k != "timing_s"}
+    """Without timings and the process count (which differ between the one and the two-process run)."""
+    result = strip_timing(result)
     result["settings"] = {k: v for k, v in result["settings"].items() if k != "processes"}
     return result
 
@@ -22,6 +26,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one(tmp_path):
     model = make_tiny_model(tmp_path / "m")
     bench = make_bench(tmp_path / "bench.jsonl", n_concepts=7, n_mcq=2)

@@ -8,20 +8,20 @@ import torch
 from safetensors.torch import load_file
 
 import minipss
-from cli_process import kill_when, run_minipss
+from cli_process import run_minipss
 from minipss.cli import main
 from minipss.method.locate import value_vector_sets
 from minipss.finetune.train import TrainSettings, train
+from builders import kill_training_after_first_checkpoint, train_args, training_text
 from tiny import make_bench, make_tiny_model
 
-DOCS = "\n\n".join(f"Concept {i} is known for fact number {i * 7}, said the record." for i in range(12))
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def model_data_bench(tmp_path_factory):
     d = tmp_path_factory.mktemp("train")
     data = d / "data.txt"
-    data.write_text(DOCS)
+    data.write_text(training_text())
     return make_tiny_model(d / "m"), data, make_bench(d / "bench.jsonl", n_concepts=8, n_mcq=2)
 
 
@@ -43,8 +43,8 @@ def test_variant_sets_follow_the_spec():
     assert value_vector_sets("fv", 3, 64) == {l: list(range(64)) for l in range(3)}
 
 
-def test_only_chosen_columns_change_and_the_rest_is_bit_identical(setup, tmp_path):
-    model_dir, data, _ = setup
+def test_only_chosen_columns_change_and_the_rest_is_bit_identical(model_data_bench, tmp_path):
+    model_dir, data, _ = model_data_bench
     before = minipss.load_model(model_dir).state_dict()
     sets = {0: [1, 5], 2: [0, 3, 31], 3: []}
     trained = train(model_dir, data, tmp_path / "out", settings(), sets, quiet=True).state_dict()
@@ -64,8 +64,8 @@ def test_only_chosen_columns_change_and_the_rest_is_bit_identical(setup, tmp_pat
     assert changed == 2
 
 
-def test_checkpoint_reloads_to_identical_logits_here_and_in_transformers(setup, tmp_path):
-    model_dir, data, _ = setup
+def test_checkpoint_reloads_to_identical_logits_here_and_in_transformers(model_data_bench, tmp_path):
+    model_dir, data, _ = model_data_bench
     out = tmp_path / "out"
     trained = train(model_dir, data, out, settings(), {1: [2, 4]}, quiet=True)
     ids = torch.tensor([[2, 50, 60, 70, 80]])
@@ -79,18 +79,12 @@ def test_checkpoint_reloads_to_identical_logits_here_and_in_transformers(setup, 
         assert (hf(ids).logits - expect).abs().max() < 1e-5
 
 
-def test_killed_training_resumes_to_the_uninterrupted_weights(setup, tmp_path):
-    model_dir, data, _ = setup
-    args = lambda out: ["train", "--model", model_dir, "--data", data, "--out", out, "--variant", "fv",
-                        "--steps", "100", "--save-every", "10", "--lr", "1e-2", "--batch-size", "3",
-                        "--seq-len", "24", "--warmup", "1"]
-    run_minipss(*args(tmp_path / "a"), "--quiet")
+def test_killed_training_resumes_to_the_uninterrupted_weights(model_data_bench, tmp_path):
+    model_dir, data, _ = model_data_bench
+    run_minipss(*train_args(model_dir, data, tmp_path / "a"), "--quiet")
     out = tmp_path / "b"
-    # killed as soon as its first checkpoint is complete (the resume state is written last)
-    kill_when(lambda: (out / "trainer_state.json").is_file(), *args(out), "--quiet")
-    assert not (out / "train_settings.json").exists()  # not finished
-    assert (out / "trainer_state.json").is_file()  # a checkpoint to resume from
-    progress = re.findall(r"^\[train (\d+)/100\]", run_minipss(*args(out)), re.M)
+    kill_training_after_first_checkpoint(model_dir, data, out)
+    progress = re.findall(r"^\[train (\d+)/100\]", run_minipss(*train_args(model_dir, data, out)), re.M)
     assert int(progress[0]) > 10 and progress[-1] == "100"  # resumed from a checkpoint, not from step 1
     whole, resumed = load_file(tmp_path / "a" / "model.safetensors"), load_file(out / "model.safetensors")
     assert whole.keys() == resumed.keys()
@@ -99,8 +93,8 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(setup, tmp_path):
     assert not (out / "trainer_state.json").exists()  # a finished run leaves no resume state
 
 
-def test_train_command_locates_pv_from_concepts(setup, tmp_path):
-    model_dir, data, bench = setup
+def test_train_command_locates_pv_from_concepts(model_data_bench, tmp_path):
+    model_dir, data, bench = model_data_bench
     out = tmp_path / "pv"
     main(["train", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--variant", "pv",
           "--bench", str(bench), "--concepts", "Concept 1;Concept 2", "--steps", "2", "--quiet", "--r-pv", "0.25"])
@@ -109,8 +103,8 @@ def test_train_command_locates_pv_from_concepts(setup, tmp_path):
     assert load_file(out / "model.safetensors").keys() == load_file(model_dir / "model.safetensors").keys()
 
 
-def test_unknown_concept_and_bad_data_are_clear_errors(setup, tmp_path, capsys):
-    model_dir, data, bench = setup
+def test_unknown_concept_and_bad_data_are_clear_errors(model_data_bench, tmp_path, capsys):
+    model_dir, data, bench = model_data_bench
     with pytest.raises(SystemExit):
         main(["train", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "x"),
               "--variant", "pv", "--bench", str(bench), "--concepts", "Nope"])
@@ -132,10 +126,10 @@ def test_pv_can_leave_low_layers_out_and_rv_follows_its_counts():
     assert [len(cv[l]) for l in range(4)] == [40, 40, 36, 36]
 
 
-def test_bfloat16_runs_the_forward_in_bf16_on_the_cpu_and_keeps_the_rest_fixed(setup, tmp_path):
+def test_bfloat16_runs_the_forward_in_bf16_on_the_cpu_and_keeps_the_rest_fixed(model_data_bench, tmp_path):
     """--dtype bfloat16 is not ignored on the CPU: the steps differ from fp32 ones (bf16 forward), stay
     close to them, and still move only the chosen columns."""
-    model_dir, data, _ = setup
+    model_dir, data, _ = model_data_bench
     before = minipss.load_model(model_dir).state_dict()
     sets = {1: [2, 4]}
     runs = {dtype: train(model_dir, data, tmp_path / dtype, settings(dtype=dtype), sets, quiet=True).state_dict()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.real_model
 pytest.importorskip("gguf")
-
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "weights" / "gemma-3-270m"

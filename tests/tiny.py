@@ -32,6 +32,10 @@ def tiny_config(model_type="llama", layers=4, d_ff=32, **extra):
     return cfg
 
 
+# GPT-J's config keys for the same small shape (it names its sizes differently)
+GPTJ_SHAPE = dict(n_embd=32, n_head=4, n_layer=3, rotary_dim=4, n_positions=1024, vocab_size=259)
+
+
 def make_tiny_model(folder, seed=0, **cfg_kwargs):
     """Write config.json, model.safetensors and tokenizer.json for a random model; returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
