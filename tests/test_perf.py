@@ -72,7 +72,7 @@ def test_the_usual_way_as_a_whole_job_finds_what_minipss_pss_finds(tmp_path, mod
     letters = {}
     for i, c in enumerate(cs):
         letters[cell_key("baseline", i)] = many_masks.answers(ours, tok, c.mcq, torch.ones(1, 3, 32), 1, mode)[0]
-        mine = [(kind, r) for r in (0.25, 0.5) for kind in KINDS]
+        mine = [(kind, r) for r in (0.25, 0.5) for kind in KINDS[:2]]  # located, random: the run's cells
         got = many_masks.answers(ours, tok, questions_of(cs, i, others[i]),
                                  concept_masks(i, mine, coeffs, counts, others[i], 1, 0, None), 1, mode)
         letters.update({cell_key(kind, i, r): g for (kind, r), g in zip(mine, got)})
