@@ -193,6 +193,13 @@ def summary(result: dict) -> str:
             if section:
                 line += f"  |   {_fmt(section['pss_by_ratio'][r])} {_fmt(section['excess_by_ratio'][r])}"
         lines.append(line)
+    if ctrl or matched:  # the raw parts side by side: what masking each set does to both accuracies
+        lines += ["", "accuracy after masking, concept / general:  located" + ("  | random" if ctrl else "")
+                  + ("  | matched" if matched else "")]
+        for r in result["pss_by_ratio"]:
+            lines.append(f"{float(r):<6g} " + "  | ".join(
+                f"{_fmt(part['concept_after_by_ratio'][r])} / {_fmt(part['general_after_by_ratio'][r])}"
+                for part in (result, ctrl, matched) if part))
     magnitudes, medians = result.get("magnitude_by_ratio"), result.get("magnitude_median_by_ratio", {})
     if magnitudes:
         lines += ["", "|m| of the masked units (over unrelated questions):  mean: located random matched"
