@@ -191,7 +191,11 @@ def test_claims_flip_when_p_crosses_alpha():
     yes = located_vs_control(0.01, "matched", {**test, "p_value": 0.049})
     no = located_vs_control(0.01, "matched", {**test, "p_value": 0.051})
     assert "hurt their own concept more than magnitude-matched" in yes and "p = 0.049" in yes
-    assert "no difference" in no and "p = 0.051" in no and "[+0.010, +0.090]" in no
+    assert "no concept-specific difference" in no and "p = 0.051" in no and "[+0.010, +0.090]" in no
+    lower = located_vs_control(0.01, "random", {**test, "difference": -0.2, "p_value": 0.001}, "general_after")
+    assert "lower accuracy on unrelated questions more than uniform random" in lower
+    same = located_vs_control(0.01, "random", {**test, "difference": -0.2, "p_value": 0.2}, "general_after")
+    assert "no difference in accuracy on unrelated questions" in same
     less = located_vs_control(0.1, "random", {**test, "difference": -0.05, "p_value": 0.01})
     assert "less than uniform random" in less
     assert "grows with accuracy" in grows_with_accuracy("pss", 0.9, 0.049, 9)
@@ -216,4 +220,4 @@ def test_summary_states_the_tests_of_its_result():
     for row in rows:
         row["matched_by_ratio"]["0.1"]["excess_drop"] = row["by_ratio"]["0.1"]["excess_drop"]
     result["significance"] = significance(rows, [0.1])
-    assert "At ratio 10%, no difference between located vectors and magnitude-matched" in summary(result)
+    assert "At ratio 10%, no concept-specific difference between located vectors and magnitude-matched" in summary(result)

@@ -18,7 +18,7 @@ CHANCE = 0.25
 ROWS = {"located": "by_ratio", "random": "control_by_ratio", "matched": "matched_by_ratio"}  # per-concept keys
 SECTIONS = {"random": "control", "matched": "matched"}  # model-level keys of the controls
 SETTING = {"random": "control", "matched": "matched_control"}  # the setting that runs each control
-MEASURES = ("excess_drop", "g_minus_c")  # what the paired tests compare
+MEASURES = ("excess_drop", "g_minus_c", "concept_after", "general_after")  # what the paired tests compare
 
 
 def near_chance(acc: float, n: int) -> bool:
@@ -209,11 +209,12 @@ def summary(result: dict) -> str:
             if r in medians:
                 line += "  |   " + " ".join(_fmt(medians[r][kind]) for kind in ("located", "random", "matched"))
             lines.append(line)
-    tests = [(r, kind, t["excess_drop"]) for r, by in result.get("significance", {}).items() if float(r) > 0
+    tests = [(r, kind, t) for r, by in result.get("significance", {}).items() if float(r) > 0
              for kind, t in by.items()]  # at ratio 0 nothing is masked: nothing to say
     if tests:
         lines += ["", "located against the controls (paired tests over concepts):"]
-        lines += ["  " + located_vs_control(r, kind, t) for r, kind, t in tests]
+        lines += ["  " + located_vs_control(r, kind, t[measure], measure) for r, kind, t in tests
+                  for measure in ("general_after", "excess_drop") if measure in t]
     lines.append("")
     lines.append("tier    concepts acc_before   PSS  excess_drop")
     for tier, t in result["tiers"].items():

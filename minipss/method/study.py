@@ -247,17 +247,19 @@ def markdown(summary: dict, settings: dict, figures: list[Path]) -> str:
     lines += ["", "## Located against the controls (paired tests over concepts)", "",
               "Per concept, located minus control; mean over concepts, bootstrap 95% interval, two-sided paired "
               "sign-flip p-value (METHOD.md §9).", "",
-              "| model | ratio | control | excess drop: difference | p | G - C: difference | p |",
+              "| model | ratio | control | excess drop: difference | p | General_after: difference | p |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     sentences = []
     for label, m in models.items():
         for k, by in m.get("tests", {}).items():
             for kind, t in by.items():
-                e, g = t["excess_drop"], t["g_minus_c"]
+                e, g = t["excess_drop"], t.get("general_after")  # results made before it lack General_after
                 lines.append(f"| {label} | {_pct(k)} | {kind} | {_f(e['difference'])}{_ci(e['ci95'])} | "
-                             f"{_f(e['p_value'])} | {_f(g['difference'])}{_ci(g['ci95'])} | {_f(g['p_value'])} |")
+                             f"{_f(e['p_value'])} | " + (f"{_f(g['difference'])}{_ci(g['ci95'])} | {_f(g['p_value'])} |"
+                                                         if g else "- | - |"))
                 if float(k) > 0:  # at ratio 0 nothing is masked: nothing to say
-                    sentences.append(f"- {label}: {located_vs_control(k, kind, e)}")
+                    sentences += [f"- {label}: {located_vs_control(k, kind, t[measure], measure)}"
+                                  for measure in ("general_after", "excess_drop") if measure in t]
     lines += ["", *sentences] if sentences else ["", "No control ran: nothing to test."]
 
     lines += ["", "## By mask ratio (Figure 3)", "",
