@@ -8,16 +8,17 @@ import os
 import sys
 from pathlib import Path
 
-from . import benchmark_path
-from .checks import check_outputs
-from .finetune import experiment, train
-from .method import study
-from .method.benchmark import load_benchmark
-from .method.compare import FIGURES, load_results, main as compare_main, plot
-from .method.report import summary
-from .method.run import PAPER_RATIOS, SWEEP_RATIOS, Settings, run_pss
-from .options import at_least, dtype_option, numbers
+from .finetune import experiment
+from .method.benchmark import benchmark_path, load_benchmark
 from .perf import speed as perf
+from .run import trainer
+from .run.checks import check_outputs
+from .run.options import at_least, dtype_option, numbers
+from .run.pipeline import run_pss
+from .run.report import summary
+from .run.settings import PAPER_RATIOS, SWEEP_RATIOS, Settings
+from .study import cross_model
+from .study.compare import FIGURES, load_results, main as compare_main, plot
 from .synth import pretrain, study as study_synth, world as synth
 from .weights.real_models import ensure_gemma3_270m
 
@@ -129,8 +130,8 @@ def main(argv=None) -> None:
     p.set_defaults(func=compare_main)
 
     for name, module, text in (
-            ("study", study, "several models, one benchmark, one setting: Table 1, Figures 2, 3, 5, a report"),
-            ("train", train, "fine-tune only chosen value vectors (FT-FV/PV/CV/RV, §5)"),
+            ("study", cross_model, "several models, one benchmark, one setting: Table 1, Figures 2, 3, 5, a report"),
+            ("train", trainer, "fine-tune only chosen value vectors (FT-FV/PV/CV/RV, §5)"),
             ("experiment", experiment, "the §5 experiment: four fine-tuning variants, before and after"),
             ("perf", perf, "benchmark the masked evaluation against transformers + masked down_proj"),
             ("synth", synth, "write a synthetic world: documents, benchmark, tokenizer"),

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cli_process import cli_env
-from minipss import checks
 from minipss.cli import main
+from minipss.run import checks
 from minipss.synth.world import make_world
 from minipss.weights import real_models
 from tiny import make_bench, make_tiny_model

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from minipss.method.compare import load_results, main, plot, table
-from minipss.method.stats import pearson, ranks, spearman
 from minipss.method.scores import mean
+from minipss.run.stats import pearson, ranks, spearman
+from minipss.study.compare import load_results, main, plot, table
 
 
 def fake_result(model, mode, acc_before, pss_by_ratio, excess=0.01, control=None, tiers=None):

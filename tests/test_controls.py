@@ -14,9 +14,10 @@ from minipss.method.benchmark import load_benchmark, unrelated_sets
 from minipss.method.locate import (ConceptStats, cell_masks, concept_orders, group_stats, question_coefficients,
                                    split_half, top_k, unit_scores)
 from minipss.method.prompts import coefficient_prompt
-from minipss.method.report import significance
-from minipss.method.run import Settings, run_pss
-from minipss.method.stats import bootstrap_ci, correlation_p, paired_test, pearson, sign_flip_p, spearman
+from minipss.run.pipeline import run_pss
+from minipss.run.report import significance
+from minipss.run.settings import Settings
+from minipss.run.stats import bootstrap_ci, correlation_p, paired_test, pearson, sign_flip_p, spearman
 from tiny import make_bench, make_tiny_model
 
 
@@ -185,7 +186,7 @@ def test_split_half_needs_two_questions_per_concept(tmp_path, capsys):
 
 
 def test_claims_flip_when_p_crosses_alpha():
-    from minipss.method.claims import grows_with_accuracy, located_vs_control
+    from minipss.run.claims import grows_with_accuracy, located_vs_control
 
     test = {"difference": 0.05, "ci95": [0.01, 0.09], "n": 30}
     yes = located_vs_control(0.01, "matched", {**test, "p_value": 0.049})
@@ -206,7 +207,7 @@ def test_claims_flip_when_p_crosses_alpha():
 
 
 def test_summary_states_the_tests_of_its_result():
-    from minipss.method.report import summary
+    from minipss.run.report import summary
 
     cell = {"concept_after": 0.5, "general_after": 0.6, "g_minus_c": 0.1, "pss": 0.2, "excess_drop": 0.1}
     rows = [{"concept": f"c{i}", "tier": "high", "by_ratio": {"0.1": {**cell, "excess_drop": 0.1 + i / 100}},

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 import minipss
-from minipss.finetune.train import TrainSettings, train
 from minipss.method import many_masks
 from minipss.method.benchmark import load_benchmark
 from minipss.method.locate import mask_for, random_ranking
 from minipss.method.prompts import mcq_prompt
 from minipss.method.scoring import mcq_answers
 from minipss.model.generate import GreedyHead, generate
+from minipss.run.trainer import TrainSettings, train
 from builders import training_text
 from hf_models import CONFIGS, make_hf_model, make_method_model, one_row_per_family, padded_batch
 from tiny import make_bench, make_tiny_model

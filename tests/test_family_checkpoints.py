@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 
 import minipss
 from minipss.model.families import from_hf
-from minipss.finetune.train import TrainSettings, train
+from minipss.run.trainer import TrainSettings, train
 from hf_models import make_hf_model
 from builders import training_text
 from tiny import make_tiny_model

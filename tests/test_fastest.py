@@ -7,9 +7,10 @@ import torch
 
 import minipss
 from minipss.cli import main
-from minipss.method.run import Settings, run_pss
 from minipss.model import fastest
 from minipss.model.generate import GreedyHead
+from minipss.run.pipeline import run_pss
+from minipss.run.settings import Settings
 from tiny import make_bench, make_tiny_model
 
 

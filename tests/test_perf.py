@@ -49,8 +49,9 @@ def test_the_usual_way_as_a_whole_job_finds_what_minipss_pss_finds(tmp_path, mod
     from minipss.method import many_masks
     from minipss.method.benchmark import load_benchmark, questions_of, unrelated_sets
     from minipss.method.locate import KINDS, concept_masks
-    from minipss.method.report import cell_key
-    from minipss.method.run import Settings, run_pss
+    from minipss.run.report import cell_key
+    from minipss.run.settings import Settings
+    from minipss.run.pipeline import run_pss
     from minipss.perf.hf_reference import run_pss as reference_pss
     from tiny import make_bench
 

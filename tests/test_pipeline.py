@@ -7,7 +7,8 @@ import pytest
 
 from cli_process import kill_when, line_count, run_minipss
 from minipss.cli import main
-from minipss.method.run import Settings, run_pss
+from minipss.run.pipeline import run_pss
+from minipss.run.settings import Settings
 from builders import GOOD_CONCEPT as GOOD, bench_with_line, strip_timing
 from tiny import make_bench, make_tiny_model
 
@@ -140,7 +141,7 @@ def test_mean_ablation_runs_and_differs_from_zero_masking(model_and_bench, tmp_p
 
 
 def test_engine_groups_cover_every_concept_once_within_the_bound():
-    from minipss.method.run import engine_groups
+    from minipss.run.pipeline import engine_groups
 
     others = [[(i + k) % 9 for k in (1, 2)] for i in range(9)]
     counts = [3] * 9

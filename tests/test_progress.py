@@ -10,8 +10,9 @@ import minipss
 from minipss.method import many_masks
 from minipss.method.benchmark import load_benchmark
 from minipss.method.locate import mask_for, random_ranking
-from minipss.method.run import Settings, run_pss
 from minipss.model.decoder import Decoder
+from minipss.run.pipeline import run_pss
+from minipss.run.settings import Settings
 from tiny import make_bench, make_tiny_model
 
 LINE = re.compile(r"^\[masked\] (\d+)/(\d+) rows, (\d+)s elapsed, (~\d+s left|estimating)$", re.M)

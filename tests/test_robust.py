@@ -13,8 +13,9 @@ from safetensors.torch import load_file, save_file
 import minipss
 from cli_process import kill_when, line_count, run_minipss
 from minipss.cli import main
-from minipss.method.run import Settings, run_pss
-from minipss.finetune.train import TrainSettings, train
+from minipss.run.pipeline import run_pss
+from minipss.run.settings import Settings
+from minipss.run.trainer import TrainSettings, train
 from builders import (GOOD_CONCEPT, bench_with_line, copy_model, kill_training_after_first_checkpoint, shard_checkpoint,
                       strip_timing, training_text)
 from tiny import make_bench, make_tiny_model

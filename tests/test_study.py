@@ -6,8 +6,8 @@ import json
 import pytest
 
 from minipss.cli import main
-from minipss.method.compare import pearson, spearman
-from minipss.method.study import common_ratios, summarise
+from minipss.study.compare import pearson, spearman
+from minipss.study.cross_model import common_ratios, summarise
 
 from tiny import make_bench, make_tiny_model
 
@@ -117,7 +117,7 @@ def test_figure_2_draws_a_point_outside_its_own_bootstrap_interval(study, tmp_pa
     """Model PSS is a ratio of means over all concepts, so it may lie outside the percentile interval of
     its bootstrap draws (it did on the real models); the figure must still be drawn."""
     pytest.importorskip("matplotlib")
-    from minipss.method.study import plot
+    from minipss.study.cross_model import plot
 
     _, _, out, _ = study
     summary = json.loads((out / "study.json").read_text())

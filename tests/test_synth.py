@@ -9,7 +9,8 @@ import torch
 
 import minipss
 from minipss.method.benchmark import load_benchmark
-from minipss.method.run import Settings, run_pss
+from minipss.run.pipeline import run_pss
+from minipss.run.settings import Settings
 from minipss.synth.pretrain import PretrainSettings, checkpoints, log_spaced, pretrain
 from minipss.synth.world import KINDS, TIER_DOCS, make_world
 

@@ -1,1 +1,1 @@
-"""Fine-tuning chosen value vectors (§5): the trainer, the experiment, hallucination metrics."""
+"""The §5 experiment (`minipss experiment`): fine-tune FV/PV/CV/RV, then accuracy and hallucination metrics."""

@@ -16,19 +16,25 @@ from pathlib import Path
 
 import torch
 
-from .. import benchmark_path, checks, load_model, load_tokenizer
-from ..method.benchmark import load_benchmark, unrelated_sets
+from ..method.benchmark import benchmark_path, load_benchmark, unrelated_sets
 from ..method.locate import VARIANTS, located_scores, value_vector_sets
-from ..method.report import build_result
-from ..method.fingerprint import file_digest, model_digest
-from ..method.run import Settings, Unsaved, check_prompt_lengths, measure
 from ..method.scores import mean
 from ..method.scoring import mcq_answers, open_answers
+from ..method.training import read_documents
 from ..model.families import read_config
 from ..model.fastest import resolve_dtype
-from ..options import dtype_option, numbers
+from ..model.load import load_model
+from ..model.tokenizer import load_tokenizer
+from ..run import checks
+from ..run.checks import check_prompt_lengths
+from ..run.fingerprint import file_digest, model_digest
+from ..run.options import dtype_option, numbers
+from ..run.pipeline import measure
+from ..run.report import build_result
+from ..run.settings import Settings
+from ..run.trainer import TrainSettings, check_seq_len, train
+from ..run.workdir import Unsaved
 from .hallucination import lid_for_questions, sample_answers, semantic_entropy
-from .train import TrainSettings, check_seq_len, read_documents, train
 
 
 METRICS = ("mcq_acc", "open_acc", "pss", "semantic_entropy", "semantic_entropy_weighted", "lid")

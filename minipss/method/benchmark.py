@@ -20,6 +20,14 @@ LETTERS = ("A", "B", "C", "D")  # every scoring mode answers one of these four
 MIN_CONCEPTS = 6  # a concept needs 5 others for its unrelated set (§3.2)
 
 
+def benchmark_path(name: str = "minispecwiki") -> Path:
+    """Path of a benchmark JSONL bundled with the package (`minipss/data/`)."""
+    path = Path(__file__).parent.parent / "data" / f"{name}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no bundled benchmark named {name!r} ({path})")
+    return path
+
+
 class BenchmarkError(ValueError):
     pass
 

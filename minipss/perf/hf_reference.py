@@ -19,15 +19,15 @@ from pathlib import Path
 
 import torch
 
-from .. import load_tokenizer
 from ..method.benchmark import load_benchmark, questions_of, unrelated_sets
 from ..method.locate import KINDS, concept_masks, concept_means, token_weights
 from ..method.prompts import coefficient_prompt, letter_in, mcq_prompt
-from ..method.report import cell_key
 from ..method.scoring import GENERATE_TOKENS, best_letters, best_option, cloze_tokens, letter_vocab
 from ..model.decoder import Coefficients
 from ..model.families import value_matrix_slots
 from ..model.padding import left_pad
+from ..model.tokenizer import load_tokenizer
+from ..run.report import cell_key
 
 
 class MaskedInput(torch.nn.Module):

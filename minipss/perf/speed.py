@@ -32,14 +32,15 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from .. import benchmark_path, checks, load_model, load_tokenizer
 from ..method import many_masks
-from ..method.benchmark import load_benchmark, questions_of, unrelated_sets
+from ..method.benchmark import benchmark_path, load_benchmark, questions_of, unrelated_sets
 from ..method.locate import mask_for, random_ranking
 from ..model.families import from_hf, read_config
 from ..model.fastest import machine, resolve_dtype
-from ..model.load import build_model, checkpoint_state
-from ..options import dtype_option, numbers
+from ..model.load import build_model, checkpoint_state, load_model
+from ..model.tokenizer import load_tokenizer
+from ..run import checks
+from ..run.options import dtype_option, numbers
 from .hf_reference import answers, load_reference, set_mask
 
 

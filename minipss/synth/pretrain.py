@@ -3,8 +3,8 @@
     minipss pretrain --world DIR --out RUN [--family llama] [--layers 4] [--hidden 128] [--steps 1500]
 
 A random model of the chosen family and size is written in Hugging Face layout (config.json, random
-safetensors, the world's tokenizer.json) and trained on `DIR/train.jsonl` with AdamW, the trainer's data
-pipeline (`train.windows`, `train.batch_order`, `train.lm_loss`) and its warm-up + cosine schedule.
+safetensors, the world's tokenizer.json) and trained on `DIR/train.jsonl` with AdamW and the language-model pieces of
+`method/training.py` (`windows`, `batch_order`, `lm_loss`, the warm-up + cosine `learning_rate`).
 Checkpoints `RUN/step-000100/` (HF layout, loadable by `minipss.load_model`) are saved at log-spaced steps;
 `RUN/last/` holds the model and optimizer state, so an interrupted run resumes and ends bit-identical to an
 uninterrupted one. `RUN/log.jsonl` has the loss every `--log-every` steps and, at every checkpoint, the
@@ -25,13 +25,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import checks, load_model, load_tokenizer
-from ..finetune.train import TrainSettings, batch_order, learning_rate, lm_loss, read_documents, windows
 from ..method.benchmark import load_benchmark
-from ..method.fingerprint import file_digest
 from ..method.scoring import mcq_answers
+from ..method.training import batch_order, learning_rate, lm_loss, read_documents, windows
 from ..model.families import FAMILIES, build_model, from_hf
-from ..model.load import checkpoint_state
+from ..model.load import checkpoint_state, load_model
+from ..model.tokenizer import load_tokenizer
+from ..run import checks
+from ..run.fingerprint import file_digest
 
 
 SETTINGS_FILE = "pretrain_settings.json"  # in --out, written first: the settings and the world's digests
@@ -221,7 +222,6 @@ def pretrain(world, out, s: PretrainSettings, quiet: bool = False, stop_after: i
     elif log.exists():
         log.unlink()
     order = batch_order(len(docs), s.batch_size, s.steps, s.seed)
-    schedule = TrainSettings(steps=s.steps, lr=s.lr, warmup=s.warmup)
     saves = set(s.checkpoints or log_spaced(s.steps))
     t0 = time.time()
     for step in range(start, s.steps):
@@ -230,7 +230,7 @@ def pretrain(world, out, s: PretrainSettings, quiet: bool = False, stop_after: i
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        lr = learning_rate(step, schedule)
+        lr = learning_rate(step, s.lr, s.warmup, s.steps)
         for g in opt.param_groups:
             g["lr"] = lr
         opt.step()

@@ -26,15 +26,18 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .. import checks, load_model, load_tokenizer
-from ..finetune.train import TrainSettings, train
 from ..method.benchmark import load_benchmark
 from ..method.locate import located_scores, value_vector_sets
-from ..method.report import summarise
-from ..method.run import Settings, run_pss
 from ..method.scoring import mcq_answers, open_answers
 from ..model.families import read_config
-from ..options import numbers
+from ..model.load import load_model
+from ..model.tokenizer import load_tokenizer
+from ..run import checks
+from ..run.options import numbers
+from ..run.pipeline import run_pss
+from ..run.report import summarise
+from ..run.settings import Settings
+from ..run.trainer import TrainSettings, train
 from .pretrain import FAMILY_TYPES, PretrainSettings, bench_accuracy, checkpoints, log_spaced, pretrain
 from .world import TIER_DOCS, make_world
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from .. import checks
 from ..method.prompts import FEW_SHOT
+from ..run import checks
 
 
 TIER_DOCS = {"high": 16, "medium": 4, "low": 1}  # documents per entity: its exact popularity

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import checks
 from ..model.families import family_of_gguf
+from ..run import checks
 from .gguf_tokenizer import adds_bos, build_tokenizer_json, metadata
 
 HF_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-from .. import checks
+from ..run import checks
 from .gguf_convert import check_target, convert_gguf
 
 WEIGHTS_DIR = Path("weights")

@@ -2,214 +2,37 @@
 
 `run_pss` checks every input before any work, loads, and calls `measure`, which follows the paper's steps
 (`coefficients_step`, `baseline_step`, `masked_step`) on a loaded model; the §5 experiment calls `measure`
-on concepts it holds in memory. Work is saved as it goes in `<out>.work/` (the coefficients, then one line per finished cell), so an
-interrupted run resumes where it stopped and gives the result an uninterrupted run gives.
+on concepts it holds in memory. Work is saved as it goes (`workdir.WorkDir`: the coefficients, then one
+line per finished cell), so an interrupted run resumes where it stopped and gives the result an
+uninterrupted run gives.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from .. import load_model, load_tokenizer
-from ..checks import check_device, check_outputs, model_inputs, ratios
-from ..model.fastest import resolve_dtype
+from ..method import many_masks
+from ..method.benchmark import Concept, load_benchmark, questions_of, unrelated_sets
+from ..method.locate import (KINDS, ConceptStats, cell_masks, group_stats, question_coefficients, question_groups,
+                             set_magnitudes)
+from ..method.prompts import coefficient_prompt
+from ..method.scores import mean
+from ..method.scoring import letter_vocab, mcq_answers
 from ..model.families import read_config
-from . import many_masks
-from .benchmark import Concept, load_benchmark, questions_of, unrelated_sets
-from .fingerprint import differences, file_digest, model_digest, short
-from .locate import (KINDS, LOCATORS, TOKEN_RULES, ConceptStats, cell_masks, group_stats, question_coefficients,
-                     question_groups, set_magnitudes)
+from ..model.fastest import resolve_dtype
+from ..model.load import load_model
+from ..model.tokenizer import load_tokenizer
+from .checks import check_outputs, check_prompt_lengths, model_inputs
 from .progress import REPORT_EVERY, Progress
-from .prompts import coefficient_prompt, mcq_prompt
 from .report import build_result, cell_key, parse_cell_key, write_result
-from .scores import mean
-from .scoring import GENERATE_TOKENS, MODES, cloze_tokens, letter_vocab, mcq_answers
+from .settings import Settings
 from .shard import Shard
-
-
-PAPER_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
-SWEEP_RATIOS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
-
-
-@dataclass
-class Settings:
-    """Every choice the result depends on; all are written into the result file."""
-    mode: str = "generate"  # generate | logits | cloze (METHOD.md §5)
-    ratios: list[float] = field(default_factory=lambda: list(PAPER_RATIOS))
-    skip_layers: int = 5  # layers 0..skip-1 are never masked (§4.1)
-    seed: int = 0  # draws the unrelated concepts and the random-control vectors
-    concepts: int | None = None  # keep the first N concepts of the file
-    n_unrelated: int = 5  # concepts whose questions form t* (§3.2)
-    control: bool = False  # also mask random vectors, same count per layer (the reviewers' control)
-    matched_control: bool = False  # also mask random vectors of the located ones' magnitudes (METHOD.md §4)
-    split_half: bool = False  # locate on one half of the questions, score on the other (METHOD.md §4)
-    locator: str = "diff"  # diff (Eq. 5) | zscore (METHOD.md §4)
-    ablation: str = "zero"  # zero | mean: masked m_j set to 0 (§4.1) or to their mean on unrelated questions
-    token_rule: str = "content"  # which tokens the coefficient mean covers (METHOD.md §3)
-    cloze_mean: bool = False  # cloze: mean instead of sum of option-token log-probs
-    early_stop: bool = True  # generate: stop a row once its letter is decided (same answers)
-    engine: bool = True  # score all of a concept's masks (and the baseline) together, sharing work (same answers)
-    batch_size: int = 32
-    device: str = "cpu"
-    dtype: str = "float32"  # auto: bf16 where it is measured faster (METHOD.md §10), resolved before any work
-    dtype_choice: str = ""  # why this dtype (written by run_pss)
-
-    def __post_init__(self):
-        self.ratios = [float(r) for r in self.ratios]  # result keys are str(float): "0.1", "0.0"
-
-    def fingerprint(self, model, bench: Path) -> dict:
-        """What a resumed run must share with the saved work: the contents of the model folder and of the
-        benchmark, and every setting that changes an answer (ratios and the controls may grow; batch size,
-        device, engine and early stop give the same answers). Split-half and the locator count only when
-        not their defaults, so work saved before they existed still resumes."""
-        keep = {k: v for k, v in asdict(self).items()
-                if k not in ("ratios", "control", "matched_control", "batch_size", "device", "engine", "early_stop",
-                             "dtype_choice")}
-        if not self.split_half:
-            del keep["split_half"]
-        if self.locator == "diff":
-            del keep["locator"]
-        keep.update({f"model {k}": v for k, v in model_digest(model).items()})
-        keep["bench"] = file_digest(bench)
-        return keep
-
-    def check(self) -> None:
-        """Refuse out-of-range values, naming the option, before any work."""
-        if self.mode not in MODES:
-            raise ValueError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
-        ratios("--ratios", self.ratios)
-        if self.skip_layers < 0:
-            raise ValueError(f"--skip-layers {self.skip_layers}: must be 0 or more")
-        if not 0 <= self.seed < 2 ** 32:
-            raise ValueError(f"--seed {self.seed}: must be in [0, 2**32)")
-        if self.concepts is not None and self.concepts < self.n_unrelated + 1:
-            raise ValueError(f"--concepts {self.concepts}: must be at least {self.n_unrelated + 1} "
-                             f"(each concept is compared with {self.n_unrelated} others); leave it out for all")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size {self.batch_size}: must be 1 or more")
-        if self.ablation not in ("zero", "mean"):
-            raise ValueError(f"--ablation {self.ablation!r}: choose zero or mean")
-        if self.locator not in LOCATORS:
-            raise ValueError(f"--locator {self.locator!r}: choose one of {', '.join(LOCATORS)}")
-        if self.token_rule not in TOKEN_RULES:
-            raise ValueError(f"--token-rule {self.token_rule!r}: choose one of {', '.join(TOKEN_RULES)}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"--dtype {self.dtype!r}: choose auto, float32, bfloat16 or float16")
-        check_device(self.device)
-
-
-def context_length(config) -> int | None:
-    """The longest sequence the model was built for, when its config says (each family reads its key)."""
-    value = config.max_positions
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def check_prompt_lengths(concepts: list[Concept], tok, config, model_dir, mode: str | None,
-                         bench: Path) -> None:
-    """Refuse, before any work, a question whose prompt (plus what is generated after it) would run past
-    the model's `max_position_embeddings`. `mode` None checks only the coefficient prompts."""
-    limit = context_length(config)
-    if limit is None:
-        return
-    for c in concepts:
-        for k, q in enumerate(c.mcq):
-            lengths = {"coefficient": len(tok.encode(coefficient_prompt(q)))}
-            if mode == "generate":
-                lengths["generate"] = len(tok.encode(mcq_prompt(q))) + GENERATE_TOKENS
-            elif mode == "logits":
-                lengths["logits"] = len(tok.encode(mcq_prompt(q)))
-            elif mode == "cloze":
-                ctx, options = cloze_tokens(tok, q)
-                lengths["cloze"] = len(ctx) + max(len(o) for o in options)
-            for what, n in lengths.items():
-                if n > limit:
-                    raise ValueError(
-                        f"{bench}:{c.line}: concept {c.name!r} mcq[{k}]: its {what} prompt needs {n} positions; "
-                        f"the model reads at most {limit} (max_position_embeddings in {Path(model_dir) / 'config.json'})")
-
-
-class WorkDir:
-    """`<out>.work/`: settings, coefficients (safetensors) and finished cells (JSON lines).
-
-    `settings.json` records what the work was computed from (see `Settings.fingerprint`) and a run with
-    anything different is refused. Each cell line and each coefficient file also carries the short id of
-    that record, so work from another record (say, after `settings.json` was deleted) is recomputed,
-    never reused; so are damaged pieces (a truncated file, a malformed line, a cell of the wrong length)."""
-
-    def __init__(self, out: Path, fingerprint: dict, rank: int = 0):
-        self.path = out.parent / (out.name + ".work")
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.run = short(fingerprint)
-        stamp = self.path / "settings.json"
-        if stamp.exists():
-            try:
-                saved = json.loads(stamp.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                saved = None
-            diff = differences(saved, fingerprint)
-            if diff:
-                raise ValueError(f"{self.path} holds work made with other settings or inputs ("
-                                 + "; ".join(diff) + f"); to start over, remove the folder {self.path}, "
-                                 "or choose another --out")
-        if rank == 0:
-            tmp = stamp.with_name("settings.json.tmp")
-            tmp.write_text(json.dumps(fingerprint, sort_keys=True, indent=1))
-            os.replace(tmp, stamp)
-        self.rank = rank
-        self.cells_file = self.path / ("cells.jsonl" if rank == 0 else f"cells.rank{rank}.jsonl")
-        self.cells = {}
-        for file in sorted(self.path.glob("cells*.jsonl")):  # every shard's, so any split resumes
-            for line in file.read_bytes().decode("utf-8", errors="replace").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut off by an interruption
-                    continue
-                if (isinstance(row, dict) and row.get("run") == self.run and isinstance(row.get("key"), str)
-                        and isinstance(row.get("correct"), list)
-                        and all(isinstance(x, bool) for x in row["correct"])):
-                    self.cells[row["key"]] = row["correct"]
-        # a line cut off by a kill has no newline: end it, so the next cell starts a line of its own
-        if self.cells_file.is_file() and self.cells_file.stat().st_size:
-            with open(self.cells_file, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    with open(self.cells_file, "ab") as g:
-                        g.write(b"\n")
-
-    def keep_cells(self, expected_length) -> None:
-        """Drop cells whose list of answers does not have the length this run expects (recomputed)."""
-        self.cells = {k: v for k, v in self.cells.items() if expected_length(k) == len(v)}
-
-    def coefficients(self, compute, name: str = "coefficients", shape=None) -> torch.Tensor:
-        file = self.path / f"{name}.safetensors"
-        if file.exists():
-            try:
-                with safe_open(str(file), framework="pt") as f:
-                    same = (f.metadata() or {}).get("run") == self.run
-                    value = f.get_tensor("coefficients") if same else None
-            except Exception:  # truncated or damaged: computed again
-                value = None
-            if value is not None and (shape is None or tuple(value.shape) == tuple(shape)):
-                return value
-        value = compute()
-        if self.rank == 0:
-            save_file({"coefficients": value.contiguous()}, str(file) + ".tmp", metadata={"run": self.run})
-            os.replace(str(file) + ".tmp", file)
-        return value
-
-    def save_cell(self, key: str, correct: list[bool]) -> None:
-        with open(self.cells_file, "a") as f:
-            f.write(json.dumps({"key": key, "correct": correct, "run": self.run}) + "\n")
-        self.cells[key] = correct
+from .workdir import WorkDir
 
 
 def engine_groups(todo: list[int], others: list[list[int]], counts: list[int], max_questions: int):
@@ -225,23 +48,6 @@ def engine_groups(todo: list[int], others: list[list[int]], counts: list[int], m
         seen = more
     if group:
         yield group
-
-
-class Unsaved:
-    """Work kept in memory only, for a caller that saves its own results (the §5 experiment): the part
-    of `WorkDir` that `measure` uses."""
-
-    def __init__(self):
-        self.cells: dict[str, list[bool]] = {}
-
-    def coefficients(self, compute, name: str = "coefficients", shape=None) -> torch.Tensor:
-        return compute()
-
-    def save_cell(self, key: str, correct: list[bool]) -> None:
-        self.cells[key] = correct
-
-    def keep_cells(self, expected_length) -> None:
-        pass  # nothing saved, nothing stale
 
 
 def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool = False,

@@ -13,9 +13,9 @@ import math
 import os
 from pathlib import Path
 
-from .. import checks
-from .benchmark import TIERS
-from .stats import pearson, spearman
+from ..method.benchmark import TIERS
+from ..run import checks
+from ..run.stats import pearson, spearman
 
 REQUIRED = ("acc_before", "pss", "pss_by_ratio")
 PLOT_EXTRA = 'pip install "minipss[plot]"'

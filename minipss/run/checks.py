@@ -17,7 +17,10 @@ from pathlib import Path
 
 import torch
 
-from .method.fingerprint import differences
+from ..method.benchmark import Concept
+from ..method.prompts import coefficient_prompt, mcq_prompt
+from ..method.scoring import GENERATE_TOKENS, cloze_tokens
+from .fingerprint import differences
 
 STAMP = "minipss.json"  # in a folder a command writes: which command and settings wrote it
 
@@ -246,3 +249,33 @@ def new_folder(out, write) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def context_length(config) -> int | None:
+    """The longest sequence the model was built for, when its config says (each family reads its key)."""
+    value = config.max_positions
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def check_prompt_lengths(concepts: list[Concept], tok, config, model_dir, mode: str | None,
+                         bench: Path) -> None:
+    """Refuse, before any work, a question whose prompt (plus what is generated after it) would run past
+    the model's `max_position_embeddings`. `mode` None checks only the coefficient prompts."""
+    limit = context_length(config)
+    if limit is None:
+        return
+    for c in concepts:
+        for k, q in enumerate(c.mcq):
+            lengths = {"coefficient": len(tok.encode(coefficient_prompt(q)))}
+            if mode == "generate":
+                lengths["generate"] = len(tok.encode(mcq_prompt(q))) + GENERATE_TOKENS
+            elif mode == "logits":
+                lengths["logits"] = len(tok.encode(mcq_prompt(q)))
+            elif mode == "cloze":
+                ctx, options = cloze_tokens(tok, q)
+                lengths["cloze"] = len(ctx) + max(len(o) for o in options)
+            for what, n in lengths.items():
+                if n > limit:
+                    raise ValueError(
+                        f"{bench}:{c.line}: concept {c.name!r} mcq[{k}]: its {what} prompt needs {n} positions; "
+                        f"the model reads at most {limit} (max_position_embeddings in {Path(model_dir) / 'config.json'})")

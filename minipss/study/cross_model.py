@@ -32,19 +32,20 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
-from .. import benchmark_path, checks
+from ..method.benchmark import TIERS, benchmark_path, load_benchmark
+from ..method.scores import mean, model_pss
 from ..model.families import read_config
 from ..model.fastest import resolve_dtype
-from ..options import dtype_option, numbers
+from ..run import checks
+from ..run.claims import FOLD_NOTE, grows_with_accuracy, located_vs_control
+from ..run.fingerprint import file_digest
+from ..run.options import dtype_option, numbers
+from ..run.pipeline import run_pss
+from ..run.report import significance
+from ..run.settings import Settings
+from ..run.stats import correlation_p, pearson, spearman
 from ..weights.real_models import MODELS, ensure
-from .benchmark import TIERS, load_benchmark
-from .claims import FOLD_NOTE, grows_with_accuracy, located_vs_control
 from .compare import PLOT_EXTRA
-from .fingerprint import file_digest
-from .report import significance
-from .run import Settings, run_pss
-from .scores import mean, model_pss
-from .stats import correlation_p, pearson, spearman
 
 
 DEFAULT_MODELS = ("smollm2-135m", "gemma-3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")

@@ -1,9 +1,9 @@
-"""Fine-tune only chosen MLP value vectors (§5, Table 2): FT-FV, FT-PV, FT-CV, FT-RV.
+"""`minipss train`: fine-tune only chosen MLP value vectors (§5, Table 2): FT-FV, FT-PV, FT-CV, FT-RV.
 
-The choice is a 0/1 column mask per layer over `down_proj` / `fc_out`, applied explicitly in the step:
-the gradient is multiplied by it after backward, and the optimizer (AdamW) updates only those columns, so
-frozen columns stay bit-identical (no decay, momentum or other drift reaches them). Everything else in the
-model is frozen. Checkpoints are Hugging Face layout folders; a run resumes from its last one.
+The choice is a 0/1 column mask per layer over `down_proj` / `fc_out` (`method/training.py`), applied
+explicitly in the step: the gradient is multiplied by it after backward, and the optimizer updates only
+those columns. Everything else in the model is frozen. Checkpoints are Hugging Face layout folders; a run
+resumes from its last one.
 """
 
 from __future__ import annotations
@@ -22,16 +22,18 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .. import checks, load_model, load_tokenizer
 from ..method.benchmark import load_benchmark
-from ..method.fingerprint import file_digest, model_digest, short
 from ..method.locate import VARIANTS, located_scores, value_vector_sets
-from ..method.run import check_prompt_lengths, context_length
+from ..method.training import (ColumnAdamW, batch_order, column_masks, learning_rate, lm_loss, read_documents,
+                               value_matrices, windows)
 from ..model.families import read_config
 from ..model.fastest import resolve_dtype
-from ..model.load import checkpoint_state
-from ..model.padding import right_pad
-from ..options import at_least, dtype_option
+from ..model.load import checkpoint_state, load_model
+from ..model.tokenizer import load_tokenizer
+from . import checks
+from .checks import check_prompt_lengths, context_length
+from .fingerprint import file_digest, model_digest, short
+from .options import at_least, dtype_option
 
 
 @dataclass
@@ -77,129 +79,6 @@ class TrainSettings:
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"--dtype {self.dtype!r}: choose auto, float32 or bfloat16")
         checks.check_device(self.device)
-
-
-# ---------------------------------------------------------------- which value vectors train
-
-
-def value_matrices(model) -> list[torch.nn.Parameter]:
-    """The `[d, d_ff]` matrices whose columns are the value vectors, one per layer (the family says
-    which matrix that is)."""
-    return [linear.weight for linear in model.value_matrices()]
-
-
-def column_masks(sets: dict[int, list[int]], num_layers: int, d_ff: int, device) -> list[torch.Tensor]:
-    masks = []
-    for l in range(num_layers):
-        m = torch.zeros(d_ff, dtype=torch.bool, device=device)
-        m[sets.get(l, [])] = True
-        masks.append(m)
-    return masks
-
-
-# ---------------------------------------------------------------- the optimizer
-
-
-class ColumnAdamW:
-    """AdamW whose every effect (moments, decay, step) is confined to the masked columns."""
-
-    def __init__(self, params, masks, lr, betas, eps, weight_decay):
-        self.params, self.masks = params, masks
-        self.lr, self.betas, self.eps, self.wd = lr, betas, eps, weight_decay
-        self.m = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-        self.v = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-        self.t = 0
-
-    @torch.no_grad()
-    def step(self, lr: float) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        for p, mask, m, v in zip(self.params, self.masks, self.m, self.v):
-            g = torch.where(mask, p.grad.float(), 0.0)  # moments only ever see the chosen columns
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            update = (m / (1 - b1 ** self.t)) / ((v / (1 - b2 ** self.t)).sqrt() + self.eps)
-            new = p.float() * (1 - lr * self.wd) - lr * update
-            p.copy_(torch.where(mask, new.to(p.dtype), p))
-
-    def state(self) -> dict[str, torch.Tensor]:
-        out = {f"m.{i}": m for i, m in enumerate(self.m)}
-        out.update({f"v.{i}": v for i, v in enumerate(self.v)})
-        return out
-
-    def load(self, state: dict[str, torch.Tensor], t: int) -> None:
-        for i in range(len(self.m)):
-            self.m[i].copy_(state[f"m.{i}"])
-            self.v[i].copy_(state[f"v.{i}"])
-        self.t = t
-
-
-def learning_rate(step: int, s: TrainSettings) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < s.warmup:
-        return s.lr * (step + 1) / s.warmup
-    done = (step - s.warmup) / max(1, s.steps - s.warmup)
-    return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
-
-
-# ---------------------------------------------------------------- data
-
-
-def read_documents(path) -> list[str]:
-    """A JSONL file of {"text": ...} (one per line), or plain text split on blank lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: training data not found")
-    data = path.read_bytes()
-    try:
-        raw = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
-    if path.suffix == ".jsonl":
-        docs = []
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if not isinstance(doc, dict) or not isinstance(doc.get("text"), str) or not doc["text"].strip():
-                raise ValueError(f"{path}:{n}: needs a non-empty string field 'text'")
-            docs.append(doc["text"])
-    else:
-        docs = [p.strip() for p in raw.split("\n\n") if p.strip()]
-    if not docs:
-        raise ValueError(f"{path}: no documents")
-    return docs
-
-
-def windows(tok, docs: list[str], seq_len: int) -> list[list[int]]:
-    """Each document's tokens (BOS first, as the model expects) cut into windows of at most seq_len."""
-    out = []
-    for d in docs:
-        ids = tok.encode(d)
-        out += [ids[i:i + seq_len] for i in range(0, len(ids), seq_len) if len(ids[i:i + seq_len]) > 1]
-    return out
-
-
-def batch_order(n: int, batch_size: int, batches: int, seed: int) -> list[list[int]]:
-    """Seeded shuffles, epoch after epoch, cut into batches: the same seed gives the same order."""
-    g = torch.Generator().manual_seed(seed)
-    order: list[int] = []
-    while len(order) < batches * batch_size:
-        order += torch.randperm(n, generator=g).tolist()
-    return [order[i * batch_size:(i + 1) * batch_size] for i in range(batches)]
-
-
-def lm_loss(model, seqs: list[list[int]], device) -> torch.Tensor:
-    """Next-token cross-entropy over right-padded sequences (padding ignored)."""
-    ids, mask = right_pad(seqs, 0, device)
-    logits = model(ids, attention_mask=mask).logits[:, :-1].float()
-    target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                             ignore_index=-100)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -350,7 +229,7 @@ def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[in
             p.grad = torch.where(m, p.grad, torch.zeros_like(p.grad))
         if s.clip:
             torch.nn.utils.clip_grad_norm_(params, s.clip)
-        lr = learning_rate(step, s)
+        lr = learning_rate(step, s.lr, s.warmup, s.steps)
         opt.step(lr)
         if not quiet:
             left = (time.time() - t0) / (step + 1 - start) * (s.steps - step - 1)

@@ -8,10 +8,10 @@ import math
 import os
 from pathlib import Path
 
-from .benchmark import TIERS, Concept
+from ..method.benchmark import TIERS, Concept
+from ..method.locate import KINDS
+from ..method.scores import accuracy, concept_cell, mean, model_pss
 from .claims import located_vs_control
-from .locate import KINDS
-from .scores import accuracy, concept_cell, mean, model_pss
 from .stats import ALPHA, BOOTSTRAP, paired_test
 
 CHANCE = 0.25

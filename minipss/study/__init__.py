@@ -1,0 +1,1 @@
+"""The cross-model study (`minipss study`) and the comparison of result files (`minipss compare`)."""
