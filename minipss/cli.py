@@ -16,51 +16,15 @@ from .run.checks import check_outputs
 from .run.options import at_least, dtype_option, numbers
 from .run.pipeline import run_pss
 from .run.report import summary
-from .run.settings import PAPER_RATIOS, SWEEP_RATIOS, Settings
+from .run.settings import PAPER_RATIOS, SWEEP_RATIOS, pss_arguments, settings_from
 from .study import cross_model
 from .study.compare import FIGURES, load_results, main as compare_main, plot
 from .synth import pretrain, study as study_synth, world as synth
 from .weights.real_models import ensure_gemma3_270m
 
 
-def _pss_args(p: argparse.ArgumentParser, ratios: str) -> None:
-    p.add_argument("--model", required=True, help="Hugging Face layout folder")
-    p.add_argument("--bench", required=True, help="benchmark JSONL (see minipss.benchmark_path)")
-    p.add_argument("--out", required=True, help="result JSON (a CSV and a .work folder go beside it)")
-    p.add_argument("--mode", default="generate", choices=["generate", "logits", "cloze"])
-    p.add_argument("--ratios", type=numbers, default=numbers(ratios), help=f"mask ratios (default {ratios})")
-    p.add_argument("--skip-layers", type=at_least(0), default=5, help="layers never masked (default 5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--concepts", type=at_least(6), default=None, help="keep the first N concepts (at least 6)")
-    p.add_argument("--device", default="cpu")
-    dtype_option(p)
-    p.add_argument("--batch-size", type=at_least(1), default=32)
-    p.add_argument("--token-rule", default="content", choices=["content", "all", "last"],
-                   help="tokens the coefficient mean covers (default: all but special tokens)")
-    p.add_argument("--cloze-mean", action="store_true", help="cloze: mean log-prob per token, not the sum")
-    p.add_argument("--no-early-stop", action="store_true", help="generate: always decode all 30 tokens")
-    p.add_argument("--ablation", default="zero", choices=["zero", "mean"],
-                   help="masked coefficients set to 0 (default) or to their mean on the unrelated questions")
-    p.add_argument("--no-engine", action="store_true",
-                   help="score one mask at a time instead of sharing work across masks")
-    p.add_argument("--matched-control", action="store_true",
-                   help="also mask random vectors matched to the located ones' magnitudes (same count per layer)")
-    p.add_argument("--split-half", action="store_true",
-                   help="locate on one half of each concept's questions, score on the other, both ways")
-    p.add_argument("--locator", default="diff", choices=["diff", "zscore"],
-                   help="diff: |m - m*| (Eq. 5, default); zscore: over the pooled standard deviation")
-    p.add_argument("--quiet", action="store_true")
-
-
-def _settings(a, control: bool):
-    return Settings(mode=a.mode, ratios=a.ratios, skip_layers=a.skip_layers, seed=a.seed, concepts=a.concepts,
-                    control=control, ablation=a.ablation, token_rule=a.token_rule, cloze_mean=a.cloze_mean,
-                    early_stop=not a.no_early_stop, engine=not a.no_engine, batch_size=a.batch_size, device=a.device,
-                    dtype=a.dtype, matched_control=a.matched_control, split_half=a.split_half, locator=a.locator)
-
-
 def cmd_pss(a, control=None) -> None:
-    result = run_pss(a.model, a.bench, a.out, _settings(a, a.control if control is None else control), a.quiet)
+    result = run_pss(a.model, a.bench, a.out, settings_from(a, a.control if control is None else control), a.quiet)
     if result["settings"].get("processes", 1) > 1 and int(os.environ.get("RANK", "0")):
         return  # rank 0 reports
     print(summary(result))
@@ -90,7 +54,7 @@ def cmd_quickstart(a) -> None:
     print(f"quickstart: minipss pss --mode cloze --control --concepts {a.concepts} --ratios {ratios} "
           f"--dtype {a.dtype} (model {model})", flush=True)
     sweep = argparse.ArgumentParser()
-    _pss_args(sweep, "0.1")
+    pss_arguments(sweep, "0.1")
     cmd_pss(sweep.parse_args(argv), control=True)
     print(f"\nthe full version (all {len(load_benchmark(bench))} concepts, ratios {FULL_RATIOS}): minipss pss "
           f"--model {model} --bench {bench} --out runs/full/result.json --mode cloze --control --ratios {FULL_RATIOS}")
@@ -106,12 +70,12 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pss", help="locate, mask and score: the Parameter Specialization Score")
-    _pss_args(p, ",".join(map(str, PAPER_RATIOS)))
+    pss_arguments(p, ",".join(map(str, PAPER_RATIOS)))
     p.add_argument("--control", action="store_true", help="also mask random vectors (same count per layer)")
     p.set_defaults(func=cmd_pss)
 
     p = sub.add_parser("sweep", help="PSS over many ratios (Figure 3) with the random-vector control")
-    _pss_args(p, ",".join(map(str, SWEEP_RATIOS)))
+    pss_arguments(p, ",".join(map(str, SWEEP_RATIOS)))
     p.set_defaults(func=lambda a: cmd_pss(a, control=True))
 
     p = sub.add_parser("quickstart", help="the default job: real Gemma 3 270M, bundled benchmark, CPU, minutes")

@@ -63,7 +63,8 @@ def test_the_usual_way_as_a_whole_job_finds_what_minipss_pss_finds(tmp_path, mod
     for line in (tmp_path / "r.json.work" / "cells.jsonl").read_text().splitlines():
         row = json.loads(line)
         cells[row["key"]] = row["correct"]
-    ref = reference_pss(model, bench, tmp_path / "ref.json", mode, [0.25, 0.5], skip=1, control=True)
+    ref = reference_pss(model, bench, tmp_path / "ref.json", Settings(mode=mode, ratios=[0.25, 0.5], skip_layers=1,
+                                                                     control=True))
     assert ref["cells"] == cells and len(cells) == 7 * (1 + 2 * 2)
     assert json.loads((tmp_path / "ref.json").read_text())["cells"] == cells
 

@@ -24,10 +24,12 @@ from ..method.locate import KINDS, concept_masks, concept_means, token_weights
 from ..method.prompts import coefficient_prompt, letter_in, mcq_prompt
 from ..method.scoring import GENERATE_TOKENS, best_letters, best_option, cloze_tokens, letter_vocab
 from ..model.decoder import Coefficients
-from ..model.families import value_matrix_slots
+from ..model.families import read_config, value_matrix_slots
+from ..model.fastest import resolve_dtype
 from ..model.padding import left_pad
 from ..model.tokenizer import load_tokenizer
 from ..run.report import cell_key
+from ..run.settings import PAPER_RATIOS, Settings, pss_arguments, settings_from
 
 
 class MaskedInput(torch.nn.Module):
@@ -125,25 +127,35 @@ def answers(model, tok, questions, mode: str, batch_size: int = 32) -> list[str 
     return out
 
 
-def run_pss(model_dir, bench, out, mode: str, ratios: list[float], skip: int = 5, seed: int = 0,
-            concepts: int | None = None, n_unrelated: int = 5, control: bool = False, ablation: str = "zero",
-            token_rule: str = "content", batch_size: int = 32, dtype=torch.float32, device: str = "cpu") -> dict:
-    """The job of `minipss pss` (same concepts, unrelated sets, located and random masks, questions),
-    the usual way; writes `out`: `{"cells": {key: [correct per question]}, "answers": ..., "timing": ...}`
-    with the keys of `minipss pss`'s work folder (`baseline|i`, `located|i|r`, `random|i|r`)."""
+UNSUPPORTED = {"matched_control": False, "split_half": False, "locator": "diff",
+               "cloze_mean": False}  # what the reference does not do: these must stay at their defaults
+
+
+def run_pss(model_dir, bench, out, s: Settings) -> dict:
+    """The job of `minipss pss` with settings `s` (same concepts, unrelated sets, located and random masks,
+    questions), the usual way; writes `out`: `{"cells": {key: [correct per question]}, "answers": ...,
+    "timing": ...}` with the keys of `minipss pss`'s work folder (`baseline|i`, `located|i|r`, `random|i|r`).
+    Every generated answer runs to its end (`early_stop` gives the same answers either way)."""
+    s.check()
+    other = [k for k, default in UNSUPPORTED.items() if getattr(s, k) != default]
+    if other:
+        raise ValueError(f"the reference job runs the paper's method only; leave out {', '.join(other)}")
     t0 = time.time()
-    cs = load_benchmark(bench)[:concepts] if concepts else load_benchmark(bench)
-    others = unrelated_sets(cs, n_unrelated, seed)
-    model = load_reference(model_dir, dtype, device)
+    cs = load_benchmark(bench)[: s.concepts]
+    others = unrelated_sets(cs, s.n_unrelated, s.seed)
+    config = read_config(model_dir)
+    dtype = getattr(torch, resolve_dtype(s.dtype, s.device, (config.hidden_size, config.intermediate_size))[0])
+    model = load_reference(model_dir, dtype, s.device)
     tok = load_tokenizer(model_dir)
-    coeffs = coefficients(model, tok, cs, token_rule, batch_size)
-    signed = coefficients(model, tok, cs, token_rule, batch_size, absolute=False) if ablation == "mean" else None
+    coeffs = coefficients(model, tok, cs, s.token_rule, s.batch_size)
+    signed = (coefficients(model, tok, cs, s.token_rule, s.batch_size, absolute=False) if s.ablation == "mean"
+              else None)
     timing = {"coefficients": time.time() - t0}
     cells, letters = {}, {}
 
     def score(key, qs, mask=None):
         set_mask(model, mask)
-        letters[key] = answers(model, tok, qs, mode, batch_size)
+        letters[key] = answers(model, tok, qs, s.mode, s.batch_size)
         cells[key] = [a == q.answer for a, q in zip(letters[key], qs)]
 
     t1 = time.time()
@@ -152,10 +164,11 @@ def run_pss(model_dir, bench, out, mode: str, ratios: list[float], skip: int = 5
     timing["baseline"] = time.time() - t1
     t2 = time.time()
     counts = [len(c.mcq) for c in cs]
+    kinds = KINDS[:2] if s.control else KINDS[:1]  # located, random
     for i in range(len(cs)):
-        mine = [(kind, r) for r in ratios for kind in (KINDS[:2] if control else KINDS[:1])]  # located, random
-        masks = concept_masks(i, mine, coeffs, counts, others[i], skip, seed, signed).to(device=device, dtype=dtype)
-        for (kind, r), mask in zip(mine, masks):
+        mine = [(kind, r) for r in s.ratios for kind in kinds]
+        masks = concept_masks(i, mine, coeffs, counts, others[i], s.skip_layers, s.seed, signed)
+        for (kind, r), mask in zip(mine, masks.to(device=s.device, dtype=dtype)):
             score(cell_key(kind, i, r), questions_of(cs, i, others[i]), mask)
     timing["masked"] = time.time() - t2
     timing["total"] = time.time() - t0
@@ -164,25 +177,12 @@ def run_pss(model_dir, bench, out, mode: str, ratios: list[float], skip: int = 5
 
 
 def main(argv=None) -> None:
+    """The options of `minipss pss` (`settings.pss_arguments`), run the usual way."""
     p = argparse.ArgumentParser(prog="python -m minipss.perf.hf_reference", description=run_pss.__doc__)
-    p.add_argument("--model", required=True)
-    p.add_argument("--bench", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--mode", default="generate", choices=["generate", "logits", "cloze"])
-    p.add_argument("--ratios", type=lambda t: [float(x) for x in t.split(",")], default=[0.1, 0.2, 0.3, 0.4, 0.5])
-    p.add_argument("--skip-layers", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--concepts", type=int, default=None)
-    p.add_argument("--control", action="store_true")
-    p.add_argument("--ablation", default="zero", choices=["zero", "mean"])
-    p.add_argument("--token-rule", default="content", choices=["content", "all", "last"])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu")
+    pss_arguments(p, ",".join(map(str, PAPER_RATIOS)))
+    p.add_argument("--control", action="store_true", help="also mask random vectors (same count per layer)")
     a = p.parse_args(argv)
-    run_pss(a.model, a.bench, a.out, a.mode, a.ratios, a.skip_layers, a.seed, a.concepts, control=a.control,
-            ablation=a.ablation, token_rule=a.token_rule, batch_size=a.batch_size, dtype=getattr(torch, a.dtype),
-            device=a.device)
+    run_pss(a.model, a.bench, a.out, settings_from(a, a.control))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ match."""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from ..method.locate import LOCATORS, TOKEN_RULES
 from ..method.scoring import MODES
 from .checks import check_device, ratios
 from .fingerprint import file_digest, model_digest
+from .options import at_least, dtype_option, numbers
 
 
 PAPER_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -81,3 +83,41 @@ class Settings:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"--dtype {self.dtype!r}: choose auto, float32, bfloat16 or float16")
         check_device(self.device)
+
+
+def pss_arguments(p: argparse.ArgumentParser, ratios: str) -> None:
+    """The options of `minipss pss` (and `sweep`, `quickstart`, the reference job of `minipss perf`)."""
+    p.add_argument("--model", required=True, help="Hugging Face layout folder")
+    p.add_argument("--bench", required=True, help="benchmark JSONL (see minipss.benchmark_path)")
+    p.add_argument("--out", required=True, help="result JSON (a CSV and a .work folder go beside it)")
+    p.add_argument("--mode", default="generate", choices=["generate", "logits", "cloze"])
+    p.add_argument("--ratios", type=numbers, default=numbers(ratios), help=f"mask ratios (default {ratios})")
+    p.add_argument("--skip-layers", type=at_least(0), default=5, help="layers never masked (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--concepts", type=at_least(6), default=None, help="keep the first N concepts (at least 6)")
+    p.add_argument("--device", default="cpu")
+    dtype_option(p)
+    p.add_argument("--batch-size", type=at_least(1), default=32)
+    p.add_argument("--token-rule", default="content", choices=["content", "all", "last"],
+                   help="tokens the coefficient mean covers (default: all but special tokens)")
+    p.add_argument("--cloze-mean", action="store_true", help="cloze: mean log-prob per token, not the sum")
+    p.add_argument("--no-early-stop", action="store_true", help="generate: always decode all 30 tokens")
+    p.add_argument("--ablation", default="zero", choices=["zero", "mean"],
+                   help="masked coefficients set to 0 (default) or to their mean on the unrelated questions")
+    p.add_argument("--no-engine", action="store_true",
+                   help="score one mask at a time instead of sharing work across masks")
+    p.add_argument("--matched-control", action="store_true",
+                   help="also mask random vectors matched to the located ones' magnitudes (same count per layer)")
+    p.add_argument("--split-half", action="store_true",
+                   help="locate on one half of each concept's questions, score on the other, both ways")
+    p.add_argument("--locator", default="diff", choices=["diff", "zscore"],
+                   help="diff: |m - m*| (Eq. 5, default); zscore: over the pooled standard deviation")
+    p.add_argument("--quiet", action="store_true")
+
+
+def settings_from(a: argparse.Namespace, control: bool) -> Settings:
+    """The `Settings` that parsed `pss_arguments` describe."""
+    return Settings(mode=a.mode, ratios=a.ratios, skip_layers=a.skip_layers, seed=a.seed, concepts=a.concepts,
+                    control=control, ablation=a.ablation, token_rule=a.token_rule, cloze_mean=a.cloze_mean,
+                    early_stop=not a.no_early_stop, engine=not a.no_engine, batch_size=a.batch_size, device=a.device,
+                    dtype=a.dtype, matched_control=a.matched_control, split_half=a.split_half, locator=a.locator)

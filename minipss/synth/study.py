@@ -21,6 +21,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -79,7 +80,7 @@ def parameters(model_dir) -> int:
 # ---------------------------------------------------------------- steps, each saved as it finishes
 
 
-def pss_of(model_dir, bench, out: Path, a, skip: int | None = None) -> dict:
+def pss_of(model_dir, bench, out: Path, a: StudySettings, skip: int | None = None) -> dict:
     """`run_pss` in cloze mode with the random control; the result file is kept and reused."""
     if out.exists():
         return json.loads(out.read_text())
@@ -129,7 +130,7 @@ def layer_ablation(model_dir, bench: Path, out: Path, device: str) -> dict:
     return row
 
 
-def pretrain_run(world: Path, run: Path, size: str, seed: int, a, checkpoints=None) -> Path:
+def pretrain_run(world: Path, run: Path, size: str, seed: int, a: StudySettings, checkpoints=None) -> Path:
     layers, hidden = parse_size(size)
     s = PretrainSettings(family=a.family, layers=layers, hidden=hidden, heads=heads_of(hidden),
                          steps=a.steps, lr=a.lr, batch_size=a.batch_size, seed=seed,
@@ -141,7 +142,7 @@ def pretrain_run(world: Path, run: Path, size: str, seed: int, a, checkpoints=No
     return done
 
 
-def finetune_row(base: Path, world: Path, work: Path, variant: str | None, seed: int, a) -> dict:
+def finetune_row(base: Path, world: Path, work: Path, variant: str | None, seed: int, a: StudySettings) -> dict:
     """Train (unless `variant` is None: the base model) and evaluate on the new and the old entities."""
     saved = work / "row.json"
     if saved.exists():
@@ -180,13 +181,38 @@ def finetune_row(base: Path, world: Path, work: Path, variant: str | None, seed:
 # ---------------------------------------------------------------- the study
 
 
+@dataclass
+class StudySettings:
+    """Every choice of `minipss study-synth` (its options, same names)."""
+    out: str
+    entities: int = 36  # evaluated entities (multiple of 6)
+    world_seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # training seeds
+    sizes: str = "4x64,4x128,4x192"  # LAYERSxHIDDEN, comma-separated
+    base: str | None = None  # size for emergence, frequency, fine-tuning (default: the middle one)
+    family: str = "llama"
+    steps: int = 400
+    checkpoints: int = 6  # log-spaced checkpoints of the base size
+    lr: float = 3e-3
+    batch_size: int = 16
+    ratios: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5])
+    skip_layers: int = 1
+    pss_seed: int = 0  # draws the unrelated concepts and random vectors
+    ft_steps: int = 60
+    ft_lr: float = 3e-3
+    studies: str = "emergence,size,frequency,finetune,layers"
+    threads: int = 0  # torch threads (0: torch's default)
+    device: str = "cpu"
+    quiet: bool = False
+
+
 STUDIES = ("emergence", "size", "frequency", "finetune", "layers")
 # what the saved steps in --out depend on without naming it in their paths: a rerun must share these
 RECORD = ("entities", "world_seed", "family", "steps", "checkpoints", "lr", "batch_size", "ratios", "skip_layers",
           "pss_seed")
 
 
-def check(a) -> None:
+def check(a: StudySettings) -> None:
     """Refuse out-of-range options and an --out that is not this command's, naming them, before any work."""
     checks.integer("--entities", a.entities, 6)
     checks.seed("--world-seed", a.world_seed)
@@ -220,7 +246,7 @@ def check(a) -> None:
     checks.own_folder(a.out, record_of(a))
 
 
-def record_of(a) -> dict:
+def record_of(a: StudySettings) -> dict:
     return {"command": "study-synth", **{k: getattr(a, k) for k in RECORD}}
 
 
@@ -229,7 +255,7 @@ def heads_of(hidden: int) -> int:
     return max(1, hidden // 32)
 
 
-def run(a) -> dict:
+def run(a: StudySettings) -> dict:
     check(a)
     out = checks.claim(a.out, record_of(a))
     t0 = time.time()
@@ -461,7 +487,8 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def main(a) -> None:
+def main(options) -> None:
+    a = StudySettings(**{f.name: getattr(options, f.name) for f in fields(StudySettings)})
     check(a)  # before --threads takes effect
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -469,24 +496,25 @@ def main(a) -> None:
 
 
 def add_arguments(p) -> None:
+    d = StudySettings(out="")
     p.add_argument("--out", required=True, help="run folder (world, models, PSS results, tables, figures)")
-    p.add_argument("--entities", type=int, default=36, help="evaluated entities (multiple of 6)")
-    p.add_argument("--world-seed", type=int, default=0)
-    p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="training seeds (default 0,1,2)")
-    p.add_argument("--sizes", default="4x64,4x128,4x192", help="LAYERSxHIDDEN, comma-separated")
+    p.add_argument("--entities", type=int, default=d.entities, help="evaluated entities (multiple of 6)")
+    p.add_argument("--world-seed", type=int, default=d.world_seed)
+    p.add_argument("--seeds", type=_ints, default=d.seeds, help="training seeds (default 0,1,2)")
+    p.add_argument("--sizes", default=d.sizes, help="LAYERSxHIDDEN, comma-separated")
     p.add_argument("--base", default=None, help="size for emergence, frequency, fine-tuning (default: middle)")
-    p.add_argument("--family", default="llama")
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--checkpoints", type=int, default=6, help="log-spaced checkpoints of the base size")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--ratios", type=numbers, default=[0.1, 0.3, 0.5])
-    p.add_argument("--skip-layers", type=int, default=1)
-    p.add_argument("--pss-seed", type=int, default=0, help="draws the unrelated concepts and random vectors")
-    p.add_argument("--ft-steps", type=int, default=60)
-    p.add_argument("--ft-lr", type=float, default=3e-3)
-    p.add_argument("--studies", default="emergence,size,frequency,finetune,layers",
+    p.add_argument("--family", default=d.family)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--checkpoints", type=int, default=d.checkpoints, help="log-spaced checkpoints of the base size")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--ratios", type=numbers, default=d.ratios)
+    p.add_argument("--skip-layers", type=int, default=d.skip_layers)
+    p.add_argument("--pss-seed", type=int, default=d.pss_seed, help="draws the unrelated concepts and random vectors")
+    p.add_argument("--ft-steps", type=int, default=d.ft_steps)
+    p.add_argument("--ft-lr", type=float, default=d.ft_lr)
+    p.add_argument("--studies", default=d.studies,
                    help="which to run; layers: MLP ablation per layer and PSS with no layer skipped")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default=d.device)
     p.add_argument("--quiet", action="store_true")
