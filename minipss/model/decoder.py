@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .layers import KVCache, Rotary, ValueMask, alibi_bias, allowed_keys, inv_freq
+from .layers import KVCache, Rotary, MLPMask, alibi_bias, allowed_keys, inv_freq
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Decoder(nn.Module):
       positions are added to the token embedding.
     Its `__init__` hands over the block class and the final norm; `embeddings` is replaced where the family
     adds something (a scale). Each block is built as `block(config)`, called as
-    `block(x, attention, mask, coefficients)` and returns the new stream."""
+    `block(x, attention, mlp_mask, coefficients)` and returns the new stream."""
 
     config: ModelConfig
     blocks_path: str
@@ -156,7 +156,7 @@ class Decoder(nn.Module):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past + T)}")
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)
-        mask = ValueMask.of(mlp_mask, B, c.num_layers, c.intermediate_size)
+        mlp_mask = MLPMask.of(mlp_mask, B, c.num_layers, c.intermediate_size)
         rotary = self.rotaries(position_ids, x.dtype)
         allowed = {}
         for kind in set(c.layer_types):
@@ -166,7 +166,7 @@ class Decoder(nn.Module):
         for i in range(start, stop):
             kind = c.layer_types[i]
             attention = AttentionContext(rotary[kind], allowed[kind], cache, i)
-            x = self.blocks()[i](x, attention, None if mask is None else mask.layer(i), coefficients)
+            x = self.blocks()[i](x, attention, None if mlp_mask is None else mlp_mask.layer(i), coefficients)
         return x
 
     def rotaries(self, positions: torch.Tensor, dtype) -> dict[str, Rotary | None]:
@@ -189,7 +189,7 @@ class Decoder(nn.Module):
         """input_ids `[B, T]`; attention_mask `[B, past + T]` (1 real, 0 padding); position_ids
         `[B, T]` (default arange after the cached tokens); mlp_mask broadcastable to `[B, L, d_ff]`,
         multiplies m at every position of layer l (or `[B, L, 2 * d_ff]`: the multiplier, then a value
-        to add, see `layers.ValueMask`); logits_to_keep > 0 keeps only the last positions' logits."""
+        to add, see `layers.MLPMask`); logits_to_keep > 0 keeps only the last positions' logits."""
         if position_ids is None:
             position_ids = default_positions(input_ids, cache)
         coefficients = Coefficients() if return_coefficients else None

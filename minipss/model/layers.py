@@ -220,7 +220,7 @@ class SelfAttention(nn.Module):
 # ---------------------------------------------------------------- the MLP: value vectors, mask, coefficients
 
 
-class ValueMask:
+class MLPMask:
     """The one representation of a value-vector mask: per batch row and layer, m becomes
     `m * scale + shift` (§4.1). Zero-masking sets scale_j = 0 (shift None); mean-ablation also adds the
     mean m_j over the unrelated questions as shift_j.
@@ -232,7 +232,7 @@ class ValueMask:
         self.scale, self.shift = scale, shift
 
     @classmethod
-    def of(cls, mlp_mask, batch: int, num_layers: int, d_ff: int) -> "ValueMask | None":
+    def of(cls, mlp_mask, batch: int, num_layers: int, d_ff: int) -> "MLPMask | None":
         if mlp_mask is None or isinstance(mlp_mask, cls):
             return mlp_mask
         width = 2 * d_ff if mlp_mask.shape[-1] == 2 * d_ff else d_ff
@@ -243,9 +243,9 @@ class ValueMask:
                              f"(batch, layers, d_ff) = {(batch, num_layers, d_ff)}") from None
         return cls(mlp_mask[..., :d_ff], mlp_mask[..., d_ff:] if width > d_ff else None)
 
-    def layer(self, i: int) -> "ValueMask":
+    def layer(self, i: int) -> "MLPMask":
         """This layer's mask, `[B, 1, d_ff]`: the same at every position."""
-        return ValueMask(self.scale[:, i, None], None if self.shift is None else self.shift[:, i, None])
+        return MLPMask(self.scale[:, i, None], None if self.shift is None else self.shift[:, i, None])
 
     def apply(self, m: torch.Tensor) -> torch.Tensor:
         if self.shift is None:
@@ -253,11 +253,11 @@ class ValueMask:
         return torch.addcmul(self.shift.to(m.dtype), m, self.scale.to(m.dtype))
 
 
-def masked_coefficients(m: torch.Tensor, mask: ValueMask | None, coefficients: list | None) -> torch.Tensor:
+def masked_coefficients(m: torch.Tensor, mlp_mask: MLPMask | None, coefficients: list | None) -> torch.Tensor:
     """The coefficient vector m (`[B, T, d_ff]`) as it enters the value matrix: the layer's mask
     applied, then recorded when `coefficients` collects (§3.1, Eq. 1-2)."""
-    if mask is not None:
-        m = mask.apply(m)
+    if mlp_mask is not None:
+        m = mlp_mask.apply(m)
     if coefficients is not None:
         coefficients.append(m)
     return m
@@ -275,9 +275,9 @@ class GatedMLP(nn.Module):
         self.down_proj = nn.Linear(f, d, bias=bias)
         self.act = ACT[cfg.activation]
 
-    def forward(self, h, mask=None, coefficients=None):
+    def forward(self, h, mlp_mask=None, coefficients=None):
         m = self.act(self.gate_proj(h)) * self.up_proj(h)
-        return self.down_proj(masked_coefficients(m, mask, coefficients))
+        return self.down_proj(masked_coefficients(m, mlp_mask, coefficients))
 
 
 class MLP(nn.Module):
@@ -290,6 +290,6 @@ class MLP(nn.Module):
         setattr(self, out, nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=bias))
         self.names, self.act = (into, out), ACT[cfg.activation]
 
-    def forward(self, h, mask=None, coefficients=None):
+    def forward(self, h, mlp_mask=None, coefficients=None):
         into, out = (getattr(self, name) for name in self.names)
-        return out(masked_coefficients(self.act(into(h)), mask, coefficients))
+        return out(masked_coefficients(self.act(into(h)), mlp_mask, coefficients))

@@ -97,16 +97,16 @@ class FalconBlock(nn.Module):
         self.self_attention = FalconAttention(cfg)
         self.mlp = MLP(cfg, "dense_h_to_4h", "dense_4h_to_h", bias=cfg.mlp_bias)  # m enters dense_4h_to_h
 
-    def forward(self, x, attention, mask, coefficients):
+    def forward(self, x, attention, mlp_mask, coefficients):
         if self.two_norms:
             h_attn, h_mlp = self.ln_attn(x), self.ln_mlp(x)
         else:
             h_attn = h_mlp = self.input_layernorm(x)
         attn = self.self_attention(h_attn, attention)
         if self.parallel:
-            return x + (self.mlp(h_mlp, mask, coefficients) + attn)
+            return x + (self.mlp(h_mlp, mlp_mask, coefficients) + attn)
         x = x + attn
-        return x + self.mlp(self.post_attention_layernorm(x), mask, coefficients)
+        return x + self.mlp(self.post_attention_layernorm(x), mlp_mask, coefficients)
 
 
 class FalconModel(Decoder):

@@ -91,13 +91,13 @@ class GemmaBlock(nn.Module):
             self.post_feedforward_layernorm = norm(d)
         self.mlp = GatedMLP(cfg)
 
-    def forward(self, x, attention, mask, coefficients):
+    def forward(self, x, attention, mlp_mask, coefficients):
         attn = self.self_attn(self.input_layernorm(x), attention)
         if not self.sandwich:  # Gemma 1: LLaMA's block
             x = x + attn
-            return x + self.mlp(self.post_attention_layernorm(x), mask, coefficients)
+            return x + self.mlp(self.post_attention_layernorm(x), mlp_mask, coefficients)
         x = x + self.post_attention_layernorm(attn)
-        mlp = self.mlp(self.pre_feedforward_layernorm(x), mask, coefficients)
+        mlp = self.mlp(self.pre_feedforward_layernorm(x), mlp_mask, coefficients)
         return x + self.post_feedforward_layernorm(mlp)
 
 

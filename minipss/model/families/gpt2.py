@@ -73,9 +73,9 @@ class GPT2Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.mlp = MLP(cfg, "c_fc", "c_proj")  # m = gelu_new(c_fc(h)) enters c_proj
 
-    def forward(self, x, attention, mask, coefficients):
+    def forward(self, x, attention, mlp_mask, coefficients):
         x = x + self.attn(self.ln_1(x), attention)
-        return x + self.mlp(self.ln_2(x), mask, coefficients)
+        return x + self.mlp(self.ln_2(x), mlp_mask, coefficients)
 
 
 class GPT2Model(Decoder):

@@ -71,12 +71,12 @@ class GPTNeoXBlock(nn.Module):
         self.mlp = MLP(cfg, "dense_h_to_4h", "dense_4h_to_h")  # m = gelu(dense_h_to_4h(h)) enters dense_4h_to_h
         self.parallel = cfg.parallel_residual
 
-    def forward(self, x, attention, mask, coefficients):
+    def forward(self, x, attention, mlp_mask, coefficients):
         attn = self.attention(self.input_layernorm(x), attention)
         if self.parallel:
-            return self.mlp(self.post_attention_layernorm(x), mask, coefficients) + attn + x
+            return self.mlp(self.post_attention_layernorm(x), mlp_mask, coefficients) + attn + x
         x = x + attn
-        return self.mlp(self.post_attention_layernorm(x), mask, coefficients) + x
+        return self.mlp(self.post_attention_layernorm(x), mlp_mask, coefficients) + x
 
 
 class GPTNeoXModel(Decoder):

@@ -48,9 +48,9 @@ class GPTJBlock(nn.Module):
         self.attn = GPTJAttention(cfg)
         self.mlp = MLP(cfg, "fc_in", "fc_out")  # m = gelu_new(fc_in(h)) enters fc_out
 
-    def forward(self, x, attention, mask, coefficients):
+    def forward(self, x, attention, mlp_mask, coefficients):
         h = self.ln_1(x)
-        return self.mlp(h, mask, coefficients) + self.attn(h, attention) + x
+        return self.mlp(h, mlp_mask, coefficients) + self.attn(h, attention) + x
 
 
 class GPTJModel(Decoder):

@@ -75,9 +75,9 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = norm(cfg.hidden_size)
         self.mlp = GatedMLP(cfg)
 
-    def forward(self, x, attention, mask, coefficients):
+    def forward(self, x, attention, mlp_mask, coefficients):
         x = x + self.self_attn(self.input_layernorm(x), attention)
-        return x + self.mlp(self.post_attention_layernorm(x), mask, coefficients)
+        return x + self.mlp(self.post_attention_layernorm(x), mlp_mask, coefficients)
 
 
 class LlamaModel(Decoder):

@@ -76,9 +76,9 @@ class MptBlock(nn.Module):
         self.norm_2 = nn.LayerNorm(d, eps=eps, bias=False)
         self.ffn = MLP(cfg, "up_proj", "down_proj", bias=False)  # m = gelu(up_proj(h)) enters down_proj
 
-    def forward(self, x, attention, mask, coefficients):
+    def forward(self, x, attention, mlp_mask, coefficients):
         x = x + self.attn(self.norm_1(x), attention)
-        return x + self.ffn(self.norm_2(x), mask, coefficients)
+        return x + self.ffn(self.norm_2(x), mlp_mask, coefficients)
 
 
 class MptModel(Decoder):

@@ -47,9 +47,9 @@ class OlmoBlock(nn.Module):
         self.post_attention_layernorm = LayerNormWithoutWeight(cfg.norm_eps)
         self.mlp = GatedMLP(cfg)  # m = silu(gate_proj(h)) * up_proj(h) enters down_proj
 
-    def forward(self, x, attention, mask, coefficients):
+    def forward(self, x, attention, mlp_mask, coefficients):
         x = x + self.self_attn(self.input_layernorm(x), attention)
-        return x + self.mlp(self.post_attention_layernorm(x), mask, coefficients)
+        return x + self.mlp(self.post_attention_layernorm(x), mlp_mask, coefficients)
 
 
 class OlmoModel(LlamaModel):

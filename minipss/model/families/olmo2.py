@@ -38,9 +38,9 @@ class Olmo2Block(nn.Module):
         self.mlp = GatedMLP(cfg)  # m = silu(gate_proj(x)) * up_proj(x) enters down_proj
         self.post_feedforward_layernorm = norm(cfg.hidden_size)
 
-    def forward(self, x, attention, mask, coefficients):
+    def forward(self, x, attention, mlp_mask, coefficients):
         x = x + self.post_attention_layernorm(self.self_attn(x, attention))
-        return x + self.post_feedforward_layernorm(self.mlp(x, mask, coefficients))
+        return x + self.post_feedforward_layernorm(self.mlp(x, mlp_mask, coefficients))
 
 
 class Olmo2Model(LlamaModel):
