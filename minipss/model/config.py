@@ -1,6 +1,6 @@
 """One normalised model config, whose fields say what differs between families.
 
-Each family file in `minipss/models/` turns its config.json into a `ModelConfig`, in either dialect:
+Each family file in `minipss/model/families/` turns its config.json into a `ModelConfig`, in either dialect:
 hub checkpoints (transformers v4) carry `rope_theta` + `rope_scaling`; v5 `save_pretrained` writes
 `rope_parameters` (flat, or nested per layer type for Gemma 3) and explicit `layer_types`. The helpers
 here parse what several families share. Shared code reads fields, never a family's name.
@@ -36,6 +36,7 @@ class ModelConfig:
     alibi_max_bias: float = 8.0
     clip_qkv: float | None = None  # clamp q, k, v to [-c, c] after projection (OLMo, MPT)
     parallel_residual: bool = False  # x + attn(.) + mlp(.) from the same input (GPT-J, NeoX, Falcon)
+    parallel_norms: bool = False  # parallel attention and MLP each read their own norm (Falcon's ln_attn, ln_mlp)
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
@@ -44,6 +45,8 @@ class ModelConfig:
     qk_norm_whole: bool = False  # the q/k norms span the whole projection (all heads), before the split
     rope_fp32: bool = False  # RoPE tables kept in fp32: q, k rotated in fp32, then cast back
     attn_scale: float = 0.0  # multiplies q @ k^T; 0 means head_dim ** -0.5
+    attn_scale_by_layer: bool = False  # scores further divided by layer + 1 (GPT-2)
+    attn_fp32: bool = False  # q, k cast to fp32 after RoPE and the cache: scores in fp32 (GPT-J, GPT-2)
     attn_softcap: float | None = None
     final_softcap: float | None = None
     tie_embeddings: bool = False
@@ -52,7 +55,6 @@ class ModelConfig:
     pad_token_id: int | None = None
     adds_bos: bool = False  # the tokenizer prepends BOS (tokenizer_config.json's add_bos_token may override)
     max_positions: int | None = None  # max_position_embeddings (n_positions), when the config says
-    raw: dict = field(default_factory=dict, repr=False)  # the config.json it came from
 
     @property
     def scale(self) -> float:
@@ -110,12 +112,10 @@ def layer_types(cfg: dict, n: int, default) -> list[str]:
     return ["sliding" if default(i) else "full" for i in range(n)]
 
 
-def common_fields(cfg: dict, max_positions_key: str = "max_position_embeddings", raw: dict | None = None) -> dict:
-    """The `ModelConfig` fields every family reads the same way: special tokens, context length, and `raw`
-    (the config.json as written: `raw` where `cfg` has defaults filled in, else `cfg`)."""
+def common_fields(cfg: dict, max_positions_key: str = "max_position_embeddings") -> dict:
+    """The `ModelConfig` fields every family reads the same way: special tokens and context length."""
     return {"bos_token_id": cfg.get("bos_token_id"), "eos_token_ids": token_ids(cfg.get("eos_token_id")),
-            "pad_token_id": cfg.get("pad_token_id"), "max_positions": cfg.get(max_positions_key),
-            "raw": cfg if raw is None else raw}
+            "pad_token_id": cfg.get("pad_token_id"), "max_positions": cfg.get(max_positions_key)}
 
 
 # ---------------------------------------------------------------- sanity checks, before anything is built

@@ -20,11 +20,6 @@ from ..decoder import Decoder, Family
 from ..layers import MLP, multi_head_attention
 
 
-def separate_norms(cfg: dict) -> bool:
-    """`ln_attn` and `ln_mlp` instead of one `input_layernorm`: the new architecture's default."""
-    return bool(cfg.get("new_decoder_architecture", False)) and cfg.get("num_ln_in_parallel_attn") in (None, 2)
-
-
 def parse_config(cfg: dict) -> ModelConfig:
     if cfg.get("alibi", False):
         raise ValueError("falcon with alibi=true is not supported (only rotary Falcon models are)")
@@ -59,7 +54,8 @@ def parse_config(cfg: dict) -> ModelConfig:
         intermediate_size=cfg.get("ffn_hidden_size") or 4 * d, num_layers=n, num_heads=heads, num_kv_heads=kv,
         head_dim=d // heads, norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
         activation=activation(cfg.get("activation", "gelu")), layer_types=["full"] * n, rope_theta=theta,
-        rope_scaling=scaling, parallel_residual=parallel, qkv_bias=bias, o_bias=bias, mlp_bias=bias,
+        rope_scaling=scaling, parallel_residual=parallel, parallel_norms=new_arch and norms in (None, 2),
+        qkv_bias=bias, o_bias=bias, mlp_bias=bias,
         tie_embeddings=cfg.get("tie_word_embeddings", True), **common_fields(cfg))
 
 
@@ -86,7 +82,7 @@ class FalconBlock(nn.Module):
         super().__init__()
         d, eps = cfg.hidden_size, cfg.norm_eps
         self.parallel = cfg.parallel_residual
-        self.two_norms = separate_norms(cfg.raw)
+        self.two_norms = cfg.parallel_norms
         if self.two_norms:
             self.ln_attn = nn.LayerNorm(d, eps=eps)
             self.ln_mlp = nn.LayerNorm(d, eps=eps)

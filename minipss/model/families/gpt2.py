@@ -41,8 +41,10 @@ def parse_config(raw: dict) -> ModelConfig:
         head_dim=d // heads, norm_eps=cfg["layer_norm_epsilon"],
         activation=activation(cfg["activation_function"]), layer_types=["full"] * n, rope=False,
         attn_scale=(d // heads) ** -0.5 if cfg["scale_attn_weights"] else 1.0,
+        attn_scale_by_layer=bool(cfg["scale_attn_by_inverse_layer_idx"]),
+        attn_fp32=bool(cfg["reorder_and_upcast_attn"]),
         qkv_bias=True, o_bias=True, mlp_bias=True, tie_embeddings=bool(cfg["tie_word_embeddings"]),
-        **common_fields(cfg, "n_positions", raw))
+        **common_fields(cfg, "n_positions"))
 
 
 class GPT2Attention(nn.Module):
@@ -52,9 +54,7 @@ class GPT2Attention(nn.Module):
         self.c_attn = nn.Linear(d, 3 * d)  # q, k, v one after the other, each [heads, head_dim]
         self.c_proj = nn.Linear(d, d)
         self.head_dim, self.scale = cfg.head_dim, cfg.scale
-        self.by_layer = bool(cfg.raw.get("scale_attn_by_inverse_layer_idx",
-                                         DEFAULTS["scale_attn_by_inverse_layer_idx"]))
-        self.upcast = bool(cfg.raw.get("reorder_and_upcast_attn", DEFAULTS["reorder_and_upcast_attn"]))
+        self.by_layer, self.upcast = cfg.attn_scale_by_layer, cfg.attn_fp32
 
     def forward(self, x, attention):
         B, T, _ = x.shape

@@ -44,7 +44,7 @@ def parse_config(raw: dict) -> ModelConfig:
         layer_types=["full"] * n, rope_theta=theta, rope_scaling=scaling,
         rope=rotary_dim > 0, rotary_dim=rotary_dim, rope_interleaved=False,  # rotary_pct 0: no positions
         parallel_residual=bool(cfg["use_parallel_residual"]), qkv_bias=bias, o_bias=bias, mlp_bias=True,
-        tie_embeddings=bool(cfg["tie_word_embeddings"]), **common_fields(cfg, raw=raw))
+        tie_embeddings=bool(cfg["tie_word_embeddings"]), **common_fields(cfg))
 
 
 class GPTNeoXAttention(nn.Module):
