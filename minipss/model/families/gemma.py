@@ -103,11 +103,9 @@ class GemmaBlock(nn.Module):
 
 class GemmaModel(LlamaModel):
     """LLaMA's module tree, Gemma's blocks and norms, embeddings scaled by sqrt(hidden)."""
-    block = GemmaBlock
 
-    @staticmethod
-    def final_norm_module(cfg) -> nn.Module:
-        return RMSNorm(cfg.hidden_size, cfg.norm_eps, offset=True)
+    def __init__(self, cfg):
+        super().__init__(cfg, GemmaBlock, RMSNorm(cfg.hidden_size, cfg.norm_eps, offset=True))
 
     def embeddings(self, input_ids, position_ids):
         x = super().embeddings(input_ids, position_ids)

@@ -82,17 +82,12 @@ class LlamaBlock(nn.Module):
 
 class LlamaModel(Decoder):
     """LLaMA's module tree: `model.embed_tokens`, `model.layers`, `model.norm`, `lm_head`. Sibling families
-    with the same tree (Gemma, OLMo 1/2) subclass it and name their own `block` and `final_norm_module`."""
+    with the same tree (Gemma, OLMo 1/2) subclass it and hand over their own block and final norm."""
     blocks_path, value_matrix = "model.layers", "mlp.down_proj"
     embedding_path, final_norm_path = "model.embed_tokens", "model.norm"
-    block = LlamaBlock
 
-    @staticmethod
-    def final_norm_module(cfg) -> nn.Module:
-        return RMSNorm(cfg.hidden_size, cfg.norm_eps)
-
-    def __init__(self, cfg):
-        super().__init__(cfg, self.block, self.final_norm_module(cfg))
+    def __init__(self, cfg, block=LlamaBlock, final_norm: nn.Module | None = None):
+        super().__init__(cfg, block, RMSNorm(cfg.hidden_size, cfg.norm_eps) if final_norm is None else final_norm)
 
 
 # Yi ships as "llama"

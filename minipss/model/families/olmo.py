@@ -54,11 +54,9 @@ class OlmoBlock(nn.Module):
 
 class OlmoModel(LlamaModel):
     """LLaMA's module tree with OLMo's blocks and weightless LayerNorms."""
-    block = OlmoBlock
 
-    @staticmethod
-    def final_norm_module(cfg) -> nn.Module:
-        return LayerNormWithoutWeight(cfg.norm_eps)
+    def __init__(self, cfg):
+        super().__init__(cfg, OlmoBlock, LayerNormWithoutWeight(cfg.norm_eps))
 
 
 # OLMo's tokenizer does not prepend BOS (tokenizer_config.json's add_bos_token may say otherwise)

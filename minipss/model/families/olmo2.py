@@ -45,11 +45,9 @@ class Olmo2Block(nn.Module):
 
 class Olmo2Model(LlamaModel):
     """LLaMA's module tree with OLMo 2's post-norm blocks."""
-    block = Olmo2Block
 
-    @staticmethod
-    def final_norm_module(cfg) -> nn.Module:
-        return rms_norm(cfg, cfg.hidden_size)
+    def __init__(self, cfg):
+        super().__init__(cfg, Olmo2Block, rms_norm(cfg, cfg.hidden_size))
 
 
 # OLMo 2's tokenizer does not prepend BOS (tokenizer_config.json's add_bos_token may say otherwise)
