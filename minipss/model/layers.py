@@ -68,10 +68,7 @@ class Rotary:
 
     def __init__(self, freq: torch.Tensor, positions: torch.Tensor, dtype, interleaved: bool = False):
         angles = positions[:, None, :, None].float() * freq.to(positions.device)  # [B, 1, T, D/2]
-        if interleaved:
-            angles = angles.repeat_interleave(2, dim=-1)
-        else:
-            angles = torch.cat([angles, angles], dim=-1)
+        angles = angles.repeat_interleave(2, dim=-1) if interleaved else torch.cat([angles, angles], dim=-1)
         self.cos, self.sin = angles.cos().to(dtype), angles.sin().to(dtype)
         self.interleaved, self.dim = interleaved, angles.shape[-1]
 
@@ -147,16 +144,19 @@ def attend(q, k, v, allowed, scale: float, softcap: float | None = None):
     return out.view(B, H, T, -1)
 
 
-def multi_head_attention(q, k, v, context, scale: float, softcap: float | None = None) -> torch.Tensor:
+def multi_head_attention(q, k, v, context, scale: float, softcap: float | None = None, fp32=False) -> torch.Tensor:
     """The part of attention every family shares, from per-head q, k, v `[B, T, heads, head_dim]`:
     RoPE (when the family has it), the KV cache, `attend`; returns `[B, T, heads * head_dim]` for the
-    output projection. `context` is the block's `decoder.AttentionContext`."""
+    output projection. `context` is the block's `decoder.AttentionContext`; `fp32` (`attn_fp32`) casts
+    q and k to fp32 after the cache, so the scores and their softmax are computed in fp32."""
     B, T = q.shape[:2]
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     if context.rotary is not None:
         q, k = context.rotary(q), context.rotary(k)
     if context.cache is not None:
         k, v = context.cache.update(context.layer, k, v)
+    if fp32:
+        q, k = q.float(), k.float()
     return attend(q, k, v, context.allowed, scale, softcap).transpose(1, 2).reshape(B, T, -1)
 
 

@@ -54,15 +54,13 @@ class GPT2Attention(nn.Module):
         self.c_attn = nn.Linear(d, 3 * d)  # q, k, v one after the other, each [heads, head_dim]
         self.c_proj = nn.Linear(d, d)
         self.head_dim, self.scale = cfg.head_dim, cfg.scale
-        self.by_layer, self.upcast = cfg.attn_scale_by_layer, cfg.attn_fp32
+        self.by_layer, self.fp32 = cfg.attn_scale_by_layer, cfg.attn_fp32
 
     def forward(self, x, attention):
         B, T, _ = x.shape
         q, k, v = (t.view(B, T, -1, self.head_dim) for t in self.c_attn(x).chunk(3, dim=-1))
-        if self.upcast:  # no RoPE: upcast before the cache gives the same scores
-            q, k = q.float(), k.float()
         scale = self.scale / (attention.layer + 1) if self.by_layer else self.scale
-        return self.c_proj(multi_head_attention(q, k, v, attention, scale))
+        return self.c_proj(multi_head_attention(q, k, v, attention, scale, fp32=self.fp32))
 
 
 class GPT2Block(nn.Module):

@@ -1,12 +1,12 @@
 """GPT-J: parallel residual with one shared LayerNorm, interleaved partial RoPE, biases in the MLP and
-the head. Attention scores are computed in fp32 as in the reference implementation.
+the head. Attention scores are computed in fp32 (`attn_fp32`) as in the reference implementation.
 """
 
 from torch import nn
 
 from ..config import ModelConfig, activation, common_fields
 from ..decoder import Decoder, Family
-from ..layers import MLP, attend
+from ..layers import MLP, multi_head_attention
 
 
 def parse_config(cfg: dict) -> ModelConfig:
@@ -17,7 +17,7 @@ def parse_config(cfg: dict) -> ModelConfig:
         num_kv_heads=heads, head_dim=d // heads, norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
         activation=activation(cfg.get("activation_function", "gelu_new")), layer_types=["full"] * n,
         rotary_dim=cfg.get("rotary_dim", 64) or d // heads, rope_interleaved=True, parallel_residual=True,
-        tie_embeddings=cfg.get("tie_word_embeddings", False), **common_fields(cfg, "n_positions"))
+        attn_fp32=True, tie_embeddings=cfg.get("tie_word_embeddings", False), **common_fields(cfg, "n_positions"))
 
 
 class GPTJAttention(nn.Module):
@@ -28,17 +28,12 @@ class GPTJAttention(nn.Module):
         self.k_proj = nn.Linear(d, d, bias=False)
         self.v_proj = nn.Linear(d, d, bias=False)
         self.out_proj = nn.Linear(d, d, bias=False)
-        self.head_dim, self.scale = cfg.head_dim, cfg.scale
+        self.head_dim, self.scale, self.fp32 = cfg.head_dim, cfg.scale, cfg.attn_fp32
 
     def forward(self, x, attention):
         B, T, _ = x.shape
-        q, k, v = (p(x).view(B, T, -1, self.head_dim).transpose(1, 2)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))
-        q, k = attention.rotary(q), attention.rotary(k)
-        if attention.cache is not None:
-            k, v = attention.cache.update(attention.layer, k, v)
-        out = attend(q.float(), k.float(), v, attention.allowed, self.scale)
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, -1))
+        q, k, v = (p(x).view(B, T, -1, self.head_dim) for p in (self.q_proj, self.k_proj, self.v_proj))
+        return self.out_proj(multi_head_attention(q, k, v, attention, self.scale, fp32=self.fp32))
 
 
 class GPTJBlock(nn.Module):
