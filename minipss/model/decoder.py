@@ -218,7 +218,7 @@ def default_positions(input_ids: torch.Tensor, cache: KVCache | None) -> torch.T
 
 @dataclass(frozen=True)
 class Family:
-    """Everything shared code may ask about a family; each file in `minipss/models/` declares one.
+    """Everything shared code may ask about a family; each file in `minipss/model/families/` declares one.
 
     - `model_types`: the config.json `model_type`s it serves;
     - `parse_config`: config.json (either dialect) -> `ModelConfig`;

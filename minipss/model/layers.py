@@ -1,7 +1,7 @@
 """What the decoder families share: norms, RoPE, attention with causal/sliding masks, and the MLP
 with the coefficients they hand back and their mask (the value-vector view of the paper's §3.1, Eq. 1-2).
 
-Every family file in `minipss/models/` builds its blocks from these pieces.
+Every family file in `minipss/model/families/` builds its blocks from these pieces.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ One conversion for the GGUF architectures `llama` (SmolLM2), `qwen2` (Qwen2.5) a
 - `config.json` comes from the `<arch>.*` metadata (plus what the file does not carry, e.g. Gemma 3's
   local RoPE base); the head is tied exactly when the file has no `output.weight`;
 - `tokenizer.json` and `tokenizer_config.json` (whether BOS is added) come from the file's own
-  vocabulary (see `minipss.gguf_tokenizer`).
+  vocabulary (see `gguf_tokenizer`).
 
 `model.safetensors` is float32, so nothing more is lost, and is written one tensor at a time, so
 converting a 1.5B model needs memory for its largest tensor, not for the model.

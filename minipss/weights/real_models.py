@@ -6,7 +6,7 @@
 Each model is a quantised GGUF file redistributed on PyPI, whole or in chunk packages. We only read those
 packages' data files (found through the installed distributions' file lists; their Python code is never
 imported), concatenate the chunks in part order, check the SHA-256 of the whole file against the value
-recorded here, and convert it with `minipss.convert_gguf`. Nothing is fetched from a model hub. A folder
+recorded here, and convert it with `gguf_convert.convert_gguf`. Nothing is fetched from a model hub. A folder
 that already holds config.json, model.safetensors, tokenizer.json and tokenizer_config.json is left as it
 is. The folder's path is the last line printed.
 """

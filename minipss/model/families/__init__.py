@@ -1,9 +1,9 @@
-"""The family registry: which file in `minipss/models/` serves a config.json's `model_type`.
+"""The family registry: which file in `minipss/model/families/` serves a config.json's `model_type`.
 
-Each family file declares a `FAMILY` (see `minipss.decoder.Family`): its model types, how its config.json
-becomes a `ModelConfig`, its model class (modules named as the checkpoint's keys, the value matrix), whether
-its tokenizer adds BOS and which checkpoint keys the loader may skip. Adding an architecture is one new file
-and one entry in `REGISTERED` below.
+Each family file declares a `FAMILY` (see `minipss.model.decoder.Family`): its model types, how its
+config.json becomes a `ModelConfig` (whose `adds_bos` says whether the tokenizer prepends BOS), its model
+class (modules named as the checkpoint's keys, the value matrix) and which checkpoint keys the loader may
+skip. Adding an architecture is one new file and one entry in `REGISTERED` below.
 """
 
 from __future__ import annotations
