@@ -232,8 +232,3 @@ def convert_gguf(gguf_path, out_dir) -> Path:
             path.chmod(0o644)
 
     return checks.new_folder(out_dir, write)
-
-
-def convert_gemma3_gguf(gguf_path, out_dir) -> Path:
-    """Convert a Gemma 3 GGUF file (kept name; see `convert_gguf`)."""
-    return convert_gguf(gguf_path, out_dir)
