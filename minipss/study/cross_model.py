@@ -16,7 +16,7 @@ whose result already holds these settings is not run again. Then it writes, in `
 - Figure 5: PSS per popularity tier;
 - `study.md` (the tables, the figures embedded) and `study.json` (every number in it).
 
-Every model is scored in plain text-completion mode (the prompts of `minipss.prompts`, no chat template),
+Every model is scored in plain text-completion mode (the prompts of `minipss.method.prompts`, no chat template),
 also those that are instruction-tuned; the report says which are.
 
 Where models ran with different ratio sets (e.g. fewer for a large model on a CPU), every cross-model
