@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model.generate import GreedyHead
+from ..model.generate import GreedyHead, decode
 from ..model.layers import KVCache
 from ..model.padding import left_pad, right_pad
 from .benchmark import MCQ
@@ -100,6 +100,13 @@ def _prompt_batches(model, tok, questions: list[MCQ], masks: torch.Tensor, skip:
             yield m0 + rows, qs, x, cache, attn[qs, :n + w], n + lengths[qs]
 
 
+def _at_last_token(x: torch.Tensor, attention: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Each row's state at its last real token: `x` `[R, w, d]` holds `_prompt_batches`' suffix states, after
+    a shared prefix that `attention` covers too; `real` counts the prefix's tokens as well."""
+    prefix = attention.shape[1] - x.shape[1]
+    return x[torch.arange(len(x), device=x.device), real - 1 - prefix]
+
+
 class Answers:
     """Answers as they are found: `put(mask, question, answer)`; once every question of a mask is answered,
     `on_mask(mask, its answers in the order of its questions)` runs (so a caller can save that mask's cell
@@ -137,9 +144,9 @@ def letter_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: 
     vocab = vocab.to(dev)
     found = Answers(_subsets(which, masks.shape[0], len(questions)), on_mask, progress)
     for ms, qs, x, _, attn, real in _prompt_batches(model, tok, questions, masks, skip, max_rows, which=which):
-        h = x[torch.arange(len(qs), device=dev), real - 1 - (attn.shape[1] - x.shape[1])]
         found.rows_done(len(qs))
-        for m, q, letter in zip(ms.tolist(), qs.tolist(), best_letters(model.head(h, vocab), owner)):
+        letters = best_letters(model.head(_at_last_token(x, attn, real), vocab), owner)
+        for m, q, letter in zip(ms.tolist(), qs.tolist(), letters):
             found.put(m, q, letter)
     return found.by_mask()
 
@@ -167,46 +174,22 @@ def generate_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip
                      progress=None):
     """`generate` mode (the paper's) for every mask in `masks` `[M, L, d_ff]`: answers `[M][Q]`, the first
     standalone letter in up to `max_new_tokens` greedy tokens (EOS ends a row). The prompts share work as
-    in `letter_answers`; then all (mask, question) rows of a batch decode together, each with its own
-    mask, and a row leaves the batch at EOS or, with `early_stop`, as soon as more tokens cannot change
-    its letter (`prompts.letter_decided`). `which` as in `letter_answers`. With `return_tokens`, also the
-    generated ids, in the same layout. `on_mask` and `progress` (a row counts once it has left the batch)
-    as in `Answers`."""
-    dev, L = model.device, model.config.num_layers
-    max_rows = max_rows or (64 if dev.type == "cpu" else 512)
-    eos = torch.tensor(list(tok.eos_ids) or [-1], device=dev)
+    in `letter_answers`; then all (mask, question) rows of a batch decode together (`generate.decode`),
+    each with its own mask, leaving the batch at EOS or, with `early_stop`, as soon as more tokens cannot
+    change its letter (`prompts.letter_decided`). `which` as in `letter_answers`. With `return_tokens`,
+    also the generated ids, in the same layout. `on_mask` and `progress` (a row counts once it has left
+    the batch) as in `Answers`."""
+    max_rows = max_rows or (64 if model.device.type == "cpu" else 512)
     greedy = GreedyHead(model)
+    stop = (lambda ids: letter_decided(tok.decode(ids))) if early_stop else None
     subsets = _subsets(which, masks.shape[0], len(questions))
     found, tokens = Answers(subsets, on_mask, progress), {}
     for ms, qs, x, cache, attn, real in _prompt_batches(model, tok, questions, masks, skip, max_rows,
                                                         whole_cache=True, which=which):
-        R = len(qs)
-        h = x[torch.arange(R, device=dev), real - 1 - (attn.shape[1] - x.shape[1])]
-        nxt = greedy(h)
-        attn = left_align(cache, attn, real)
-        row_masks = masks[ms]
-        alive = torch.arange(R, device=dev)
-        pos = real[:, None]  # positions count real tokens from 0, as left_pad gives them
-        out = [[] for _ in range(R)]
-        for step in range(max_new_tokens):
-            finished = torch.isin(nxt, eos).tolist()
-            for j, (r, t) in enumerate(zip(alive.tolist(), nxt.tolist())):
-                if not finished[j]:
-                    out[r].append(t)
-                    finished[j] = early_stop and letter_decided(tok.decode(out[r]))
-            keep = ~torch.tensor(finished, device=dev)
-            if step == max_new_tokens - 1 or not keep.any():
-                break
-            found.rows_done(len(finished) - int(keep.sum()))
-            if not keep.all():
-                alive, nxt, attn, pos, row_masks = alive[keep], nxt[keep], attn[keep], pos[keep], row_masks[keep]
-                cache = cache.rows(keep.nonzero().squeeze(1))
-            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
-            x = model.run_blocks(model.embed(nxt[:, None], pos), 0, L, attn, pos, mlp_mask=row_masks,
-                                 cache=cache)
-            nxt = greedy(x[:, -1])
-            pos = pos + 1
-        found.rows_done(len(alive))  # the rows still in the batch at its end
+        last = _at_last_token(x, attn, real)
+        # positions count real tokens from 0, as left_pad gives them: the first new token's is `real`
+        out, _ = decode(model, last, cache, left_align(cache, attn, real), real[:, None], max_new_tokens, greedy,
+                        tok.eos_ids, masks[ms], stop, found.rows_done)
         for r, (m, q) in enumerate(zip(ms.tolist(), qs.tolist())):
             tokens[m, q] = out[r]
             found.put(m, q, letter_in(tok.decode(out[r])))

@@ -1,8 +1,10 @@
-"""Batched decoding with a KV cache on left-padded prompts; the value-vector mask applies at every step.
+"""Batched decoding with a KV cache; the value-vector mask applies at every step.
 
-Greedy by default (the paper's MCQ and open-ended protocols, Appendix B.1); sampling with a temperature
-and a seeded `torch.Generator` for semantic entropy (§5.2). A row stops at EOS, at `max_new_tokens`, or
-when `stop_when(tokens)` says its answer is decided; finished rows leave the batch.
+`decode` is the one decoding loop: `generate` feeds it left-padded prompts, the many-mask engine
+(`method.many_masks`) prompts it ran with shared work. Greedy by default (the paper's MCQ and open-ended
+protocols, Appendix B.1); sampling with a temperature and a seeded `torch.Generator` for semantic entropy
+(§5.2). A row stops at EOS, at `max_new_tokens`, or when `stop_when(tokens)` says its answer is decided;
+finished rows leave the batch.
 """
 
 from __future__ import annotations
@@ -64,50 +66,67 @@ class GreedyHead:
 
 
 @torch.inference_mode()
-def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Sequence[int] = (),
-             pad_id: int = 0, mlp_mask: torch.Tensor | None = None, temperature: float = 0.0,
-             generator: torch.Generator | None = None,
-             stop_when: Callable[[list[int]], bool] | None = None, return_logprobs: bool = False):
-    """New tokens per prompt (EOS excluded); with `return_logprobs`, also the log-prob of each.
-
-    `mlp_mask` is `[L, d_ff]` (every row) or `[B, L, d_ff]` (one mask per row)."""
-    device = model.device
-    if mlp_mask is not None and mlp_mask.dim() == 3 and mlp_mask.shape[0] == 1:
-        mlp_mask = mlp_mask[0]  # one mask for every row
-    ids, attn, pos = left_pad(prompts, pad_id, device)
-    B = len(prompts)
-    rows = torch.arange(B, device=device)  # which original rows are still in the batch
+def decode(model, last: torch.Tensor, cache: KVCache, attention: torch.Tensor, positions: torch.Tensor,
+           max_new_tokens: int, next_token: Callable, eos_ids: Sequence[int] = (), mlp_mask=None,
+           stop_when: Callable[[list[int]], bool] | None = None, rows_done: Callable[[int], None] = lambda n: None):
+    """The decoding loop, for prompts already run into `cache`: `last` `[B, d]` holds each row's final residual
+    state at its last prompt token, `attention` `[B, n]` the cached slots (each row's last token in the last
+    slot), `positions` `[B, 1]` each row's first new position. `next_token(states)` gives a token per row, or
+    `(tokens, their log-probs)`. A row keeps every token but EOS and leaves the batch (with its cache rows and
+    mask) at EOS, once `stop_when(its tokens)`, or after `max_new_tokens`; `rows_done(n)` hears as n rows
+    leave. `mlp_mask`: `[L, d_ff]` or `[B, L, d_ff]`. Returns each row's tokens and log-probs (if given)."""
     per_row = mlp_mask is not None and mlp_mask.dim() == 3
-    out = [[] for _ in range(B)]
-    logps = [[] for _ in range(B)]
-    cache = KVCache(model.config.num_layers)
-    eos = torch.tensor(list(eos_ids) or [-1], device=device)
-    step_input = ids
-    for _ in range(max_new_tokens):
-        mask = mlp_mask[rows] if per_row else mlp_mask
-        logits = model(step_input, attention_mask=attn, position_ids=pos, mlp_mask=mask, cache=cache,
-                       logits_to_keep=1).logits[:, -1].float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        if temperature > 0:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        else:
-            nxt = logits.argmax(-1)
-        finished = torch.isin(nxt, eos)
-        nxt_list, lp_list = nxt.tolist(), logprobs.gather(1, nxt[:, None]).squeeze(1).tolist()
-        for j, r in enumerate(rows.tolist()):
+    rows = torch.arange(len(last), device=last.device)  # which rows are still in the batch
+    out, logps = [[] for _ in rows], [[] for _ in rows]
+    eos = torch.tensor(list(eos_ids) or [-1], device=last.device)
+    for step in range(max_new_tokens):
+        nxt = next_token(last)
+        nxt, logp = nxt if isinstance(nxt, tuple) else (nxt, None)
+        finished, logp = torch.isin(nxt, eos).tolist(), [] if logp is None else logp.tolist()
+        for j, (r, t) in enumerate(zip(rows.tolist(), nxt.tolist())):
             if not finished[j]:
-                out[r].append(nxt_list[j])
-                logps[r].append(lp_list[j])
-                if stop_when is not None and stop_when(out[r]):
-                    finished[j] = True
-        keep = ~finished
-        if not keep.any():
+                out[r].append(t)
+                logps[r] += logp[j:j + 1]  # nothing without log-probs
+                finished[j] = stop_when is not None and bool(stop_when(out[r]))
+        keep = ~torch.tensor(finished, device=last.device)
+        if step == max_new_tokens - 1 or not keep.any():
             break
         if not keep.all():
-            rows, nxt, attn, pos = rows[keep], nxt[keep], attn[keep], pos[keep]
+            rows_done(len(finished) - int(keep.sum()))
+            rows, nxt, attention, positions = rows[keep], nxt[keep], attention[keep], positions[keep]
             cache = cache.rows(keep)
-        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-        pos = pos[:, -1:] + 1
-        step_input = nxt[:, None]
+        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+        last = model.run_blocks(model.embed(nxt[:, None], positions), 0, None, attention, positions,
+                                mlp_mask[rows] if per_row else mlp_mask, cache)[:, -1]
+        positions = positions + 1
+    rows_done(len(rows))  # the rows still in the batch at its end
+    return out, logps
+
+
+@torch.inference_mode()
+def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Sequence[int] = (),
+             pad_id: int = 0, mlp_mask: torch.Tensor | None = None, temperature: float = 0.0,
+             generator: torch.Generator | None = None, stop_when: Callable[[list[int]], bool] | None = None,
+             return_logprobs: bool = False):
+    """New tokens per prompt (EOS excluded); with `return_logprobs`, also the log-prob of each.
+
+    `mlp_mask` is `[L, d_ff]` (every row) or `[B, L, d_ff]` (one mask per row). The prompts run left-padded,
+    then `decode` continues them, taking the argmax of the logits `model(...)` gives (at `temperature` > 0 a
+    sample drawn with `generator`)."""
+    if mlp_mask is not None and mlp_mask.dim() == 3 and mlp_mask.shape[0] == 1:
+        mlp_mask = mlp_mask[0]  # one mask for every row
+    ids, attention, positions = left_pad(prompts, pad_id, model.device)
+    cache = KVCache(model.config.num_layers)
+
+    def sample_or_argmax(x):
+        logits = model.head(x[:, None])[:, 0].float()  # on [B, 1, d] as in `model(...)`: the same bits
+        if temperature > 0:
+            nxt = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator).squeeze(1)
+        else:
+            nxt = logits.argmax(-1)
+        return (nxt, torch.log_softmax(logits, dim=-1).gather(1, nxt[:, None]).squeeze(1)) if return_logprobs else nxt
+
+    last = model.run_blocks(model.embed(ids, positions), 0, None, attention, positions, mlp_mask, cache)[:, -1]
+    out, logps = decode(model, last, cache, attention, positions[:, -1:] + 1, max_new_tokens,
+                        sample_or_argmax, eos_ids, mlp_mask, stop_when)
     return (out, logps) if return_logprobs else out
