@@ -43,6 +43,7 @@ def test_rows_stop_at_eos_and_per_row_masks_apply(minipss_model):
     for row, full in zip(stopped, free):
         cut = full.index(eos) if eos in full else len(full)
         assert row == full[:cut]
+    assert generate(ours, PROMPTS, max_new_tokens=6, eos_ids=[eos], next_token=GreedyHead(ours)) == stopped
     masks = torch.ones(len(PROMPTS), c.num_layers, c.intermediate_size)
     masks[0, :, : c.intermediate_size // 2] = 0
     mixed = generate(ours, PROMPTS, max_new_tokens=6, mlp_mask=masks)

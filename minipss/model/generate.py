@@ -107,12 +107,14 @@ def decode(model, last: torch.Tensor, cache: KVCache, attention: torch.Tensor, p
 def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Sequence[int] = (),
              pad_id: int = 0, mlp_mask: torch.Tensor | None = None, temperature: float = 0.0,
              generator: torch.Generator | None = None, stop_when: Callable[[list[int]], bool] | None = None,
-             return_logprobs: bool = False):
+             return_logprobs: bool = False, next_token: Callable | None = None):
     """New tokens per prompt (EOS excluded); with `return_logprobs`, also the log-prob of each.
 
     `mlp_mask` is `[L, d_ff]` (every row) or `[B, L, d_ff]` (one mask per row). The prompts run left-padded,
     then `decode` continues them, taking the argmax of the logits `model(...)` gives (at `temperature` > 0 a
-    sample drawn with `generator`)."""
+    sample drawn with `generator`), or what `next_token` picks. Not `GreedyHead` by default: its argmax is the
+    same only up to fp32 summation order (screening sums a few rows apart, a head bias adds in another
+    order), so a near tie could go the other way; the many-mask engine passes it, tested equal."""
     if mlp_mask is not None and mlp_mask.dim() == 3 and mlp_mask.shape[0] == 1:
         mlp_mask = mlp_mask[0]  # one mask for every row
     ids, attention, positions = left_pad(prompts, pad_id, model.device)
@@ -128,5 +130,5 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_i
 
     last = model.run_blocks(model.embed(ids, positions), 0, None, attention, positions, mlp_mask, cache)[:, -1]
     out, logps = decode(model, last, cache, attention, positions[:, -1:] + 1, max_new_tokens,
-                        sample_or_argmax, eos_ids, mlp_mask, stop_when)
+                        next_token or sample_or_argmax, eos_ids, mlp_mask, stop_when)
     return (out, logps) if return_logprobs else out
