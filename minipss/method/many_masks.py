@@ -28,8 +28,8 @@ def common_prefix(seqs: list[list[int]]) -> int:
     return max(n, 0)
 
 
-def _check(masks: torch.Tensor, skip: int, d_ff: int) -> None:
-    low = masks[:, :skip]
+def _check(mlp_masks: torch.Tensor, skip: int, d_ff: int) -> None:
+    low = mlp_masks[:, :skip]
     if not bool((low[..., :d_ff] == 1).all() and (low[..., d_ff:] == 0).all()):
         raise ValueError(f"the engine shares blocks below {skip}: masks must leave them untouched")
 
@@ -55,19 +55,19 @@ def _mask_ranges(rows_per_mask: list[int], max_rows: int):
         yield start, len(rows_per_mask)
 
 
-def _prompt_batches(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int, max_rows: int,
+def _prompt_batches(model, tok, questions: list[MCQ], mlp_masks: torch.Tensor, skip: int, max_rows: int,
                     whole_cache: bool = False, which=None):
-    """The 3-shot prompts of `questions` under every mask in `masks`, sharing work: blocks below `skip` run
-    once for all masks (the common prefix once, then every question's suffix once), the prefix above
+    """The 3-shot prompts of `questions` under every mask in `mlp_masks`, sharing work: blocks below `skip`
+    run once for all masks (the common prefix once, then every question's suffix once), the prefix above
     `skip` once per mask, and the suffixes as batches of (mask, question) rows with per-row masks, sorted
     by length. Mask m scores the questions `which[m]` (default all). Yields per batch
     `(mask_index, question_index, x, cache, attention, real)`: the final residual stream of the suffix
     rows `[R, w, d]` (right-padded), the KV cache of the rows (layers >= skip; with `whole_cache` every
     layer), their attention mask `[R, n + w]` and the number of real tokens in each row."""
     dev, L = model.device, model.config.num_layers
-    _check(masks, skip, model.config.intermediate_size)
+    _check(mlp_masks, skip, model.config.intermediate_size)
     prompts = [tok.encode(mcq_prompt(q)) for q in questions]
-    subsets = _subsets(which, masks.shape[0], len(prompts))
+    subsets = _subsets(which, mlp_masks.shape[0], len(prompts))
     n = common_prefix(prompts)
     Q = len(prompts)
     # below skip: no mask, so once for everything
@@ -82,18 +82,17 @@ def _prompt_batches(model, tok, questions: list[MCQ], masks: torch.Tensor, skip:
     x_suf = model.run_blocks(model.embed(suf_ids, pos), 0, skip, attn, pos, cache=low_q)
     lengths = suf_mask.sum(1)
     for m0, m1 in _mask_ranges([len(w) for w in subsets], 16 * max_rows):
-        chunk = masks[m0:m1]
         up = KVCache(L)
         if n:  # the shared prefix, once per mask
-            model.run_blocks(x_pre.expand(m1 - m0, -1, -1), skip, L, mlp_mask=chunk, cache=up)
+            model.run_blocks(x_pre.expand(m1 - m0, -1, -1), skip, L, mlp_mask=mlp_masks[m0:m1], cache=up)
         local = torch.tensor([m - m0 for m in range(m0, m1) for _ in subsets[m]], dtype=torch.long, device=dev)
         qs_all = torch.tensor([q for m in range(m0, m1) for q in subsets[m]], dtype=torch.long, device=dev)
         for batch in torch.argsort(lengths[qs_all], stable=True).split(max_rows):  # similar lengths together
             rows, qs = local[batch], qs_all[batch]
             w = int(lengths[qs].max())
             cache = up.rows(rows) if n else KVCache(L)
-            x = model.run_blocks(x_suf[qs, :w], skip, L, attn[qs, :n + w], pos[qs, :w], mlp_mask=chunk[rows],
-                                 cache=cache)
+            x = model.run_blocks(x_suf[qs, :w], skip, L, attn[qs, :n + w], pos[qs, :w],
+                                 mlp_mask=mlp_masks[m0 + rows], cache=cache)
             if whole_cache:  # the rows' own copy of the shared lower layers
                 for i in range(skip):
                     cache.k[i], cache.v[i] = low_q.k[i][qs, :, :n + w], low_q.v[i][qs, :, :n + w]
@@ -133,17 +132,17 @@ class Answers:
 
 
 @torch.inference_mode()
-def letter_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int,
+def letter_answers(model, tok, questions: list[MCQ], mlp_masks: torch.Tensor, skip: int,
                    max_rows: int | None = None, which=None, on_mask=None, progress=None) -> list[list[str]]:
-    """`logits` mode for every mask in `masks` `[M, L, d_ff]`: answers `[M][Q]` (or, with `which`, mask m's
-    answers to the questions `which[m]`). Only the four letter rows of the output matrix are multiplied
+    """`logits` mode for every mask in `mlp_masks` `[M, L, d_ff]`: answers `[M][Q]` (or, with `which`, mask
+    m's answers to the questions `which[m]`). Only the four letter rows of the output matrix are multiplied
     (their argmax is all the mode reads). `on_mask` and `progress` as in `Answers`."""
     dev = model.device
     max_rows = max_rows or (32 if dev.type == "cpu" else 512)  # measured: small batches stay in CPU caches
     vocab, owner = letter_vocab(tok)
     vocab = vocab.to(dev)
-    found = Answers(_subsets(which, masks.shape[0], len(questions)), on_mask, progress)
-    for ms, qs, x, _, attn, real in _prompt_batches(model, tok, questions, masks, skip, max_rows, which=which):
+    found = Answers(_subsets(which, mlp_masks.shape[0], len(questions)), on_mask, progress)
+    for ms, qs, x, _, attn, real in _prompt_batches(model, tok, questions, mlp_masks, skip, max_rows, which=which):
         found.rows_done(len(qs))
         letters = best_letters(model.head(_at_last_token(x, attn, real), vocab), owner)
         for m, q, letter in zip(ms.tolist(), qs.tolist(), letters):
@@ -168,11 +167,11 @@ def left_align(cache: KVCache, attention: torch.Tensor, real: torch.Tensor) -> t
 
 
 @torch.inference_mode()
-def generate_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int,
+def generate_answers(model, tok, questions: list[MCQ], mlp_masks: torch.Tensor, skip: int,
                      max_rows: int | None = None, max_new_tokens: int = GENERATE_TOKENS,
                      early_stop: bool = True, return_tokens: bool = False, which=None, on_mask=None,
                      progress=None):
-    """`generate` mode (the paper's) for every mask in `masks` `[M, L, d_ff]`: answers `[M][Q]`, the first
+    """`generate` mode (the paper's) for every mask in `mlp_masks` `[M, L, d_ff]`: answers `[M][Q]`, the first
     standalone letter in up to `max_new_tokens` greedy tokens (EOS ends a row). The prompts share work as
     in `letter_answers`; then all (mask, question) rows of a batch decode together (`generate.decode`),
     each with its own mask, leaving the batch at EOS or, with `early_stop`, as soon as more tokens cannot
@@ -182,14 +181,14 @@ def generate_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip
     max_rows = max_rows or (64 if model.device.type == "cpu" else 512)
     greedy = GreedyHead(model)
     stop = (lambda ids: letter_decided(tok.decode(ids))) if early_stop else None
-    subsets = _subsets(which, masks.shape[0], len(questions))
+    subsets = _subsets(which, mlp_masks.shape[0], len(questions))
     found, tokens = Answers(subsets, on_mask, progress), {}
-    for ms, qs, x, cache, attn, real in _prompt_batches(model, tok, questions, masks, skip, max_rows,
+    for ms, qs, x, cache, attn, real in _prompt_batches(model, tok, questions, mlp_masks, skip, max_rows,
                                                         whole_cache=True, which=which):
         last = _at_last_token(x, attn, real)
         # positions count real tokens from 0, as left_pad gives them: the first new token's is `real`
         out, _ = decode(model, last, cache, left_align(cache, attn, real), real[:, None], max_new_tokens, greedy,
-                        tok.eos_ids, masks[ms], stop, found.rows_done)
+                        tok.eos_ids, mlp_masks[ms], stop, found.rows_done)
         for r, (m, q) in enumerate(zip(ms.tolist(), qs.tolist())):
             tokens[m, q] = out[r]
             found.put(m, q, letter_in(tok.decode(out[r])))
@@ -197,34 +196,34 @@ def generate_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip
     return (answers, [[tokens[m, q] for q in qs] for m, qs in enumerate(subsets)]) if return_tokens else answers
 
 
-def answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int, mode: str,
+def answers(model, tok, questions: list[MCQ], mlp_masks: torch.Tensor, skip: int, mode: str,
             cloze_mean: bool = False, early_stop: bool = True, which=None, on_mask=None,
             progress=None) -> list[list[str | None]]:
-    """The answers `[M][Q]` of every mask in `masks` in scoring mode `mode` (METHOD.md §5); with `which`, mask
-    m's answers to the questions `which[m]` only. `on_mask(m, answers)` runs as soon as mask m's questions
-    are all answered, `progress(n)` as every n (mask, question) rows are done (`Answers`)."""
+    """The answers `[M][Q]` of every mask in `mlp_masks` in scoring mode `mode` (METHOD.md §5); with `which`,
+    mask m's answers to the questions `which[m]` only. `on_mask(m, answers)` runs as soon as mask m's
+    questions are all answered, `progress(n)` as every n (mask, question) rows are done (`Answers`)."""
     if mode == "logits":
-        return letter_answers(model, tok, questions, masks, skip, which=which, on_mask=on_mask, progress=progress)
+        return letter_answers(model, tok, questions, mlp_masks, skip, which=which, on_mask=on_mask, progress=progress)
     if mode == "cloze":
-        return cloze_answers(model, tok, questions, masks, skip, mean=cloze_mean, which=which, on_mask=on_mask,
+        return cloze_answers(model, tok, questions, mlp_masks, skip, mean=cloze_mean, which=which, on_mask=on_mask,
                              progress=progress)
     if mode == "generate":
-        return generate_answers(model, tok, questions, masks, skip, early_stop=early_stop, which=which,
+        return generate_answers(model, tok, questions, mlp_masks, skip, early_stop=early_stop, which=which,
                                 on_mask=on_mask, progress=progress)
     raise ValueError(f"unknown mode {mode!r}; choose one of generate, logits, cloze")
 
 
 @torch.inference_mode()
-def cloze_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: int, mean: bool = False,
+def cloze_answers(model, tok, questions: list[MCQ], mlp_masks: torch.Tensor, skip: int, mean: bool = False,
                   max_rows: int | None = None, which=None, on_mask=None, progress=None) -> list[list[str]]:
-    """`cloze` mode for every mask in `masks` `[M, L, d_ff]`: answers `[M][Q]` (with `which`, mask m's
+    """`cloze` mode for every mask in `mlp_masks` `[M, L, d_ff]`: answers `[M][Q]` (with `which`, mask m's
     answers to the questions `which[m]`). `on_mask` and `progress` as in `Answers`."""
     dev, L = model.device, model.config.num_layers
     max_rows = max_rows or (256 if dev.type == "cpu" else 1024)
-    _check(masks, skip, model.config.intermediate_size)
+    _check(mlp_masks, skip, model.config.intermediate_size)
     ctx, opts = zip(*(cloze_tokens(tok, q) for q in questions))
     Q = len(ctx)
-    subsets = _subsets(which, masks.shape[0], Q)
+    subsets = _subsets(which, mlp_masks.shape[0], Q)
     per_q = [len(o) for o in opts]
     owner = torch.tensor([i for i, k in enumerate(per_q) for _ in range(k)], device=dev)
     first_opt = [sum(per_q[:i]) for i in range(Q)]
@@ -241,7 +240,7 @@ def cloze_answers(model, tok, questions: list[MCQ], masks: torch.Tensor, skip: i
     x_opt = model.run_blocks(model.embed(o_ids, o_pos), 0, skip, o_attn, o_pos, cache=low_o)
     found = Answers(subsets, on_mask, progress)
     for m0, m1 in _mask_ranges([sum(per_q[q] for q in w) for w in subsets], max_rows):
-        chunk = masks[m0:m1]
+        chunk = mlp_masks[m0:m1]
         pairs = [(m - m0, q) for m in range(m0, m1) for q in subsets[m]]
         crow = torch.tensor([m for m, _ in pairs], dtype=torch.long, device=dev)
         cq = torch.tensor([q for _, q in pairs], dtype=torch.long, device=dev)
