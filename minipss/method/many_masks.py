@@ -221,42 +221,37 @@ def cloze_answers(model, tok, questions: list[MCQ], mlp_masks: torch.Tensor, ski
     dev, L = model.device, model.config.num_layers
     max_rows = max_rows or (256 if dev.type == "cpu" else 1024)
     _check(mlp_masks, skip, model.config.intermediate_size)
-    ctx, opts = zip(*(cloze_tokens(tok, q) for q in questions))
-    Q = len(ctx)
-    subsets = _subsets(which, mlp_masks.shape[0], Q)
-    per_q = [len(o) for o in opts]
-    owner = torch.tensor([i for i, k in enumerate(per_q) for _ in range(k)], device=dev)
-    first_opt = [sum(per_q[:i]) for i in range(Q)]
-    flat = [o for os_ in opts for o in os_]
-    # below skip, once: contexts (left-padded), then options (right-padded) reading their context
-    c_ids, c_attn, c_pos = left_pad(list(ctx), 0, dev)
+    contexts, options = zip(*(cloze_tokens(tok, q) for q in questions))
+    subsets = _subsets(which, mlp_masks.shape[0], len(questions))
+    per_q = [len(o) for o in options]
+    option_question = torch.tensor([i for i, k in enumerate(per_q) for _ in range(k)], device=dev)
+    first_option = [sum(per_q[:i]) for i in range(len(per_q))]
+    # below skip, once: contexts (left-padded), then every option (right-padded) reading its context
+    c_ids, c_attn, c_pos = left_pad(list(contexts), 0, dev)
     low = KVCache(L)
     x_ctx = model.run_blocks(model.embed(c_ids, c_pos), 0, skip, c_attn, c_pos, cache=low)
-    o_ids, o_mask = right_pad(flat, 0, dev)
-    W = o_ids.shape[1]
-    o_attn = torch.cat([c_attn[owner], o_mask], 1)
-    o_pos = c_pos[owner, -1:] + 1 + torch.arange(W, device=dev)
-    low_o = low.rows(owner)
-    x_opt = model.run_blocks(model.embed(o_ids, o_pos), 0, skip, o_attn, o_pos, cache=low_o)
+    o_ids, o_mask = right_pad([o for question_options in options for o in question_options], 0, dev)
+    o_attn = torch.cat([c_attn[option_question], o_mask], 1)
+    o_pos = c_pos[option_question, -1:] + 1 + torch.arange(o_ids.shape[1], device=dev)
+    x_opt = model.run_blocks(model.embed(o_ids, o_pos), 0, skip, o_attn, o_pos, cache=low.rows(option_question))
     found = Answers(subsets, on_mask, progress)
     for m0, m1 in _mask_ranges([sum(per_q[q] for q in w) for w in subsets], max_rows):
-        chunk = mlp_masks[m0:m1]
-        pairs = [(m - m0, q) for m in range(m0, m1) for q in subsets[m]]
-        crow = torch.tensor([m for m, _ in pairs], dtype=torch.long, device=dev)
-        cq = torch.tensor([q for _, q in pairs], dtype=torch.long, device=dev)
+        # one context row per (mask, question), then one option row per option of each context row
+        pairs = [(m, q) for m in range(m0, m1) for q in subsets[m]]
+        context_mask = torch.tensor([m for m, _ in pairs], dtype=torch.long, device=dev)
+        context_question = torch.tensor([q for _, q in pairs], dtype=torch.long, device=dev)
         up = KVCache(L)
-        c_last = model.run_blocks(x_ctx[cq], skip, L, c_attn[cq], c_pos[cq], mlp_mask=chunk[crow], cache=up)[:, -1]
-        ctx_row = torch.tensor([r for r, (_, q) in enumerate(pairs) for _ in range(per_q[q])], device=dev)
-        oq = torch.tensor([first_opt[q] + k for _, q in pairs for k in range(per_q[q])], device=dev)
-        orow = crow[ctx_row]
-        x = model.run_blocks(x_opt[oq], skip, L, o_attn[oq], o_pos[oq], mlp_mask=chunk[orow],
-                             cache=up.rows(ctx_row))
-        totals = option_scores(model, c_last[ctx_row], x, o_ids[oq], o_mask[oq], mean).tolist()
+        c_last = model.run_blocks(x_ctx[context_question], skip, L, c_attn[context_question], c_pos[context_question],
+                                  mlp_mask=mlp_masks[context_mask], cache=up)[:, -1]
+        option_context = torch.tensor([r for r, (_, q) in enumerate(pairs) for _ in range(per_q[q])], device=dev)
+        option_index = torch.tensor([first_option[q] + k for _, q in pairs for k in range(per_q[q])], device=dev)
+        x = model.run_blocks(x_opt[option_index], skip, L, o_attn[option_index], o_pos[option_index],
+                             mlp_mask=mlp_masks[context_mask[option_context]], cache=up.rows(option_context))
+        totals = option_scores(model, c_last[option_context], x, o_ids[option_index], o_mask[option_index],
+                               mean).tolist()
         start = 0
         found.rows_done(len(pairs))
         for m, q in pairs:
-            found.put(m0 + m, q, best_option(questions[q], totals[start:start + per_q[q]]))
+            found.put(m, q, best_option(questions[q], totals[start:start + per_q[q]]))
             start += per_q[q]
     return found.by_mask()
-
-
