@@ -22,9 +22,9 @@ GENERATE_TOKENS = 30
 OPEN_TOKENS = 150
 
 
-def _rows(masks, idx):
+def _rows(mlp_mask, idx):
     """The masks of these questions: a shared `[L, d_ff]` (or `[1, L, d_ff]`) mask serves every row."""
-    return masks if masks is None or masks.dim() == 2 or masks.shape[0] == 1 else masks[idx]
+    return mlp_mask if mlp_mask is None or mlp_mask.dim() == 2 or mlp_mask.shape[0] == 1 else mlp_mask[idx]
 
 
 def _batches(n: int, size: int):
@@ -61,9 +61,9 @@ def best_option(question: MCQ, scores: list[float]) -> str:
 
 
 @torch.inference_mode()
-def mcq_answers(model, tok, questions: list[MCQ], mode: str = "generate", masks=None,
+def mcq_answers(model, tok, questions: list[MCQ], mode: str = "generate", mlp_mask=None,
                 batch_size: int = 32, early_stop: bool = True, cloze_mean: bool = False) -> list[str | None]:
-    """The model's answer letter (or None) for each question under `masks`, one batch at a time: the
+    """The model's answer letter (or None) for each question under `mlp_mask`, one batch at a time: the
     plain form of each mode, which `many_masks` must equal."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -71,20 +71,20 @@ def mcq_answers(model, tok, questions: list[MCQ], mode: str = "generate", masks=
     if mode == "logits":
         vocab, owner = letter_vocab(tok)
     for idx in _batches(len(questions), batch_size):
-        mask = _rows(masks, idx)
+        rows_mask = _rows(mlp_mask, idx)
         if mode == "cloze":
             ctx, opts = zip(*(cloze_tokens(tok, questions[i]) for i in idx))
-            scores = cloze_scores(model, list(ctx), list(opts), mask, cloze_mean)
+            scores = cloze_scores(model, list(ctx), list(opts), rows_mask, cloze_mean)
             answers += [best_option(questions[i], s) for i, s in zip(idx, scores)]
             continue
         prompts = [tok.encode(mcq_prompt(questions[i])) for i in idx]
         if mode == "logits":
             ids, attn, pos = left_pad(prompts, tok.pad_id, model.device)
-            logits = model(ids, attention_mask=attn, position_ids=pos, mlp_mask=mask, logits_to_keep=1).logits[:, -1]
+            logits = model(ids, attention_mask=attn, position_ids=pos, mlp_mask=rows_mask, logits_to_keep=1).logits[:, -1]
             answers += best_letters(logits[:, vocab.to(logits.device)], owner)
         else:
             stop = (lambda ids: letter_decided(tok.decode(ids))) if early_stop else None
-            outs = generate(model, prompts, GENERATE_TOKENS, tok.eos_ids, tok.pad_id, mlp_mask=mask, stop_when=stop)
+            outs = generate(model, prompts, GENERATE_TOKENS, tok.eos_ids, tok.pad_id, mlp_mask=rows_mask, stop_when=stop)
             answers += [letter_in(tok.decode(o)) for o in outs]
     return answers
 
@@ -127,14 +127,14 @@ def option_scores(model, context_last: torch.Tensor, option_states: torch.Tensor
     return totals / option_mask.sum(1) if mean else totals
 
 
-def cloze_scores(model, contexts: list[list[int]], options: list[list[list[int]]], masks=None,
+def cloze_scores(model, contexts: list[list[int]], options: list[list[list[int]]], mlp_mask=None,
                  mean: bool = False) -> list[list[float]]:
     """Summed (or mean) log-prob of each option after its context. The context runs once into a KV
     cache; the options of all questions then run as one right-padded batch reading that cache."""
     device = model.device
     ids, attn, pos = left_pad(contexts, 0, device)
     cache = KVCache(model.config.num_layers)
-    ctx_last = model.run_blocks(model.embed(ids, pos), attention_mask=attn, position_ids=pos, mlp_mask=masks,
+    ctx_last = model.run_blocks(model.embed(ids, pos), attention_mask=attn, position_ids=pos, mlp_mask=mlp_mask,
                                 cache=cache)[:, -1]
     per_q = [len(o) for o in options]
     owner = torch.tensor([i for i, n in enumerate(per_q) for _ in range(n)], device=device)
@@ -143,23 +143,23 @@ def cloze_scores(model, contexts: list[list[int]], options: list[list[list[int]]
     width = opt_ids.shape[1]
     cache = cache.rows(owner)
     opt_pos = pos[owner, -1:] + 1 + torch.arange(width, device=device)
-    row_masks = masks[owner] if masks is not None and masks.dim() == 3 and masks.shape[0] > 1 else masks
+    option_rows_mask = _rows(mlp_mask, owner)  # each option row under its question's mask
     x = model.run_blocks(model.embed(opt_ids, opt_pos), attention_mask=torch.cat([attn[owner], opt_mask], 1),
-                         position_ids=opt_pos, mlp_mask=row_masks, cache=cache)
+                         position_ids=opt_pos, mlp_mask=option_rows_mask, cache=cache)
     totals = option_scores(model, ctx_last[owner], x, opt_ids, opt_mask, mean)
     return [t.tolist() for t in totals.split(per_q)]
 
 
 @torch.inference_mode()
-def open_answers(model, tok, questions: list[dict], masks=None, batch_size: int = 16,
+def open_answers(model, tok, questions: list[dict], mlp_mask=None, batch_size: int = 16,
                  max_new_tokens: int = OPEN_TOKENS, return_texts: bool = False):
     """Zero-shot open questions, greedy; correct when the normalised gold occurs in the generation.
     With `return_texts`, also the generations."""
     correct, texts = [], []
     for idx in _batches(len(questions), batch_size):
         prompts = [tok.encode(open_prompt(questions[i]["question"])) for i in idx]
-        mask = _rows(masks, idx)
-        outs = generate(model, prompts, max_new_tokens, tok.eos_ids, tok.pad_id, mlp_mask=mask)
+        rows_mask = _rows(mlp_mask, idx)
+        outs = generate(model, prompts, max_new_tokens, tok.eos_ids, tok.pad_id, mlp_mask=rows_mask)
         texts += [tok.decode(o) for o in outs]
         correct += [open_correct(texts[i], questions[i]["answer"]) for i in idx]
     return (correct, texts) if return_texts else correct
