@@ -235,22 +235,22 @@ def masked_step(model, tok, concepts, others, mine, stats, signed, s: Settings, 
         # the shared-work evaluator takes several concepts at once (their questions overlap: t* of one is t
         # of others), so the blocks below skip run once per question for the group, not once per concept
         for group in engine_groups(sorted({i for _, i, _ in todo}), others, counts, 256 if s.engine else 1):
-            pool, which, cells, masks = {}, [], [], []
+            pool, which, cells, mlp_masks = {}, [], [], []
             for i in group:
                 mine_i = [(k, r) for k, j, r in todo if j == i]
-                m, parts = cell_masks(i, mine_i, stats, others[i], s.skip_layers, s.seed, s.locator,
+                its_masks, parts = cell_masks(i, mine_i, stats, others[i], s.skip_layers, s.seed, s.locator,
                                       s.split_half, signed)
                 keys = [(j, k) for j in [i] + others[i] for k in range(counts[j])]  # questions_of's order
                 index = [pool.setdefault(key, len(pool)) for key in keys]
-                rows = [None] * len(m)
+                rows = [None] * len(its_masks)
                 for cell_parts in parts:
                     for row, positions in cell_parts:
                         rows[row] = [index[p] for p in positions]
                 cells += [((k, i, r), [(len(which) + row, positions) for row, positions in cell_parts])
                           for (k, r), cell_parts in zip(mine_i, parts)]
                 which += rows
-                masks.append(m)
-            masks = torch.cat(masks).to(device=model.device, dtype=model.dtype)
+                mlp_masks.append(its_masks)
+            mlp_masks = torch.cat(mlp_masks).to(device=model.device, dtype=model.dtype)
             qs = [concepts[j].mcq[k] for j, k in pool]
             cell_of = {row: n for n, (_, cell_parts) in enumerate(cells) for row, _ in cell_parts}
             answered = {}
@@ -266,10 +266,10 @@ def masked_step(model, tok, concepts, others, mine, stats, signed, s: Settings, 
                     work.save_cell(cell_key(*key), correct)
 
             if s.engine:  # all of this group's masks at once
-                many_masks.answers(model, tok, qs, masks, s.skip_layers, s.mode, s.cloze_mean, s.early_stop,
+                many_masks.answers(model, tok, qs, mlp_masks, s.skip_layers, s.mode, s.cloze_mean, s.early_stop,
                                    which, on_mask=save, progress=progress.add)
             else:
-                for row, (w, mask) in enumerate(zip(which, masks)):
-                    save(row, mcq_answers(model, tok, [qs[q] for q in w], s.mode, mask, s.batch_size,
+                for row, (w, mlp_mask) in enumerate(zip(which, mlp_masks)):
+                    save(row, mcq_answers(model, tok, [qs[q] for q in w], s.mode, mlp_mask, s.batch_size,
                                           s.early_stop, s.cloze_mean))
                     progress.add(len(w))
