@@ -239,7 +239,7 @@ def masked_step(model, tok, concepts, others, mine, stats, signed, s: Settings, 
             for i in group:
                 mine_i = [(k, r) for k, j, r in todo if j == i]
                 its_masks, parts = cell_masks(i, mine_i, stats, others[i], s.skip_layers, s.seed, s.locator,
-                                      s.split_half, signed)
+                                           s.split_half, signed)
                 keys = [(j, k) for j in [i] + others[i] for k in range(counts[j])]  # questions_of's order
                 index = [pool.setdefault(key, len(pool)) for key in keys]
                 rows = [None] * len(its_masks)
