@@ -238,15 +238,15 @@ def cloze_answers(model, tok, questions: list[MCQ], mlp_masks: torch.Tensor, ski
     for m0, m1 in _mask_ranges([sum(per_q[q] for q in w) for w in subsets], max_rows):
         # one context row per (mask, question), then one option row per option of each context row
         pairs = [(m, q) for m in range(m0, m1) for q in subsets[m]]
-        context_mask = torch.tensor([m for m, _ in pairs], dtype=torch.long, device=dev)
+        mask_of_context = torch.tensor([m for m, _ in pairs], dtype=torch.long, device=dev)
         context_question = torch.tensor([q for _, q in pairs], dtype=torch.long, device=dev)
         up = KVCache(L)
         c_last = model.run_blocks(x_ctx[context_question], skip, L, c_attn[context_question], c_pos[context_question],
-                                  mlp_mask=mlp_masks[context_mask], cache=up)[:, -1]
+                                  mlp_mask=mlp_masks[mask_of_context], cache=up)[:, -1]
         option_context = torch.tensor([r for r, (_, q) in enumerate(pairs) for _ in range(per_q[q])], device=dev)
         option_index = torch.tensor([first_option[q] + k for _, q in pairs for k in range(per_q[q])], device=dev)
         x = model.run_blocks(x_opt[option_index], skip, L, o_attn[option_index], o_pos[option_index],
-                             mlp_mask=mlp_masks[context_mask[option_context]], cache=up.rows(option_context))
+                             mlp_mask=mlp_masks[mask_of_context[option_context]], cache=up.rows(option_context))
         totals = option_scores(model, c_last[option_context], x, o_ids[option_index], o_mask[option_index],
                                mean).tolist()
         start = 0

@@ -94,10 +94,12 @@ def decode(model, last: torch.Tensor, cache: KVCache, attention: torch.Tensor, p
         if not keep.all():
             rows_done(len(finished) - int(keep.sum()))
             rows, nxt, attention, positions = rows[keep], nxt[keep], attention[keep], positions[keep]
+            if per_row:  # the finished rows' masks leave with them, as their cache rows do
+                mlp_mask = mlp_mask[keep]
             cache = cache.rows(keep)
         attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
         last = model.run_blocks(model.embed(nxt[:, None], positions), 0, None, attention, positions,
-                                mlp_mask[rows] if per_row else mlp_mask, cache)[:, -1]
+                                mlp_mask, cache)[:, -1]
         positions = positions + 1
     rows_done(len(rows))  # the rows still in the batch at its end
     return out, logps

@@ -144,7 +144,8 @@ def attend(q, k, v, allowed, scale: float, softcap: float | None = None):
     return out.view(B, H, T, -1)
 
 
-def multi_head_attention(q, k, v, context, scale: float, softcap: float | None = None, fp32=False) -> torch.Tensor:
+def multi_head_attention(q, k, v, context, scale: float, softcap: float | None = None,
+                         fp32: bool = False) -> torch.Tensor:
     """The part of attention every family shares, from per-head q, k, v `[B, T, heads, head_dim]`:
     RoPE (when the family has it), the KV cache, `attend`; returns `[B, T, heads * head_dim]` for the
     output projection. `context` is the block's `decoder.AttentionContext`; `fp32` (`attn_fp32`) casts
