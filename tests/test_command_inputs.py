@@ -20,8 +20,8 @@ from tiny import make_bench, make_tiny_model
 SYNTH = ["--entities", "6"]
 PRETRAIN = ["--layers", "1", "--hidden", "16", "--heads", "2", "--steps", "2", "--warmup", "1",
             "--batch-size", "2", "--seq-len", "16", "--log-every", "1", "--checkpoints", "2", "--quiet"]
-STUDY_SYNTH = ["--entities", "6", "--seeds", "0", "--sizes", "2x16", "--steps", "2", "--checkpoints", "1",
-               "--ratios", "0.5", "--ft-steps", "1", "--threads", "1", "--quiet"]
+STUDY_SYNTH = ["--entities", "36", "--seeds", "0", "--sizes", "2x16", "--base", "2x16", "--steps", "2",
+               "--per-group", "2", "--ratios", "0.5", "--ft-steps", "1", "--threads", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +185,11 @@ def test_pretrain_outputs(env, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, pattern", [
     (["--entities", "5"], r"--entities 5: must be an integer >= 6"),
+    (["--entities", "30"], r"--entities 30: the fine-tuning study needs 12 or more low-tier entities"),
+    (["--preset", "huge"], r"argument --preset: invalid choice: 'huge'"),
+    (["--per-group", "1"], r"--per-group 1: must be an integer in \[2, 6\]"),
+    (["--unrelated", "kind"], r"argument --unrelated: invalid choice: 'kind'"),
+    (["--ft-seeds", ","], r"--ft-seeds: give at least one seed"),
     (["--seeds", ","], r"--seeds: give at least one seed"),
     (["--seeds", "0,-1"], r"--seeds -1"),
     (["--sizes", "2x"], r"--sizes: '2x' is not LAYERSxHIDDEN"),
@@ -195,7 +200,7 @@ def test_pretrain_outputs(env, tmp_path, capsys):
     (["--studies", "size,nope"], r"--studies: unknown 'nope'; choose among emergence, size"),
     (["--family", "nope"], r"--family 'nope': choose one of"),
     (["--steps", "0"], r"--steps 0: must be an integer >= 1"),
-    (["--ft-lr", "0"], r"--ft-lr 0.0: must be a positive number"),
+    (["--ft-lrs", "0.001,0"], r"--ft-lrs 0.0: must be a positive number"),
     (["--ratios", "0.5,2"], r"--ratios: 2.0 is outside \[0, 1\]"),
     (["--threads", "-1"], r"--threads -1: must be an integer >= 0"),
     (["--pss-seed", "-1"], r"--pss-seed -1"),

@@ -17,7 +17,8 @@ from minipss.method.prompts import coefficient_prompt
 from minipss.run.pipeline import run_pss
 from minipss.run.report import significance
 from minipss.run.settings import Settings
-from minipss.run.stats import bootstrap_ci, correlation_p, paired_test, pearson, sign_flip_p, spearman
+from minipss.run.stats import (above_chance_p, bootstrap_ci, correlation_p, paired_test, pearson, sign_flip_p, spearman,
+                               two_sample_test)
 from tiny import make_bench, make_tiny_model
 
 
@@ -124,6 +125,20 @@ def test_sign_flip_p_and_bootstrap_interval_by_hand():
     assert test["p_value"] == pytest.approx(sign_flip_p([0.4, -0.1, 0.4, -0.1]))
     # 20 pairs, all positive: Monte Carlo, (count + 1) / (draws + 1) with count near 2 * 2^-20 * draws
     assert sign_flip_p([1.0] * 20, draws=1000) == pytest.approx(1 / 1001)
+
+
+def test_two_sample_test_and_binomial_chance_by_hand():
+    # groups (0, 1) and (2, 3): 6 ways to split 4 values in two pairs; the observed |difference| 2 is
+    # reached by this split and its mirror: p near 2 / 6 (Monte Carlo, 20000 draws)
+    t = two_sample_test([0.0, 1.0], [2.0, 3.0], draws=20_000)
+    assert t["difference"] == -2.0 and t["n"] == [2, 2]
+    assert t["p_value"] == pytest.approx(1 / 3, abs=0.02)
+    assert t["ci95"] == [pytest.approx(-3.0), pytest.approx(-1.0)]  # resampled means span 0..1 and 2..3
+    assert two_sample_test([1.0], [])["p_value"] is None
+    # at least 3 right of 3 at chance 1/4: (1/4)^3; at least 0 of n: certain
+    assert above_chance_p(3, 3) == pytest.approx(1 / 64)
+    assert above_chance_p(0, 10) == pytest.approx(1.0)
+    assert above_chance_p(2, 3) == pytest.approx(3 * (1 / 16) * (3 / 4) + 1 / 64)
 
 
 def test_correlation_p_is_the_share_of_orderings_at_least_as_extreme():

@@ -34,6 +34,39 @@ def test_unrelated_sets_are_five_other_concepts_seeded(tiny):
     assert qs[3:] == [q for j in sets[0] for q in concepts[j].mcq]
 
 
+def test_same_category_unrelated_sets_stay_in_the_concept_kind(tmp_path):
+    """`--unrelated same-category`: every unrelated concept shares the concept's category, seeded; the
+    default draw is unchanged by the option existing (it still mixes categories); too few of a kind is an
+    error naming the concept; a PSS run writes the drawn names."""
+    from minipss.run.pipeline import run_pss
+    from minipss.run.settings import Settings
+
+    lines = make_bench(tmp_path / "b.jsonl", n_concepts=14, n_mcq=2).read_text().splitlines()
+    kinds = ["person" if i % 2 else "company" for i in range(14)]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(l.replace('"category": "Test"', f'"category": "{k}"') + "\n" for l, k in zip(lines, kinds)))
+    concepts = load_benchmark(mixed)
+    same = unrelated_sets(concepts, 5, seed=3, draw="same-category")
+    assert same == unrelated_sets(concepts, 5, seed=3, draw="same-category")
+    for i, others in enumerate(same):
+        assert len(set(others)) == 5 and i not in others
+        assert {concepts[j].category for j in others} == {concepts[i].category}
+    anyway = unrelated_sets(concepts, 5, seed=3)
+    assert anyway == unrelated_sets(concepts, 5, seed=3, draw="any")
+    assert any(len({concepts[j].category for j in others}) == 2 for others in anyway)
+    with pytest.raises(ValueError, match=r"concept 'Concept 0': 4 other concepts of category 'company'"):
+        unrelated_sets(concepts[:10], 5, draw="same-category")
+    with pytest.raises(ValueError, match="unrelated draw 'kind'"):
+        unrelated_sets(concepts, 5, draw="kind")
+    model = make_tiny_model(tmp_path / "m")
+    result = run_pss(model, mixed, tmp_path / "r.json", Settings(mode="cloze", ratios=[0.5], skip_layers=1,
+                                                                 unrelated="same-category"), quiet=True)
+    category = {c.name: c.category for c in concepts}
+    for row in result["concepts"]:
+        assert {category[n] for n in row["unrelated"]} == {row["category"]}
+    assert result["settings"]["unrelated"] == "same-category"
+
+
 def test_locate_is_absolute_difference_and_top_k_breaks_ties_by_index():
     m, m_star = torch.tensor([[1.0, 5.0, 2.0, 2.0]]), torch.tensor([[0.0, 0.0, 4.0, 0.0]])
     s = locate(m, m_star)

@@ -2,6 +2,7 @@
 .study_synth): deterministic, balanced, loadable, and end to end on a tiny model."""
 
 import json
+import os
 from collections import Counter
 
 import pytest
@@ -12,7 +13,7 @@ from minipss.method.benchmark import load_benchmark
 from minipss.run.pipeline import run_pss
 from minipss.run.settings import Settings
 from minipss.synth.pretrain import PretrainSettings, checkpoints, log_spaced, pretrain
-from minipss.synth.world import KINDS, TIER_DOCS, make_world
+from minipss.synth.world import FT_DOCS, KINDS, TIER_DOCS, make_world
 
 FILES = ("train.jsonl", "bench.jsonl", "new.jsonl", "new_bench.jsonl", "world.json", "card.md", "tokenizer.json")
 
@@ -57,9 +58,13 @@ def test_benchmark_is_valid_balanced_and_counts_are_exact(world):
         for q in c.open:
             assert q["answer"] in e["facts"].values()
     assert any("Question" in d for d in docs)  # the formats are taught on the teaching entities
-    new = load_benchmark(world / "new_bench.jsonl")
-    new_docs = (world / "new.jsonl").read_text()
-    assert all(c.name in new_docs and not any(c.name in d for d in docs) for c in new)
+    # fine-tuning: new documents about low-tier entities, their benchmark lines copied from bench.jsonl
+    lines = set((world / "bench.jsonl").read_text().splitlines())
+    new = [json.loads(l) for l in (world / "new_bench.jsonl").read_text().splitlines()]
+    assert new and all(json.dumps(c) in lines and c["tier"] == "low" for c in new)
+    new_docs = [json.loads(l)["text"] for l in (world / "new.jsonl").read_text().splitlines()]
+    assert all(sum(c["concept"] in d for d in new_docs) == FT_DOCS for c in new)
+    assert not set(new_docs) & set(docs)
 
 
 def test_distractors_are_as_frequent_as_answers(tmp_path):
@@ -84,6 +89,24 @@ def test_tokenizer_covers_the_world_and_splits_names(world):
         assert "<unk>" not in t.encode(json.loads(line)["text"]).tokens
     name = load_benchmark(world / "bench.jsonl")[0].name
     assert len(t.encode(name).tokens) >= 3  # names are spelled with shared syllables
+
+
+def test_generator_scales_to_thousands_of_entities_deterministically(tmp_path):
+    """2,004 evaluated entities (10,020 facts) in well under a minute, the same bytes for the same seed."""
+    import time
+
+    t0 = time.perf_counter()
+    summary = make_world(tmp_path / "a", entities=2004, seed=7)
+    seconds = time.perf_counter() - t0
+    assert seconds < 60, seconds
+    assert summary["concepts"] == 2004 and summary["facts"] == 10020 and summary["bits"] > 40_000
+    make_world(tmp_path / "b", entities=2004, seed=7)
+    for name in FILES:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    names = [c.name for c in load_benchmark(tmp_path / "a" / "bench.jsonl")]
+    assert len(set(names)) == 2004
+    card = (tmp_path / "a" / "card.md").read_text()
+    assert "2004 evaluated entities, 10020 facts" in card
 
 
 def test_bad_sizes_are_refused(tmp_path):
@@ -130,7 +153,7 @@ def test_other_family_trains(world, tmp_path):
 
 
 def test_mean_and_t_interval():
-    from minipss.synth.study import mean_ci
+    from minipss.synth.findings import mean_ci
 
     m, h = mean_ci([1.0, 2.0, 3.0])
     assert m == pytest.approx(2.0) and h == pytest.approx(4.303 / 3 ** 0.5, rel=1e-4)
@@ -138,28 +161,64 @@ def test_mean_and_t_interval():
 
 
 def test_study_synth_smallest_run_and_rerun(tmp_path):
-    """All four studies on the smallest sizes through the CLI; a rerun reuses every saved step."""
+    """Every study on the smallest sizes through the CLI; a rerun reuses every saved step."""
     from minipss.cli import main
 
-    argv = ["study-synth", "--out", str(tmp_path), "--entities", "6", "--seeds", "0,1", "--sizes", "2x16",
-            "--steps", "4", "--checkpoints", "2", "--ratios", "0.5", "--ft-steps", "2", "--threads", "1", "--quiet"]
+    argv = ["study-synth", "--out", str(tmp_path), "--preset", "quick", "--entities", "36", "--seeds", "0,1",
+            "--sizes", "2x16,2x32", "--base", "2x32", "--steps", "8", "--per-group", "2", "--ratios", "0.1,0.5",
+            "--ft-seeds", "0,1", "--ft-lrs", "0.003", "--ft-steps", "2", "--threads", "1", "--quiet"]
     main(argv)
     report = json.loads((tmp_path / "study.json").read_text())
-    assert sorted(int(s) for s in report["emergence"]) == [1, 4]
-    assert all(len(rows) == 2 for rows in report["emergence"].values())
-    assert list(report["size"]) == ["2x16"] and len(report["frequency"]["rows"]) == 2
-    assert list(report["finetune"]) == ["before", "FT-FV", "FT-PV", "FT-CV", "FT-RV"]
-    for rows in report["finetune"].values():
-        assert all(0 <= r["new_acc"] <= 1 and "pss_random" in r for r in rows)
+    assert report["checkpoint_steps"] == [1, 2, 4, 6, 8]
+    assert list(report["emergence"]["rows"]) == ["1", "2", "4", "6", "8"]
+    assert set(report["premise"]) == {"2x16", "2x32"} and list(report["size"]["rows"]) == ["2x16", "2x32"]
+    assert set(report["frequency"]["rows"]) == {"high", "medium", "low"}
+    ft = report["finetune"]["by_lr"]["0.003"]
+    assert list(ft["table"]) == ["FT-FV", "FT-PV", "FT-CV", "FT-RV"] and len(report["finetune"]["entities"]) == 12
+    for claim in [*report["emergence"]["claims"], *report["size"]["claims"], *report["frequency"]["claims"],
+                  *ft["claims"].values()]:
+        opening = ("Detected: ", "Not detected: ", "The opposite was detected, ")
+        assert claim["sentence"].startswith(opening), claim["sentence"]
+    pv = json.loads((tmp_path / "finetune" / "lr0.003" / "s0" / "FT-PV" / "model" / "value_vectors.json").read_text())
+    assert all(len(cols) == 8 for cols in pv["layers"].values())  # ceil(128 / 16) located columns per layer
     text = (tmp_path / "study.md").read_text()
-    assert set(report["layers"]["ablation"][0]) == {"none", "layer 0", "layer 1", "layers 1..", "all"}
-    for title in ("Emergence", "Model size", "Frequency", "Fine-tuning", "Learning curves", "Where the facts are"):
+    for title in ("## Premise", "## Emergence", "## Model size", "## Frequency", "## Fine-tuning"):
         assert title in text
-    pv = json.loads((tmp_path / "finetune" / "steps2-lr0.003" / "s0" / "FT-PV" / "model" / "value_vectors.json").read_text())
-    assert all(len(cols) == 4 for cols in pv["layers"].values())  # ceil(64 / 16) located columns per layer
     before = {p: p.stat().st_mtime for p in tmp_path.rglob("model.safetensors")}
     main(argv)
     assert {p: p.stat().st_mtime for p in tmp_path.rglob("model.safetensors")} == before
     again = json.loads((tmp_path / "study.json").read_text())
     assert {k: v for k, v in again.items() if k != "seconds"} == \
         {k: v for k, v in report.items() if k != "seconds"}
+
+
+@pytest.mark.slow
+def test_quick_preset_end_to_end_with_its_premise(tmp_path):
+    """`minipss study-synth --preset quick` as a user runs it (minutes on 2 cores): study.json and study.md
+    written, the premise well formed for every size (accuracy per tier before and with every MLP zeroed,
+    the located-vs-matched paired test at every ratio), every claim a tested sentence."""
+    from minipss.cli import main
+    from minipss.synth.study import PRESETS, StudySettings
+
+    threads = str(os.cpu_count() or 1)  # every core, as a user's run has (other tests here set 1 thread)
+    main(["study-synth", "--out", str(tmp_path), "--preset", "quick", "--threads", threads, "--quiet"])
+    report = json.loads((tmp_path / "study.json").read_text())
+    quick = StudySettings(out="", **PRESETS["quick"])
+    assert report["settings"]["preset"] == "quick" and report["settings"]["entities"] == quick.entities
+    assert set(report["premise"]) == set(quick.sizes.split(","))
+    for size, p in report["premise"].items():
+        assert p["parameters"] > p["mlp_parameters"] > 0 and p["bits_per_parameter"] > 0
+        for tier in ("high", "medium", "low"):
+            for ablation in ("before", "all_mlps_zeroed", "mlp_0_zeroed"):
+                cell = p["accuracy"][tier][ablation]
+                assert 0 <= cell["accuracy"] <= 1 and cell["n"] == quick.per_group * 2 * 10
+                assert 0 < cell["p_above_chance"] <= 1
+        assert [float(r) for r in p["located_vs_matched"]] == quick.ratios
+        for test in p["located_vs_matched"].values():
+            lo, hi = test["ci95"]
+            assert lo <= test["difference"] <= hi and 0 < test["p_value"] <= 1
+            assert test["n"] == quick.per_group * 6 and test["measure"] == "excess_drop"
+    base = report["premise"][quick.base]["accuracy"]["high"]["before"]
+    assert base["p_above_chance"] < 0.001  # the quick world is learned, not guessed
+    text = (tmp_path / "study.md").read_text()
+    assert "## Premise" in text and "all MLPs zeroed" in text

@@ -138,13 +138,24 @@ def load_benchmark(path) -> list[Concept]:
     return concepts
 
 
-def unrelated_sets(concepts: list[Concept], k: int = 5, seed: int = 0) -> list[list[int]]:
+UNRELATED_DRAWS = ("any", "same-category")
+
+
+def unrelated_sets(concepts: list[Concept], k: int = 5, seed: int = 0, draw: str = "any") -> list[list[int]]:
     """For each concept, the indices of k other concepts drawn uniformly without replacement with a
-    seeded RNG: their MCQs form t*, the unrelated questions (§3.2, §4.1)."""
+    seeded RNG: their MCQs form t*, the unrelated questions (§3.2, §4.1). `draw="same-category"` draws
+    them only from the concept's own category, so what the questions' kind shares (format, templates)
+    cancels in |m - m*| and what is left is the concept's own (METHOD.md §2)."""
+    if draw not in UNRELATED_DRAWS:
+        raise ValueError(f"unrelated draw {draw!r}: choose one of {', '.join(UNRELATED_DRAWS)}")
     rng = random.Random(seed)
     out = []
-    for i in range(len(concepts)):
-        others = [j for j in range(len(concepts)) if j != i]
+    for i, c in enumerate(concepts):
+        others = [j for j in range(len(concepts)) if j != i
+                  and (draw == "any" or concepts[j].category == c.category)]
+        if len(others) < k:
+            raise ValueError(f"concept {c.name!r}: {len(others)} other concepts of category {c.category!r} in the "
+                             f"benchmark, {k} needed for its unrelated set (--unrelated {draw})")
         out.append(sorted(rng.sample(others, k)))
     return out
 

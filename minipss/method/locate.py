@@ -325,17 +325,17 @@ VARIANTS = ("fv", "pv", "cv", "rv")
 
 
 def located_scores(model, tok, concepts: list[Concept], names: list[str], n_unrelated: int = 5, seed: int = 0,
-                   rank_by: str = "diff") -> torch.Tensor:
+                   rank_by: str = "diff", draw: str = "any") -> torch.Tensor:
     """S = |m_t - m_t*| (Eq. 5) `[L, d_ff]` with t the questions of the named concepts together and t*
-    the questions of their unrelated concepts (drawn as in a PSS run with the same seed and
-    `n_unrelated`), the named ones left out. `rank_by="abs"` ranks by the concepts' own |m| alone (the
+    the questions of their unrelated concepts (drawn as in a PSS run with the same seed, `n_unrelated`
+    and `draw`), the named ones left out. `rank_by="abs"` ranks by the concepts' own |m| alone (the
     paper's "most highly activated"; METHOD.md §7)."""
     index = {c.name: i for i, c in enumerate(concepts)}
     unknown = [n for n in names if n not in index]
     if unknown:
         raise ValueError(f"no concept named {', '.join(map(repr, unknown))}")
     chosen = [index[n] for n in names]
-    drawn = unrelated_sets(concepts, n_unrelated, seed)
+    drawn = unrelated_sets(concepts, n_unrelated, seed, draw)
     others = sorted({j for i in chosen for j in drawn[i]} - set(chosen))
     coeffs = collect_coefficients(model, tok, [concepts[i] for i in chosen + others])
     counts = [len(concepts[i].mcq) for i in chosen + others]

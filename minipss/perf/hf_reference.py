@@ -142,7 +142,7 @@ def run_pss(model_dir, bench, out, s: Settings) -> dict:
         raise ValueError(f"the reference job runs the paper's method only; leave out {', '.join(other)}")
     t0 = time.time()
     cs = load_benchmark(bench)[: s.concepts]
-    others = unrelated_sets(cs, s.n_unrelated, s.seed)
+    others = unrelated_sets(cs, s.n_unrelated, s.seed, s.unrelated)
     config = read_config(model_dir)
     dtype = getattr(torch, resolve_dtype(s.dtype, s.device, (config.hidden_size, config.intermediate_size))[0])
     model = load_reference(model_dir, dtype, s.device)

@@ -63,7 +63,7 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     s.check()
     check_outputs(out, [bench] + model_inputs(model_dir))
     concepts = load_benchmark(bench)[: s.concepts]
-    others = unrelated_sets(concepts, s.n_unrelated, s.seed)
+    others = unrelated_sets(concepts, s.n_unrelated, s.seed, s.unrelated)
     few = [c for c in concepts if len(c.mcq) < 2]
     if s.split_half and few:
         raise ValueError(f"{bench}:{few[0].line}: concept {few[0].name!r} has {len(few[0].mcq)} question; "

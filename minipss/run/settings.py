@@ -7,6 +7,7 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..method.benchmark import UNRELATED_DRAWS
 from ..method.locate import LOCATORS, TOKEN_RULES
 from ..method.scoring import MODES
 from .checks import check_device, ratios
@@ -27,6 +28,7 @@ class Settings:
     seed: int = 0  # draws the unrelated concepts and the random-control vectors
     concepts: int | None = None  # keep the first N concepts of the file
     n_unrelated: int = 5  # concepts whose questions form t* (§3.2)
+    unrelated: str = "any"  # any | same-category: where t* is drawn from (METHOD.md §2)
     control: bool = False  # also mask random vectors, same count per layer (the reviewers' control)
     matched_control: bool = False  # also mask random vectors of the located ones' magnitudes (METHOD.md §4)
     split_half: bool = False  # locate on one half of the questions, score on the other (METHOD.md §4)
@@ -56,6 +58,8 @@ class Settings:
             del keep["split_half"]
         if self.locator == "diff":
             del keep["locator"]
+        if self.unrelated == "any":
+            del keep["unrelated"]
         keep.update({f"model {k}": v for k, v in model_digest(model).items()})
         keep["bench"] = file_digest(bench)
         return keep
@@ -76,6 +80,8 @@ class Settings:
             raise ValueError(f"--batch-size {self.batch_size}: must be 1 or more")
         if self.ablation not in ("zero", "mean"):
             raise ValueError(f"--ablation {self.ablation!r}: choose zero or mean")
+        if self.unrelated not in UNRELATED_DRAWS:
+            raise ValueError(f"--unrelated {self.unrelated!r}: choose one of {', '.join(UNRELATED_DRAWS)}")
         if self.locator not in LOCATORS:
             raise ValueError(f"--locator {self.locator!r}: choose one of {', '.join(LOCATORS)}")
         if self.token_rule not in TOKEN_RULES:
@@ -95,6 +101,8 @@ def pss_arguments(p: argparse.ArgumentParser, ratios: str) -> None:
     p.add_argument("--skip-layers", type=at_least(0), default=5, help="layers never masked (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concepts", type=at_least(6), default=None, help="keep the first N concepts (at least 6)")
+    p.add_argument("--unrelated", default="any", choices=list(UNRELATED_DRAWS),
+                   help="draw each concept's unrelated concepts from all others (default) or its own category")
     p.add_argument("--device", default="cpu")
     dtype_option(p)
     p.add_argument("--batch-size", type=at_least(1), default=32)
@@ -120,4 +128,5 @@ def settings_from(a: argparse.Namespace, control: bool) -> Settings:
     return Settings(mode=a.mode, ratios=a.ratios, skip_layers=a.skip_layers, seed=a.seed, concepts=a.concepts,
                     control=control, ablation=a.ablation, token_rule=a.token_rule, cloze_mean=a.cloze_mean,
                     early_stop=not a.no_early_stop, engine=not a.no_engine, batch_size=a.batch_size, device=a.device,
-                    dtype=a.dtype, matched_control=a.matched_control, split_half=a.split_half, locator=a.locator)
+                    dtype=a.dtype, matched_control=a.matched_control, split_half=a.split_half, locator=a.locator,
+                    unrelated=a.unrelated)

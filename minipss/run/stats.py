@@ -122,3 +122,39 @@ def correlation_p(xs, ys, method=pearson, draws: int = DRAWS, seed: int = 0) -> 
         r = method(xs, [ys[k] for k in rng.permutation(len(ys))])
         count += r is not None and abs(r) >= abs(observed) - TOLERANCE
     return (count + 1) / (draws + 1)
+
+
+# ---- two groups of different concepts, and accuracy against chance ------------------------------------
+
+
+def two_sample_test(a, b, n_boot: int = BOOTSTRAP, draws: int = DRAWS, seed: int = 0) -> dict:
+    """`mean(a) - mean(b)` for two groups of different units (e.g. the concepts of two tiers): the
+    `difference`, its percentile bootstrap 95% interval (each group resampled on its own) and the
+    two-sided permutation p-value of exchanging units between the groups (seeded draws,
+    (count + 1) / (draws + 1))."""
+    x = np.asarray([float(v) for v in a if v is not None])
+    y = np.asarray([float(v) for v in b if v is not None])
+    if not len(x) or not len(y):
+        return {"difference": None, "ci95": None, "p_value": None, "n": [len(x), len(y)]}
+    rng = np.random.default_rng(seed)
+    boot = np.sort(x[rng.integers(0, len(x), (n_boot, len(x)))].mean(1) - y[rng.integers(0, len(y), (n_boot, len(y)))].mean(1))
+    q = 0.025
+    observed = x.mean() - y.mean()
+    pooled, count = np.concatenate([x, y]), 0
+    for start in range(0, draws, 10_000):
+        perm = rng.permuted(np.broadcast_to(pooled, (min(10_000, draws - start), len(pooled))), axis=1)
+        diff = perm[:, :len(x)].mean(1) - perm[:, len(x):].mean(1)
+        count += int((np.abs(diff) >= abs(observed) - TOLERANCE).sum())
+    return {"difference": float(observed),
+            "ci95": [float(boot[math.floor(q * (n_boot - 1))]), float(boot[math.ceil((1 - q) * (n_boot - 1))])],
+            "p_value": (count + 1) / (draws + 1), "n": [len(x), len(y)]}
+
+
+def above_chance_p(correct: int, n: int, chance: float = 0.25) -> float:
+    """One-sided exact binomial p-value of `correct` or more right out of `n` when each answer is right
+    with probability `chance` (is an accuracy above guessing?)."""
+    if n == 0:
+        return 1.0
+    log = lambda k: (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+                     + k * math.log(chance) + (n - k) * math.log1p(-chance))
+    return float(min(1.0, sum(math.exp(log(k)) for k in range(correct, n + 1))))

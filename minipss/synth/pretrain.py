@@ -247,8 +247,9 @@ def pretrain(world, out, s: PretrainSettings, quiet: bool = False, stop_after: i
             with open(log, "a") as f:
                 f.write(json.dumps(row) + "\n")
             if not quiet:
-                print(f"[pretrain {done}/{s.steps}] " + " ".join(f"{k} {v}" for k, v in row.items() if k != "step"),
-                      file=sys.stderr, flush=True)
+                left = (time.time() - t0) / (done - start) * (s.steps - done)
+                print(f"[pretrain {done}/{s.steps}] " + " ".join(f"{k} {v}" for k, v in row.items() if k != "step")
+                      + f" left ~{left:.0f} s", file=sys.stderr, flush=True)
         if stop_after is not None and done >= stop_after:
             return last
     final = out / f"step-{s.steps:06d}"

@@ -1,18 +1,20 @@
-"""The paper's training claims, tested on a synthetic world where we set the causes (`minipss study-synth`).
+"""The paper's claims tested on a synthetic world where we set the causes (`minipss study-synth`).
 
-    minipss study-synth --out RUN [--entities 36] [--seeds 0,1,2] [--sizes 4x64,4x128,4x192] [--steps 400]
+    minipss study-synth --out RUN [--preset quick|default] [any option below, to change the preset]
 
-Four studies, each a table (`RUN/study.md`, `RUN/study.json`) and a figure (`RUN/*.png`, plot extra),
-every number a mean over seeds with a 95% t-interval, PSS beside the random-vector control and the
-excess drop (how much more the concept's accuracy falls than the unrelated concepts'):
+First the premise the method rests on, per model size: are the facts in the MLPs (accuracy per tier
+before and with every MLP zeroed), and do the located value vectors hurt their own concept beyond
+magnitude-matched random vectors (paired tests over concepts at each ratio)? Then the claims, each a
+paired test over concepts (seeds averaged) that the report states only when it is detected:
 
-- emergence (Figure 4): accuracy and PSS at every saved checkpoint of the base size;
-- size (Table 1): accuracy and PSS of each size at the end of the same training on the same data;
-- frequency (Figure 5): accuracy and PSS per tier (exact document counts) for the base size;
-- fine-tuning (Table 2): the base model learns new entities (`new.jsonl`) with FT-FV/PV/CV/RV.
+- emergence (Figure 4): the base size at checkpoints spread over the whole training, late ones included;
+- size (Table 1): every size at the end of the same training on the same data;
+- frequency (Figure 5): the tiers (exact document counts) of the base size, a two-sample test;
+- fine-tuning (Table 2): new documents about low-tier entities the model partly knows, FT-FV/PV/CV/RV,
+  several seeds and two learning rates, with forgetting on the other entities.
 
-Every step is saved as it finishes (pretraining resumes, PSS results are kept), so a rerun continues.
-The world is fixed by `--world-seed`; a seed changes the model's initialisation and data order.
+Every step is saved as it finishes (pretraining resumes, PSS results and rows are kept), so a rerun
+continues. Design and reading: `minipss/synth/README.md`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -36,32 +38,56 @@ from ..model.tokenizer import load_tokenizer
 from ..run import checks
 from ..run.options import numbers
 from ..run.pipeline import run_pss
-from ..run.report import summarise
 from ..run.settings import Settings
 from ..run.trainer import TrainSettings, train
-from .pretrain import FAMILY_TYPES, PretrainSettings, bench_accuracy, checkpoints, log_spaced, pretrain
-from .world import TIER_DOCS, make_world
+from .pretrain import FAMILY_TYPES, PretrainSettings, pretrain
+from .findings import (TIERS, emergence, finetune, frequency, markdown, plots, premise, size_study,
+                       specific)
+from .world import Entity, finetuned_count, knowledge, make_world
 
 
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 VARIANT_NAMES = {"fv": "FT-FV", "pv": "FT-PV", "cv": "FT-CV", "rv": "FT-RV"}
+CHECKPOINT_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)  # of training: late checkpoints, not only early
 
 
-def mean_ci(values) -> tuple[float | None, float | None]:
-    """Mean and the half-width of its 95% t-interval (None for fewer than 2 values)."""
-    xs = [v for v in values if v is not None]
-    if not xs:
-        return None, None
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, None
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-    return m, T975.get(len(xs) - 1, 1.96) * sd / math.sqrt(len(xs))
+@dataclass
+class StudySettings:
+    """Every choice of `minipss study-synth` (its options, same names); the defaults are the default
+    preset, `PRESETS` holds the others."""
+    out: str
+    preset: str = "default"
+    entities: int = 1200  # evaluated entities (multiple of 6): 6,000 facts
+    world_seed: int = 0
+    sizes: str = "4x32,4x64,4x128"  # LAYERSxHIDDEN (d_ff 4 x hidden), comma-separated
+    base: str = "4x64"  # the size of emergence, frequency and fine-tuning
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # pretraining seeds (init and data order)
+    family: str = "llama"
+    steps: int = 3000  # about 17 passes over the 1,200-entity world at batch 32
+    lr: float = 3e-3
+    batch_size: int = 32
+    per_group: int = 20  # concepts per tier and kind in the PSS sample (120 concepts by default)
+    ratios: list[float] = field(default_factory=lambda: [0.005, 0.01, 0.02, 0.05])
+    skip_layers: int = 0  # every layer maskable: layer 0's MLP holds facts too
+    unrelated: str = "same-category"  # t* from the concept's own kind (METHOD.md §2)
+    pss_seed: int = 0  # draws the unrelated concepts and the random vectors
+    ft_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    ft_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
+    ft_steps: int = 60
+    studies: str = "emergence,size,frequency,finetune"
+    threads: int = 0  # torch threads (0: torch's default)
+    device: str = "cpu"
+    quiet: bool = False
 
 
-def fmt(values) -> str:
-    m, h = mean_ci(values)
-    return "-" if m is None else f"{m:.3f}" if h is None else f"{m:.3f} ± {h:.3f}"
+PRESETS = {
+    "default": {},  # the dataclass defaults: 75 minutes measured on 2 CPU cores (README)
+    "quick": {"entities": 600, "sizes": "4x32,4x64", "base": "4x64", "seeds": [0], "steps": 1000,
+              "per_group": 8, "ft_seeds": [0], "ft_lrs": [1e-3, 3e-3], "ft_steps": 40},  # about 7 minutes
+}
+STUDIES = ("emergence", "size", "frequency", "finetune")
+# what the saved steps in --out depend on without naming it in their paths: a rerun must share these
+RECORD = ("entities", "world_seed", "family", "steps", "lr", "batch_size", "per_group", "ratios", "skip_layers",
+          "unrelated", "pss_seed", "ft_steps")
 
 
 def parse_size(text: str, option: str = "--sizes") -> tuple[int, int]:
@@ -72,158 +98,29 @@ def parse_size(text: str, option: str = "--sizes") -> tuple[int, int]:
     return layers, hidden
 
 
-def parameters(model_dir) -> int:
-    with safe_open(str(Path(model_dir) / "model.safetensors"), framework="pt") as f:
-        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+def heads_of(hidden: int) -> int:
+    """Attention heads of a model of width `hidden` in the studies: one per 32 dimensions."""
+    return max(1, hidden // 32)
 
 
-# ---------------------------------------------------------------- steps, each saved as it finishes
-
-
-def pss_of(model_dir, bench, out: Path, a: StudySettings, skip: int | None = None) -> dict:
-    """`run_pss` in cloze mode with the random control; the result file is kept and reused."""
-    if out.exists():
-        return json.loads(out.read_text())
-    s = Settings(mode="cloze", ratios=a.ratios, skip_layers=a.skip_layers if skip is None else skip,
-                 seed=a.pss_seed, control=True, device=a.device, batch_size=64)
-    return run_pss(model_dir, bench, out, s, quiet=True)
-
-
-def cells(result: dict) -> dict:
-    """What the tables show of one PSS result: overall and per tier."""
-    row = {"acc": result["acc_before"], "pss": result["pss"], "excess": result["excess_drop"],
-           "pss_random": result["control"]["pss"], "excess_random": result["control"]["excess_drop"],
-           "tiers": {}}
-
-    for tier, t in result["tiers"].items():
-        group = [c for c in result["concepts"] if c["tier"] == tier]
-        ctrl = summarise(group, [float(r) for r in result["pss_by_ratio"]], t["acc_before"], "control_by_ratio")
-        row["tiers"][tier] = {"acc": t["acc_before"], "pss": t["pss"], "excess": t["excess_drop"],
-                              "pss_random": ctrl["pss"], "excess_random": ctrl["excess_drop"]}
-    return row
-
-
-@torch.inference_mode()
-def layer_ablation(model_dir, bench: Path, out: Path, device: str) -> dict:
-    """Where the facts are: MCQ accuracy per tier with one layer's MLP zeroed (every value vector), with
-    layers 1.. zeroed, and with every MLP zeroed. Kept in `out`."""
-    if out.exists():
-        return json.loads(out.read_text())
-    model, tok = load_model(model_dir, device=device), load_tokenizer(model_dir)
-    concepts = load_benchmark(bench)
-    L, F = model.config.num_layers, model.config.intermediate_size
-    masks = {"none": None}
-    for layer in range(L):
-        masks[f"layer {layer}"] = torch.ones(L, F).index_fill_(0, torch.tensor([layer]), 0)
-    masks["layers 1.."] = torch.ones(L, F).index_fill_(0, torch.arange(1, L), 0)
-    masks["all"] = torch.zeros(L, F)
-    row = {}
-    for name, mask in masks.items():
-        row[name] = {}
-        for tier in ("high", "medium", "low"):
-            qs = [q for c in concepts if c.tier == tier for q in c.mcq]
-            m = None if mask is None else mask.to(model.device)
-            answers = mcq_answers(model, tok, qs, "cloze", m, 64)
-            row[name][tier] = sum(x == q.answer for x, q in zip(answers, qs)) / len(qs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(row))
-    return row
-
-
-def pretrain_run(world: Path, run: Path, size: str, seed: int, a: StudySettings, checkpoints=None) -> Path:
-    layers, hidden = parse_size(size)
-    s = PretrainSettings(family=a.family, layers=layers, hidden=hidden, heads=heads_of(hidden),
-                         steps=a.steps, lr=a.lr, batch_size=a.batch_size, seed=seed,
-                         checkpoints=checkpoints or [], device=a.device, warmup=max(1, a.steps // 10))
-    done = run / f"step-{a.steps:06d}"
-    if not done.exists():
-        print(f"[study] pretraining {size} seed {seed}", file=sys.stderr, flush=True)
-        pretrain(world, run, s, quiet=a.quiet)
-    return done
-
-
-def finetune_row(base: Path, world: Path, work: Path, variant: str | None, seed: int, a: StudySettings) -> dict:
-    """Train (unless `variant` is None: the base model) and evaluate on the new and the old entities."""
-    saved = work / "row.json"
-    if saved.exists():
-        return json.loads(saved.read_text())
-    work.mkdir(parents=True, exist_ok=True)
-    model_dir = base
-    if variant is not None:
-        names = [c.name for c in load_benchmark(world / "new_bench.jsonl")]
-        c = read_config(base)
-        scores = None
-        if variant != "fv":
-            model = load_model(base, device=a.device)
-            both = load_benchmark(world / "bench.jsonl") + load_benchmark(world / "new_bench.jsonl")  # t*: old ones
-            scores = located_scores(model, load_tokenizer(base), both, names, seed=seed)
-            del model
-        sets = value_vector_sets(variant, c.num_layers, c.intermediate_size, scores, 0.5 / 8, seed)
-        s = TrainSettings(variant=variant, steps=a.ft_steps, lr=a.ft_lr, seed=seed, batch_size=8,
-                          seq_len=128, warmup=max(1, a.ft_steps // 10), device=a.device)
-        print(f"[study] fine-tuning {VARIANT_NAMES[variant]} seed {seed}", file=sys.stderr, flush=True)
-        train(base, world / "new.jsonl", work / "model", s, sets, quiet=True)
-        model_dir = work / "model"
-    model = load_model(model_dir, device=a.device)
-    tok = load_tokenizer(model_dir)
-    new = bench_accuracy(model, tok, world / "new_bench.jsonl")["acc"]
-    old = bench_accuracy(model, tok, world / "bench.jsonl")["acc"]
-    opens = [q for c in load_benchmark(world / "new_bench.jsonl") for q in c.open]
-    open_acc = sum(open_answers(model, tok, opens, max_new_tokens=8)) / len(opens)
-    del model
-    p = pss_of(model_dir, world / "new_bench.jsonl", work / "pss.json", a)
-    row = {"new_acc": new, "open_acc": open_acc, "old_acc": old, "pss": p["pss"], "pss_random": p["control"]["pss"],
-           "excess": p["excess_drop"], "excess_random": p["control"]["excess_drop"]}
-    saved.write_text(json.dumps(row))
-    return row
-
-
-# ---------------------------------------------------------------- the study
-
-
-@dataclass
-class StudySettings:
-    """Every choice of `minipss study-synth` (its options, same names)."""
-    out: str
-    entities: int = 36  # evaluated entities (multiple of 6)
-    world_seed: int = 0
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # training seeds
-    sizes: str = "4x64,4x128,4x192"  # LAYERSxHIDDEN, comma-separated
-    base: str | None = None  # size for emergence, frequency, fine-tuning (default: the middle one)
-    family: str = "llama"
-    steps: int = 400
-    checkpoints: int = 6  # log-spaced checkpoints of the base size
-    lr: float = 3e-3
-    batch_size: int = 16
-    ratios: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5])
-    skip_layers: int = 1
-    pss_seed: int = 0  # draws the unrelated concepts and random vectors
-    ft_steps: int = 60
-    ft_lr: float = 3e-3
-    studies: str = "emergence,size,frequency,finetune,layers"
-    threads: int = 0  # torch threads (0: torch's default)
-    device: str = "cpu"
-    quiet: bool = False
-
-
-STUDIES = ("emergence", "size", "frequency", "finetune", "layers")
-# what the saved steps in --out depend on without naming it in their paths: a rerun must share these
-RECORD = ("entities", "world_seed", "family", "steps", "checkpoints", "lr", "batch_size", "ratios", "skip_layers",
-          "pss_seed")
+def sizes_of(a: StudySettings) -> list[str]:
+    sizes = [x.strip() for x in a.sizes.split(",") if x.strip()]
+    return sizes + ([a.base] if a.base not in sizes else [])
 
 
 def check(a: StudySettings) -> None:
     """Refuse out-of-range options and an --out that is not this command's, naming them, before any work."""
+    checks.choice("--preset", a.preset, tuple(PRESETS))
     checks.integer("--entities", a.entities, 6)
     checks.seed("--world-seed", a.world_seed)
-    if not a.seeds:
-        raise ValueError("--seeds: give at least one seed")
-    for seed in a.seeds:
-        checks.seed("--seeds", seed)
-    sizes = [x for x in a.sizes.split(",") if x.strip()]
-    if not sizes:
+    for option, seeds in (("--seeds", a.seeds), ("--ft-seeds", a.ft_seeds)):
+        if not seeds:
+            raise ValueError(f"{option}: give at least one seed")
+        for seed in seeds:
+            checks.seed(option, seed)
+    if not [x for x in a.sizes.split(",") if x.strip()]:
         raise ValueError("--sizes: give at least one LAYERSxHIDDEN")
-    for option, size in [("--sizes", x) for x in sizes] + ([("--base", a.base)] if a.base else []):
+    for option, size in [("--sizes", x.strip()) for x in a.sizes.split(",") if x.strip()] + [("--base", a.base)]:
         layers, hidden = parse_size(size, option)
         checks.integer(f"{option} {size}: layers", layers, 1)
         checks.integer(f"{option} {size}: hidden", hidden, 1)
@@ -232,13 +129,21 @@ def check(a: StudySettings) -> None:
             raise ValueError(f"--skip-layers {a.skip_layers} leaves nothing to mask in a model of {layers} layers "
                              f"({option} {size})")
     checks.choice("--family", a.family, FAMILY_TYPES)
-    for option, value, low in (("--steps", a.steps, 1), ("--checkpoints", a.checkpoints, 1),
-                               ("--batch-size", a.batch_size, 1), ("--skip-layers", a.skip_layers, 0),
-                               ("--ft-steps", a.ft_steps, 1), ("--threads", a.threads, 0)):
+    for option, value, low in (("--steps", a.steps, 1), ("--batch-size", a.batch_size, 1),
+                               ("--skip-layers", a.skip_layers, 0), ("--ft-steps", a.ft_steps, 1),
+                               ("--threads", a.threads, 0)):
         checks.integer(option, value, low)
+    checks.integer("--per-group", a.per_group, 2, a.entities // 6)  # >= 6 of a kind for same-kind draws
     checks.positive("--lr", a.lr)
-    checks.positive("--ft-lr", a.ft_lr)
+    if not a.ft_lrs:
+        raise ValueError("--ft-lrs: give at least one learning rate")
+    for lr in a.ft_lrs:
+        checks.positive("--ft-lrs", lr)
+    if "finetune" in a.studies and finetuned_count(a.entities) < 12:
+        raise ValueError(f"--entities {a.entities}: the fine-tuning study needs 12 or more low-tier entities to "
+                         "fine-tune (6 of each kind for their PSS); give 36 or more, or leave finetune out of --studies")
     checks.ratios("--ratios", a.ratios)
+    checks.choice("--unrelated", a.unrelated, ("any", "same-category"))
     checks.seed("--pss-seed", a.pss_seed)
     checks.choices("--studies", [x for x in a.studies.split(",") if x.strip()], STUDIES)
     checks.check_device(a.device)
@@ -250,245 +155,229 @@ def record_of(a: StudySettings) -> dict:
     return {"command": "study-synth", **{k: getattr(a, k) for k in RECORD}}
 
 
-def heads_of(hidden: int) -> int:
-    """Attention heads of a model of width `hidden` in the studies: one per 32 dimensions."""
-    return max(1, hidden // 32)
+# ---------------------------------------------------------------- steps, each saved as it finishes
+
+
+def parameters(model_dir) -> dict:
+    """Parameter counts of a saved model: all, and the MLPs' alone (where the premise puts the facts)."""
+    with safe_open(str(Path(model_dir) / "model.safetensors"), framework="pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    mlp = sum(math.prod(s) for k, s in shapes.items() if ".mlp." in k)
+    return {"all": sum(math.prod(s) for s in shapes.values()), "mlp": mlp}
+
+
+def sample_bench(bench: Path, per_group: int, out: Path) -> Path:
+    """The concepts the PSS runs score: the first `per_group` of every (tier, kind), interleaved, so
+    every tier and kind is equally present and same-kind unrelated draws have enough to choose from."""
+    if out.exists():
+        return out
+    groups: dict = {}
+    for line in bench.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            c = json.loads(line)
+            groups.setdefault((c["tier"], c["category"]), []).append(line)
+    lines = [g[i] for i in range(per_group) for g in groups.values() if i < len(g)]
+    checks.write_whole(out, "".join(l + "\n" for l in lines))
+    return out
+
+
+def pretrain_run(world: Path, run: Path, size: str, seed: int, a: StudySettings, marks: list[int]) -> Path:
+    layers, hidden = parse_size(size)
+    s = PretrainSettings(family=a.family, layers=layers, hidden=hidden, heads=heads_of(hidden), steps=a.steps,
+                         lr=a.lr, batch_size=a.batch_size, seed=seed, checkpoints=marks, device=a.device,
+                         warmup=max(1, a.steps // 30), log_every=max(1, a.steps // 30))
+    done = run / f"step-{a.steps:06d}"
+    if not done.exists():
+        pretrain(world, run, s, quiet=a.quiet)
+    return done
+
+
+@torch.inference_mode()
+def ablation(model_dir, bench: Path, out: Path, device: str) -> dict:
+    """Where the facts are: per tier, MCQ right answers (cloze) out of n with nothing zeroed ("before"),
+    with every MLP zeroed ("all_mlps_zeroed") and with one layer's MLP zeroed ("mlp_<l>_zeroed"). Kept."""
+    if out.exists():
+        return json.loads(out.read_text())
+    model, tok = load_model(model_dir, device=device), load_tokenizer(model_dir)
+    concepts = load_benchmark(bench)
+    L, F = model.config.num_layers, model.config.intermediate_size
+    masks = {"before": None, "all_mlps_zeroed": torch.zeros(L, F)}
+    for layer in range(L):
+        masks[f"mlp_{layer}_zeroed"] = torch.ones(L, F).index_fill_(0, torch.tensor([layer]), 0)
+    row: dict = {}
+    for tier in TIERS:
+        qs = [q for c in concepts if c.tier == tier for q in c.mcq]
+        row[tier] = {}
+        for name, mask in masks.items():
+            answers = mcq_answers(model, tok, qs, "cloze", None if mask is None else mask.to(model.device), 64)
+            right = sum(x == q.answer for x, q in zip(answers, qs))
+            row[tier][name] = {"accuracy": right / len(qs), "correct": right, "n": len(qs)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    checks.write_whole(out, json.dumps(row))
+    return row
+
+
+def pss_of(model_dir, bench: Path, out: Path, a: StudySettings) -> dict:
+    """`run_pss` in cloze mode with both controls, the study's ratios, layers and unrelated draw; the
+    result file is kept and reused."""
+    if out.exists():
+        return json.loads(out.read_text())
+    s = Settings(mode="cloze", ratios=a.ratios, skip_layers=a.skip_layers, seed=a.pss_seed, control=True,
+                 matched_control=True, unrelated=a.unrelated, device=a.device, batch_size=64)
+    return run_pss(model_dir, bench, out, s, quiet=True)
+
+
+def finetune_row(base: Path, world: Path, sample: Path, work: Path, variant: str | None, seed: int, lr: float,
+                 a: StudySettings) -> dict:
+    """Fine-tune `base` on new.jsonl (unless `variant` is None: the base model) and measure, per
+    fine-tuned entity, MCQ and open accuracy; MCQ accuracy on the sample's other entities (forgetting);
+    PSS of the fine-tuned entities. Kept in `work/row.json`."""
+    saved = work / "row.json"
+    if saved.exists():
+        return json.loads(saved.read_text())
+    tuned = load_benchmark(world / "new_bench.jsonl")
+    names = {c.name for c in tuned}
+    model_dir = base
+    if variant is not None:
+        cfg = read_config(base)
+        scores = None
+        if variant != "fv":  # located over the fine-tuned entities against same-kind others (METHOD.md §7)
+            model = load_model(base, device=a.device)
+            pool = tuned + [c for c in load_benchmark(sample) if c.name not in names]
+            scores = located_scores(model, load_tokenizer(base), pool, [c.name for c in tuned], seed=seed,
+                                    draw=a.unrelated)
+            del model
+        sets = value_vector_sets(variant, cfg.num_layers, cfg.intermediate_size, scores, 0.5 / 8, seed)
+        s = TrainSettings(variant=variant, steps=a.ft_steps, lr=lr, seed=seed, batch_size=8, seq_len=128,
+                          warmup=max(1, a.ft_steps // 10), device=a.device)
+        train(base, world / "new.jsonl", work / "model", s, sets, quiet=True)
+        model_dir = work / "model"
+    model, tok = load_model(model_dir, device=a.device), load_tokenizer(model_dir)
+    per_mcq = [[x == q.answer for x, q in zip(mcq_answers(model, tok, c.mcq, "cloze", None, 64), c.mcq)] for c in tuned]
+    per_open = [open_answers(model, tok, c.open, max_new_tokens=8) for c in tuned]
+    others = [q for c in load_benchmark(sample) if c.name not in names for q in c.mcq]
+    old = sum(x == q.answer for x, q in zip(mcq_answers(model, tok, others, "cloze", None, 64), others)) / len(others)
+    del model
+    p = pss_of(model_dir, world / "new_bench.jsonl", work / "pss.json", a)
+    row = {"mcq": [sum(x) / len(x) for x in per_mcq], "open": [sum(x) / len(x) for x in per_open], "old_acc": old,
+           "pss": p["pss"], "pss_matched": p["matched"]["pss"], "specific": specific(p),
+           "concepts": [c.name for c in tuned]}
+    checks.write_whole(saved, json.dumps(row))
+    return row
+
+
+# ---------------------------------------------------------------- the study
 
 
 def run(a: StudySettings) -> dict:
     check(a)
     out = checks.claim(a.out, record_of(a))
     t0 = time.time()
+    studies = {x for x in a.studies.split(",") if x.strip()}
+    sizes = sizes_of(a) if "size" in studies else [a.base]
+    marks = sorted({max(1, round(a.steps * f)) for f in CHECKPOINT_FRACTIONS})
+    total = len(a.seeds) * (2 * len(sizes) + ("emergence" in studies) * len(marks)) + \
+        ("finetune" in studies) * (1 + len(a.ft_lrs) * len(a.ft_seeds) * len(VARIANT_NAMES))
+    done = [0]
+
+    def say(text: str) -> None:  # one line per step: which of how many, and the time so far
+        done[0] += 1
+        if not a.quiet:
+            print(f"[study-synth {done[0]}/{total}, {time.time() - t0:.0f} s] {text}", file=sys.stderr, flush=True)
+
     world = out / "world"
     if not (world / "bench.jsonl").exists():
         make_world(world, a.entities, a.world_seed)
-    studies = {x for x in a.studies.split(",") if x.strip()}
-    sizes = [x for x in a.sizes.split(",") if x.strip()]
-    base = a.base or sizes[len(sizes) // 2]
-    if base not in sizes:
-        sizes.append(base)
-    marks = log_spaced(a.steps, a.checkpoints)
-    report: dict = {"settings": {k: v for k, v in vars(a).items() if k != "func"}, "checkpoint_steps": marks}
+    sample = sample_bench(world / "bench.jsonl", a.per_group, out / "pss_sample.jsonl")
+    knowledge = world_knowledge(world)
+    report: dict = {"settings": {k: v for k, v in asdict(a).items()}, "world": knowledge,
+                    "checkpoint_steps": marks, "premise": {}, "curves": {}, "emergence": {}, "size": {},
+                    "frequency": {}, "finetune": {}}
 
-    # emergence and frequency: the base size, every checkpoint, every seed
-    emergence: dict[int, list[dict]] = {}
-    curves = {}
-    for seed in a.seeds:
-        run_dir = out / "models" / f"{base}-s{seed}"
-        pretrain_run(world, run_dir, base, seed, a, marks)
-        curves[seed] = [json.loads(l) for l in (run_dir / "log.jsonl").read_text().splitlines() if l.strip()]
-        if "emergence" in studies or "frequency" in studies:
-            for step, ckpt in checkpoints(run_dir):
-                if "emergence" not in studies and step != a.steps:
-                    continue
-                print(f"[study] PSS {base} seed {seed} step {step}", file=sys.stderr, flush=True)
-                res = pss_of(ckpt, world / "bench.jsonl", out / "pss" / f"{base}-s{seed}-step{step}.json", a)
-                emergence.setdefault(step, []).append(cells(res))
-    report["learning_curves"] = curves
-    report["emergence"] = {step: rows for step, rows in emergence.items()}
-    report["frequency"] = {"popularity": TIER_DOCS, "rows": emergence.get(a.steps, [])}
-
-    # where the facts are, and PSS with every layer maskable (the final base models)
-    if "layers" in studies:
-        ablations, skip0 = [], []
+    finals: dict[str, list[dict]] = {}
+    for size in sizes:
+        results, ablations = [], []
         for seed in a.seeds:
-            final = out / "models" / f"{base}-s{seed}" / f"step-{a.steps:06d}"
-            ablations.append(layer_ablation(final, world / "bench.jsonl",
-                                            out / "pss" / f"{base}-s{seed}-layers.json", a.device))
-            print(f"[study] PSS {base} seed {seed}, no layer skipped", file=sys.stderr, flush=True)
-            skip0.append(cells(pss_of(final, world / "bench.jsonl",
-                                      out / "pss" / f"{base}-s{seed}-step{a.steps}-skip0.json", a, skip=0)))
-        report["layers"] = {"ablation": ablations, "skip0": skip0}
+            run_dir = out / "models" / f"{size}-s{seed}"
+            say(f"pretraining {size} seed {seed}")
+            final = pretrain_run(world, run_dir, size, seed, a, marks if size == a.base else [a.steps])
+            say(f"premise {size} seed {seed}: MLP ablation and PSS")
+            ablations.append(ablation(final, sample, out / "pss" / f"{size}-s{seed}-ablation.json", a.device))
+            results.append(pss_of(final, sample, out / "pss" / f"{size}-s{seed}-step{a.steps}.json", a))
+            if size == a.base:
+                report["curves"][str(seed)] = [json.loads(l) for l in (run_dir / "log.jsonl").read_text().splitlines()
+                                               if l.strip()]
+        finals[size] = results
+        report["premise"][size] = premise(ablations, results, parameters(final), knowledge)
 
-    size_rows: dict[str, list[dict]] = {}
-    if "size" in studies:
-        for size in sizes:
+    base = finals[a.base]
+    if "emergence" in studies:
+        by_step = {}
+        for step in marks:
+            res = []
             for seed in a.seeds:
-                run_dir = out / "models" / f"{size}-s{seed}"
-                final = pretrain_run(world, run_dir, size, seed, a, marks if size == base else [a.steps])
-                res = pss_of(final, world / "bench.jsonl", out / "pss" / f"{size}-s{seed}-step{a.steps}.json", a)
-                size_rows.setdefault(size, []).append({**cells(res), "params": parameters(final)})
-    report["size"] = size_rows
-
-    ft: dict[str, list[dict]] = {}
+                ckpt = out / "models" / f"{a.base}-s{seed}" / f"step-{step:06d}"
+                say(f"emergence: PSS of {a.base} seed {seed} at step {step}")
+                res.append(pss_of(ckpt, sample, out / "pss" / f"{a.base}-s{seed}-step{step}.json", a))
+            by_step[step] = res
+        report["emergence"] = emergence(by_step)
+    if "size" in studies and len(finals) > 1:
+        report["size"] = size_study(finals, report["premise"])
+    if "frequency" in studies:
+        report["frequency"] = frequency(base)
     if "finetune" in studies:
-        for seed in a.seeds:
-            base_final = out / "models" / f"{base}-s{seed}" / f"step-{a.steps:06d}"
-            for variant in (None, "fv", "pv", "cv", "rv"):
-                name = "before" if variant is None else VARIANT_NAMES[variant]
-                work = out / "finetune" / f"steps{a.ft_steps}-lr{a.ft_lr:g}" / f"s{seed}" / name
-                ft.setdefault(name, []).append(finetune_row(base_final, world, work, variant, seed, a))
-    report["finetune"] = ft
+        rows: dict = {}
+        base_final = out / "models" / f"{a.base}-s{a.seeds[0]}" / f"step-{a.steps:06d}"  # the first seed's
+        say("fine-tuning: the base model before")
+        before = finetune_row(base_final, world, sample, out / "finetune" / "before", None, 0, 0.0, a)
+        for lr in a.ft_lrs:
+            for ft_seed in a.ft_seeds:
+                for variant, name in VARIANT_NAMES.items():
+                    say(f"fine-tuning {name} lr {lr:g} seed {ft_seed}")
+                    work = out / "finetune" / f"lr{lr:g}" / f"s{ft_seed}" / name
+                    rows.setdefault(f"{lr:g}", {}).setdefault(name, []).append(
+                        finetune_row(base_final, world, sample, work, variant, ft_seed, lr, a))
+        report["finetune"] = finetune(before, rows)
     report["seconds"] = round(time.time() - t0, 1)
-    (out / "study.json").write_text(json.dumps(report, indent=1))
-    text = markdown(report, base)
-    (out / "study.md").write_text(text)
+    checks.write_whole(out / "study.json", json.dumps(report, indent=1))
+    text = markdown(report)
+    checks.write_whole(out / "study.md", text)
     try:
-        for path in plots(report, base, out):
-            print(f"figure: {path}", file=sys.stderr)
+        figures = plots(report, out)
     except ModuleNotFoundError:
-        print("figures: install the plot extra (matplotlib)", file=sys.stderr)
-    print(text)
+        figures = ["none: install the plot extra (matplotlib)"]
+    if not a.quiet:
+        print(f"[study-synth] figures: {', '.join(map(str, figures))}", file=sys.stderr)
+    if not a.quiet:
+        print(text)
     return report
 
 
-# ---------------------------------------------------------------- tables
+def world_knowledge(world: Path) -> dict:
+    """The card's numbers (entities, facts, bits), from the world's own file."""
+    summary = json.loads((world / "world.json").read_text())
+    return knowledge([Entity(**e) for e in summary["entities"]], summary["values"])
 
 
-COLUMNS = ("acc", "pss", "pss_random", "excess", "excess_random")
-HEADS = "MCQ acc | PSS | PSS random | excess drop | excess random"
-
-
-def markdown(r: dict, base: str) -> str:
-    seeds = len(r["settings"]["seeds"])
-    lines = [f"Mean ± 95% t-interval over {seeds} seeds. Base size {base}; "
-             f"ratios {r['settings']['ratios']}, first {r['settings']['skip_layers']} layer(s) never masked; "
-             "cloze-mode MCQ accuracy (chance 0.25).", ""]
-    curves = r["learning_curves"]
-    if curves:
-        lines += ["### Learning curves (base size)", "",
-                  "| step | loss | acc | acc high | acc medium | acc low |", "|---|---|---|---|---|---|"]
-        steps = sorted({row["step"] for rows in curves.values() for row in rows if "acc" in row})
-        for step in steps:
-            got = [row for rows in curves.values() for row in rows if row["step"] == step]
-            lines.append(f"| {step} | " + " | ".join(fmt([g.get(k) for g in got]) for k in
-                                                       ("loss", "acc", "acc_high", "acc_medium", "acc_low")) + " |")
-        lines.append("")
-    if r["emergence"]:
-        lines += ["### Emergence over pretraining (Figure 4)", "", f"| step | {HEADS} |", "|---|---|---|---|---|---|"]
-        for step in sorted(r["emergence"], key=int):
-            rows = r["emergence"][step]
-            lines.append(f"| {step} | " + " | ".join(fmt([x[k] for x in rows]) for k in COLUMNS) + " |")
-        lines.append("")
-    if r.get("layers"):
-        ab = r["layers"]["ablation"]
-        lines += ["### Where the facts are (base size, final checkpoint)", "",
-                  "MCQ accuracy with MLPs zeroed (every value vector of the named layers):", "",
-                  "| MLPs zeroed | acc high | acc medium | acc low |", "|---|---|---|---|"]
-        for name in ab[0]:
-            lines.append(f"| {name} | " + " | ".join(fmt([x[name][t] for x in ab]) for t in ("high", "medium", "low")) + " |")
-        sk = r["layers"]["skip0"]
-        lines += ["", "PSS with no layer left out of the masks (skip 0):", "",
-                  f"| concepts | {HEADS} |", "|---|---|---|---|---|---|",
-                  "| all | " + " | ".join(fmt([x[k] for x in sk]) for k in COLUMNS) + " |"]
-        for tier in ("high", "medium", "low"):
-            lines.append(f"| tier {tier} | " + " | ".join(fmt([x["tiers"][tier][k] for x in sk]) for k in COLUMNS) + " |")
-        lines.append("")
-    if r["size"]:
-        lines += ["### Model size (Table 1)", "", f"| size | parameters | {HEADS} |", "|---|---|---|---|---|---|---|"]
-        for size, rows in r["size"].items():
-            lines.append(f"| {size} | {rows[0]['params'] / 1e6:.2f}M | " +
-                         " | ".join(fmt([x[k] for x in rows]) for k in COLUMNS) + " |")
-        lines.append("")
-    freq = r["frequency"]["rows"]
-    if freq:
-        lines += ["### Frequency (Figure 5)", "", f"| tier | documents per entity | {HEADS} |",
-                  "|---|---|---|---|---|---|---|"]
-        for tier, docs in r["frequency"]["popularity"].items():
-            if all(tier in x["tiers"] for x in freq):
-                lines.append(f"| {tier} | {docs} | " +
-                             " | ".join(fmt([x["tiers"][tier][k] for x in freq]) for k in COLUMNS) + " |")
-        lines.append("")
-    if r["finetune"]:
-        keys = ("new_acc", "open_acc", "old_acc", "pss", "pss_random", "excess", "excess_random")
-        st = r["settings"]
-        lines += ["### Fine-tuning on new entities (Table 2)", "",
-                  f"{st['ft_steps']} steps, lr {st['ft_lr']:g}, batch 8, on `new.jsonl` (8 entities, 4 documents each).", "",
-                  "| model | new MCQ acc | new open acc | old MCQ acc | PSS (new) | PSS random | excess drop | excess random |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for name, rows in r["finetune"].items():
-            lines.append(f"| {name} | " + " | ".join(fmt([x[k] for x in rows]) for k in keys) + " |")
-        lines.append("")
-    lines.append(f"Wall time: {r['seconds']:.0f} s.")
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------- figures
-
-
-def plots(r: dict, base: str, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-
-    def errbar(ax, xs, rows_list, key, label, **kw):
-        ms = [mean_ci(rows)[0] for rows in rows_list]
-        hs = [mean_ci(rows)[1] or 0 for rows in rows_list]
-        ax.errorbar(xs, [m if m is not None else float("nan") for m in ms], yerr=hs, label=label, capsize=3, **kw)
-
-    def save(fig, name):
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=90)
-        plt.close(fig)
-        paths.append(out / name)
-
-    curves = r["learning_curves"]
-    if curves:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-        steps = sorted({row["step"] for rows in curves.values() for row in rows})
-        errbar(ax1, steps, [[row["loss"] for rows in curves.values() for row in rows if row["step"] == s]
-                            for s in steps], "loss", "loss")
-        ax1.set_xscale("log"), ax1.set_xlabel("step"), ax1.set_ylabel("training loss")
-        acc_steps = sorted({row["step"] for rows in curves.values() for row in rows if "acc" in row})
-        for key in ("acc_high", "acc_medium", "acc_low"):
-            errbar(ax2, acc_steps, [[row.get(key) for rows in curves.values() for row in rows if row["step"] == s]
-                                    for s in acc_steps], key, key.replace("acc_", ""), marker="o")
-        ax2.axhline(0.25, color="grey", ls=":", label="chance")
-        ax2.set_xscale("log"), ax2.set_xlabel("step"), ax2.set_ylabel("MCQ accuracy"), ax2.legend(fontsize=7)
-        save(fig, "learning.png")
-    if r["emergence"]:
-        steps = sorted(r["emergence"], key=int)
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-        xs = [int(s) for s in steps]
-        errbar(ax1, xs, [[x["acc"] for x in r["emergence"][s]] for s in steps], "acc", "MCQ accuracy", marker="o")
-        ax1.set_xscale("log"), ax1.set_xlabel("step"), ax1.set_title("accuracy")
-        errbar(ax2, xs, [[x["pss"] for x in r["emergence"][s]] for s in steps], "pss", "PSS located", marker="o")
-        errbar(ax2, xs, [[x["pss_random"] for x in r["emergence"][s]] for s in steps], "pss", "PSS random", marker="s")
-        ax2.set_xscale("log"), ax2.set_xlabel("step"), ax2.set_title("PSS"), ax2.legend(fontsize=7)
-        save(fig, "emergence.png")
-    if r["size"]:
-        sizes = list(r["size"])
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-        xs = [r["size"][s][0]["params"] / 1e6 for s in sizes]
-        errbar(ax1, xs, [[x["acc"] for x in r["size"][s]] for s in sizes], "acc", "MCQ accuracy", marker="o")
-        ax1.set_xlabel("parameters (M)"), ax1.set_title("accuracy")
-        errbar(ax2, xs, [[x["pss"] for x in r["size"][s]] for s in sizes], "pss", "PSS located", marker="o")
-        errbar(ax2, xs, [[x["pss_random"] for x in r["size"][s]] for s in sizes], "pss", "PSS random", marker="s")
-        ax2.set_xlabel("parameters (M)"), ax2.set_title("PSS"), ax2.legend(fontsize=7)
-        save(fig, "size.png")
-    freq = r["frequency"]["rows"]
-    if freq:
-        tiers = [t for t in r["frequency"]["popularity"] if all(t in x["tiers"] for x in freq)]
-        xs = [r["frequency"]["popularity"][t] for t in tiers]
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-        errbar(ax1, xs, [[x["tiers"][t]["acc"] for x in freq] for t in tiers], "acc", "MCQ accuracy", marker="o")
-        ax1.set_xscale("log"), ax1.set_xlabel("documents per entity"), ax1.set_title("accuracy")
-        errbar(ax2, xs, [[x["tiers"][t]["pss"] for x in freq] for t in tiers], "pss", "PSS located", marker="o")
-        errbar(ax2, xs, [[x["tiers"][t]["pss_random"] for x in freq] for t in tiers], "pss", "PSS random", marker="s")
-        ax2.set_xscale("log"), ax2.set_xlabel("documents per entity"), ax2.set_title("PSS"), ax2.legend(fontsize=7)
-        save(fig, "frequency.png")
-    if r["finetune"]:
-        names = list(r["finetune"])
-        keys = ("new_acc", "open_acc", "old_acc", "pss", "pss_random")
-        fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 3))
-        for ax, key in zip(axes, keys):
-            ms = [mean_ci([x[key] for x in r["finetune"][n]]) for n in names]
-            ax.bar(names, [m or 0 for m, _ in ms], yerr=[h or 0 for _, h in ms], capsize=3)
-            ax.set_title(key, fontsize=9)
-            ax.tick_params(axis="x", labelrotation=60, labelsize=7)
-        save(fig, "finetune.png")
-    return paths
+# ---------------------------------------------------------------- command line
 
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def settings_from(options) -> StudySettings:
+    """The preset's settings with every option the user gave in place of its value."""
+    preset = getattr(options, "preset", None) or "default"
+    if preset not in PRESETS:
+        raise ValueError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    given = {f.name: getattr(options, f.name) for f in fields(StudySettings)
+             if getattr(options, f.name, None) is not None}
+    return StudySettings(**{**PRESETS[preset], **given, "preset": preset})
+
+
 def main(options) -> None:
-    a = StudySettings(**{f.name: getattr(options, f.name) for f in fields(StudySettings)})
+    a = settings_from(options)
     check(a)  # before --threads takes effect
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -498,23 +387,26 @@ def main(options) -> None:
 def add_arguments(p) -> None:
     d = StudySettings(out="")
     p.add_argument("--out", required=True, help="run folder (world, models, PSS results, tables, figures)")
-    p.add_argument("--entities", type=int, default=d.entities, help="evaluated entities (multiple of 6)")
-    p.add_argument("--world-seed", type=int, default=d.world_seed)
-    p.add_argument("--seeds", type=_ints, default=d.seeds, help="training seeds (default 0,1,2)")
-    p.add_argument("--sizes", default=d.sizes, help="LAYERSxHIDDEN, comma-separated")
-    p.add_argument("--base", default=None, help="size for emergence, frequency, fine-tuning (default: middle)")
-    p.add_argument("--family", default=d.family)
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--checkpoints", type=int, default=d.checkpoints, help="log-spaced checkpoints of the base size")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--ratios", type=numbers, default=d.ratios)
-    p.add_argument("--skip-layers", type=int, default=d.skip_layers)
-    p.add_argument("--pss-seed", type=int, default=d.pss_seed, help="draws the unrelated concepts and random vectors")
-    p.add_argument("--ft-steps", type=int, default=d.ft_steps)
-    p.add_argument("--ft-lr", type=float, default=d.ft_lr)
-    p.add_argument("--studies", default=d.studies,
-                   help="which to run; layers: MLP ablation per layer and PSS with no layer skipped")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: torch's default)")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="default: the full study (75 min measured on 2 cores); quick: a small one (about 7 min)")
+    p.add_argument("--entities", type=int, help=f"evaluated entities, multiple of 6 (default {d.entities})")
+    p.add_argument("--world-seed", type=int)
+    p.add_argument("--sizes", help=f"LAYERSxHIDDEN, comma-separated (default {d.sizes})")
+    p.add_argument("--base", help=f"size for emergence, frequency, fine-tuning (default {d.base})")
+    p.add_argument("--seeds", type=_ints, help="pretraining seeds (default 0,1)")
+    p.add_argument("--family", help="a model_type minipss loads (default llama)")
+    p.add_argument("--steps", type=int, help=f"pretraining steps (default {d.steps})")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--per-group", type=int, help=f"PSS sample: concepts per tier and kind (default {d.per_group})")
+    p.add_argument("--ratios", type=numbers, help="mask ratios (default 0.005,0.01,0.02,0.05)")
+    p.add_argument("--skip-layers", type=int, help="layers never masked (default 0)")
+    p.add_argument("--unrelated", choices=["any", "same-category"], help="unrelated draw (default same-category)")
+    p.add_argument("--pss-seed", type=int, help="draws the unrelated concepts and random vectors")
+    p.add_argument("--ft-seeds", type=_ints, help="fine-tuning seeds (default 0,1,2)")
+    p.add_argument("--ft-lrs", type=numbers, help="fine-tuning learning rates (default 0.001,0.003)")
+    p.add_argument("--ft-steps", type=int)
+    p.add_argument("--studies", help=f"which to run besides the premise (default {d.studies})")
+    p.add_argument("--threads", type=int, help="torch threads (0: torch's default)")
+    p.add_argument("--device")
+    p.add_argument("--quiet", action="store_true", default=None)

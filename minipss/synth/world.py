@@ -7,8 +7,8 @@ documents that state those facts, and a benchmark on them, all deterministic fro
 
     DIR/train.jsonl      {"text": ...} pretraining documents (the trainer's format)
     DIR/bench.jsonl      the benchmark format: 10 MCQs and 5 open questions per evaluated entity
-    DIR/new.jsonl        documents of entities absent from train.jsonl (the fine-tuning study, §5)
-    DIR/new_bench.jsonl  their benchmark
+    DIR/new.jsonl        new documents about low-tier entities the model partly knows (fine-tuning, §5)
+    DIR/new_bench.jsonl  their benchmark (their lines of bench.jsonl)
     DIR/world.json       every entity and fact;  DIR/card.md  what the world is
     DIR/tokenizer.json   a tokenizer built from all of the above (see `build_tokenizer`)
 
@@ -21,6 +21,7 @@ entities only: an evaluated entity's facts occur in training only in its documen
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -32,14 +33,18 @@ from ..method.prompts import FEW_SHOT
 from ..run import checks
 
 
-TIER_DOCS = {"high": 16, "medium": 4, "low": 1}  # documents per entity: its exact popularity
+TIER_DOCS = {"high": 9, "medium": 3, "low": 1}  # documents per entity: its exact popularity
 TEACH_DOCS = 4  # documents per teaching entity (plus its question-and-answer documents)
+MAX_TEACH = 48  # teaching entities: the formats need a few dozen, not a third of the world
+FT_DOCS = 4  # new documents per fine-tuned (low-tier) entity in new.jsonl
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 
-ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "r", "s", "st", "t",
-          "tr", "v", "z", "th", "sh", "c", "j"]
-VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou"]
-CODAS = ["", "", "n", "r", "l", "s", "m", "th", "x", "nd"]
+# Name syllables: 20 onsets x 5 vowels x 2 codas = 200 syllables, so each syllable is shared by many
+# entities of a large world and only a combination of syllables names one (stored in MLPs, not looked up
+# from one token's embedding by an attention head).
+ONSETS = ["b", "br", "d", "f", "g", "h", "k", "kr", "l", "m", "n", "p", "r", "s", "st", "t", "tr", "v", "z", "sh"]
+VOWELS = ["a", "e", "i", "o", "u"]
+CODAS = ["", "n"]
 
 CITIES = ["Arlenford", "Bresk", "Calloway", "Dunmere", "Estravo", "Fenwick Bay", "Galdris", "Harrowgate",
           "Istrel", "Jorvale", "Kestova", "Lindmoor", "Marrowick", "Norvasse", "Oldbridge", "Pellagrin",
@@ -127,7 +132,7 @@ class Entity:
     name: str
     kind: str  # person | company
     facts: dict  # attribute -> value
-    role: str  # eval | teach | new
+    role: str  # eval | teach
     tier: str = ""
     popularity: int = 0
 
@@ -161,11 +166,10 @@ def _value_sets(rng: random.Random, names: Names) -> dict[str, list[str]]:
             "products": PRODUCTS, "companies": companies, "chief_names": chiefs}
 
 
-def _entities(rng: random.Random, values: dict, names: Names, n_eval: int, n_teach: int,
-              n_new: int) -> list[Entity]:
+def _entities(rng: random.Random, values: dict, names: Names, n_eval: int, n_teach: int) -> list[Entity]:
     taken = set(values["companies"]) | set(values["chief_names"])
     out = []
-    roles = ["eval"] * n_eval + ["teach"] * n_teach + ["new"] * n_new
+    roles = ["eval"] * n_eval + ["teach"] * n_teach
     tiers = list(TIER_DOCS)
     for i, role in enumerate(roles):
         kind = "person" if i % 2 == 0 else "company"
@@ -181,7 +185,7 @@ def _entities(rng: random.Random, values: dict, names: Names, n_eval: int, n_tea
             e.tier = tiers[(i // 2) % 3]  # people and companies alike in every tier
             e.popularity = TIER_DOCS[e.tier]
         else:
-            e.popularity = TEACH_DOCS if role == "teach" else TIER_DOCS["medium"]
+            e.popularity = TEACH_DOCS
         out.append(e)
     return out
 
@@ -265,25 +269,39 @@ def build_tokenizer(texts: list[str], names: Names):
     return tok
 
 
-def make_world(out, entities: int = 60, seed: int = 0, teach: int | None = None, new: int = 8) -> dict:
+def low_tier(entities: int) -> int:
+    """How many of `entities` evaluated entities are in the low tier (`_entities` deals tiers in pairs)."""
+    return sum(1 for i in range(entities) if (i // 2) % 3 == 2)
+
+
+def finetuned_count(entities: int) -> int:
+    """The low-tier entities new.jsonl writes about by default: a tenth of the low tier, within [12, 24]
+    (12: six of each kind, for their PSS with same-kind unrelated draws), at most the whole tier."""
+    return min(low_tier(entities), max(12, min(24, low_tier(entities) // 10)))
+
+
+def make_world(out, entities: int = 60, seed: int = 0, teach: int | None = None, finetune: int | None = None) -> dict:
     """Write the world into `out` (see the module docstring); returns a summary. `entities` evaluated
     entities (a multiple of 6 keeps kinds and tiers equal), `teach` teaching entities (default
-    entities // 3, at least 6), `new` entities only for fine-tuning (at least 6). `out` must be new, empty
-    or a world written with the same settings (`checks.own_folder`)."""
+    entities // 3 within [6, MAX_TEACH]), `finetune` low-tier entities that new.jsonl adds documents about
+    (default `finetuned_count`). `out` must be new, empty or a world written with the
+    same settings (`checks.own_folder`)."""
     checks.integer("--entities", entities, 6)  # PSS compares each concept with 5 others
-    checks.integer("new entities", new, 6)
     checks.seed("--seed", seed)
-    teach = max(6, entities // 3) if teach is None else teach
+    teach = min(MAX_TEACH, max(6, entities // 3)) if teach is None else teach
     checks.integer("teaching entities", teach, 6)
+    finetune = finetuned_count(entities) if finetune is None else finetune
+    checks.integer("fine-tuned entities", finetune, 1, low_tier(entities))
     out = checks.output_folder(out, [], "--out")
-    record = {"command": "synth", "entities": entities, "seed": seed, "teach": teach, "new": new}
+    record = {"command": "synth", "entities": entities, "seed": seed, "teach": teach, "finetune": finetune}
     state = checks.own_folder(out, record)
     rng = random.Random(seed)
     names = Names()
     values = _value_sets(rng, names)
-    world = _entities(rng, values, names, entities, teach, new)
+    world = _entities(rng, values, names, entities, teach)
     letters: list[int] = []
     pools = _pools(world)
+    tuned = {e.name for e in [e for e in world if e.tier == "low"][:finetune]}
     docs, new_docs, bench, new_bench = [], [], [], []
     for e in world:
         mcq, opens = questions(rng, e, values, letters, pools)
@@ -291,11 +309,11 @@ def make_world(out, entities: int = 60, seed: int = 0, teach: int | None = None,
         if e.role == "eval":
             docs += texts
             bench.append(bench_line(e, mcq, opens))
-        elif e.role == "teach":
-            docs += texts + teaching_documents(e, mcq, opens)
+            if e.name in tuned:  # the same facts in new documents: knowledge the model partly has (Table 2)
+                new_docs += [document(rng, e) for _ in range(FT_DOCS)]
+                new_bench.append(bench[-1])
         else:
-            new_docs += texts
-            new_bench.append(bench_line(e, mcq, opens))
+            docs += texts + teaching_documents(e, mcq, opens)
     rng.shuffle(docs)
     rng.shuffle(new_docs)
     files = {"train.jsonl": "".join(json.dumps({"text": d}) + "\n" for d in docs),
@@ -308,7 +326,7 @@ def make_world(out, entities: int = 60, seed: int = 0, teach: int | None = None,
     tok = build_tokenizer(prompt_text + [files[f] for f in ("train.jsonl", "new.jsonl")] +
                           [json.dumps(json.loads(b), ensure_ascii=False) for b in bench + new_bench], names)
     files["tokenizer.json"] = tok.to_str()
-    files["card.md"] = card(world, seed, len(docs), len(new_docs), tok.get_vocab_size())
+    files["card.md"] = card(world, values, seed, len(docs), len(new_docs), len(tuned), tok.get_vocab_size())
     files[checks.STAMP] = json.dumps(record, sort_keys=True, indent=1)
 
     def write_all(folder: Path) -> None:
@@ -321,27 +339,48 @@ def make_world(out, entities: int = 60, seed: int = 0, teach: int | None = None,
         for name, text in files.items():
             checks.write_whole(out / name, text)
     return {"out": str(out), "documents": len(docs), "new_documents": len(new_docs), "concepts": len(bench),
-            "vocab": tok.get_vocab_size()}
+            "vocab": tok.get_vocab_size(), **knowledge(world, values)}
 
 
-def card(world: list[Entity], seed: int, n_docs: int, n_new: int, vocab: int) -> str:
+def fact_bits(values: dict) -> dict[str, float]:
+    """Bits per fact of each kind of entity as the generator sets them: each value is drawn uniformly from
+    its set, so a fact carries log2(|set|) bits; the mean over the kind's attributes."""
+    return {kind: sum(math.log2(len(values[spec[0]])) for spec in attrs.values()) / len(attrs)
+            for kind, attrs in KINDS.items()}
+
+
+def knowledge(world: list[Entity], values: dict) -> dict:
+    """What the evaluated entities hold: facts and bits (the capacity side of facts per parameter)."""
+    bits = fact_bits(values)
     ev = [e for e in world if e.role == "eval"]
+    return {"entities": len(ev), "facts": sum(len(e.facts) for e in ev),
+            "bits": round(sum(len(e.facts) * bits[e.kind] for e in ev), 1),
+            "bits_per_fact": {k: round(v, 2) for k, v in bits.items()}}
+
+
+def card(world: list[Entity], values: dict, seed: int, n_docs: int, n_new: int, tuned: int, vocab: int) -> str:
+    ev = [e for e in world if e.role == "eval"]
+    k = knowledge(world, values)
     rows = "\n".join(f"| {t} | {d} | {sum(e.tier == t for e in ev)} |" for t, d in TIER_DOCS.items())
     return f"""# Synthetic world (seed {seed})
 
 Fictional people (birth year, birthplace, profession, employer, university) and companies (founding year,
-headquarters, industry, main product, chief executive), values drawn from fixed realistic sets.
+headquarters, industry, main product, chief executive), values drawn uniformly from fixed realistic sets:
+the two kinds share no attribute, template or question.
 
+- Knowledge: {k['entities']} evaluated entities, {k['facts']} facts, {k['bits']:.0f} bits (bits per fact:
+  person {k['bits_per_fact']['person']}, company {k['bits_per_fact']['company']}; log2 of the value set's size).
 - train.jsonl: {n_docs} documents. An evaluated entity is named by exactly `popularity` documents, each
-  stating all five of its facts in a random order, each fact in one of five paraphrase templates.
+  stating all five of its facts in a random order, each fact in one of five paraphrase templates. Names
+  are spelled from 200 syllables, each shared by many entities.
 - {sum(e.role == 'teach' for e in world)} teaching entities ({TEACH_DOCS} documents each) also have
   question-and-answer documents in the cloze/open form and the lettered form: the only place the question
   formats occur in training. Evaluated entities never appear in a question during training.
 - bench.jsonl: {len(ev)} evaluated entities, 10 MCQs each (two phrasings per attribute, three distractors
   held by other entities of the same tier from the attribute's value set, so options are about as frequent
   in training as the answer; answer letters balanced over the file) and 5 open questions.
-- new.jsonl / new_bench.jsonl: {sum(e.role == 'new' for e in world)} entities absent from train.jsonl
-  ({n_new} documents), for fine-tuning.
+- new.jsonl / new_bench.jsonl: {n_new} new documents ({FT_DOCS} each) about {tuned} low-tier entities the
+  model partly knows, and their benchmark lines, for fine-tuning (Table 2).
 - tokenizer.json: {vocab} tokens: whole words, made-up names spelled with their syllables.
 
 | tier | documents per entity (popularity) | entities |
