@@ -333,9 +333,9 @@ def plots(r: dict, out: Path) -> list[Path]:
         ax[0].legend(fontsize=6)
         ax[1].plot(xs, [rows[s]["pss"][0] for s in rows], marker="o", label="PSS located (mean over seeds)")
         ax[1].plot(xs, [rows[s]["pss_matched"][0] for s in rows], marker="o", label="PSS matched (mean over seeds)")
-        spec = [rows[s]["specific"] for s in rows]
-        ax[1].errorbar(xs, [t["difference"] for t in spec], yerr=[[t["difference"] - t["ci95"][0] for t in spec],
-                                                                  [t["ci95"][1] - t["difference"] for t in spec]],
+        beyond = [rows[s]["specific"] for s in rows]
+        ax[1].errorbar(xs, [t["difference"] for t in beyond],
+                       yerr=[[t["difference"] - t["ci95"][0] for t in beyond], [t["ci95"][1] - t["difference"] for t in beyond]],
                        marker="s", capsize=3, label="excess beyond matched (95% over concepts)")
         ax[1].set_xlabel("step"), ax[1].legend(fontsize=7)
         save(fig, "emergence.png")

@@ -345,7 +345,7 @@ def make_world(out, entities: int = 60, seed: int = 0, teach: int | None = None,
 def fact_bits(values: dict) -> dict[str, float]:
     """Bits per fact of each kind of entity as the generator sets them: each value is drawn uniformly from
     its set, so a fact carries log2(|set|) bits; the mean over the kind's attributes."""
-    return {kind: sum(math.log2(len(values[spec[0]])) for spec in attrs.values()) / len(attrs)
+    return {kind: sum(math.log2(len(values[value_set])) for value_set, *_ in attrs.values()) / len(attrs)
             for kind, attrs in KINDS.items()}
 
 
