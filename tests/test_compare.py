@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from minipss.method.scores import mean
+from minipss.method.pss import mean
 from minipss.run.stats import pearson, ranks, spearman
 from minipss.study.compare import load_results, main, plot, table
 

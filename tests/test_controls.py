@@ -11,8 +11,8 @@ import minipss
 from cli_process import run_minipss
 from minipss.cli import main
 from minipss.method.benchmark import load_benchmark, unrelated_sets
-from minipss.method.locate import (ConceptStats, cell_masks, concept_orders, group_stats, question_coefficients,
-                                   split_half, top_k, unit_scores)
+from minipss.method.controls import ConceptStats, cell_masks, concept_orders, group_stats, split_half, unit_scores
+from minipss.method.pss import question_coefficients, top_k
 from minipss.method.prompts import coefficient_prompt
 from minipss.run.pipeline import run_pss
 from minipss.run.report import significance

@@ -14,9 +14,10 @@ import torch
 import minipss
 from minipss.method import many_masks
 from minipss.method.benchmark import load_benchmark
-from minipss.method.locate import mask_for, random_ranking
+from minipss.method.controls import random_ranking
+from minipss.method.pss import mask_for
 from minipss.method.prompts import mcq_prompt
-from minipss.method.scoring import mcq_answers
+from minipss.method.pss import mcq_answers
 from minipss.model.generate import GreedyHead, generate
 from minipss.run.trainer import TrainSettings, train
 from builders import training_text

@@ -10,10 +10,10 @@ import torch
 
 import minipss
 from minipss.method.benchmark import load_benchmark
-from minipss.method.locate import mask_for, random_ranking
+from minipss.method.controls import random_ranking
 from minipss.method.many_masks import generate_answers
 from minipss.method.prompts import mcq_prompt
-from minipss.method.scoring import GENERATE_TOKENS, mcq_answers
+from minipss.method.pss import GENERATE_TOKENS, mask_for, mcq_answers
 from minipss.model.generate import generate
 from minipss.model.padding import left_pad
 from hf_models import CONFIGS, WINDOW, make_method_model

@@ -5,7 +5,7 @@ import json
 import minipss
 from minipss.cli import main
 from minipss.method.benchmark import load_benchmark
-from minipss.method.scoring import mcq_answers
+from minipss.method.pss import mcq_answers
 from minipss.finetune.experiment import METRICS
 from tiny import make_bench, make_tiny_model
 

@@ -7,8 +7,8 @@ import torch
 import minipss
 from minipss.method.benchmark import load_benchmark
 from minipss.method.many_masks import common_prefix, cloze_answers, letter_answers
-from minipss.method.locate import mask_for, random_ranking
-from minipss.method.scoring import mcq_answers
+from minipss.method.controls import random_ranking
+from minipss.method.pss import mask_for, mcq_answers
 from tiny import make_bench, make_tiny_model
 
 

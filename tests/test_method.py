@@ -6,11 +6,11 @@ import torch
 import minipss
 from minipss.method.benchmark import load_benchmark, unrelated_sets
 from minipss.model.generate import generate
-from minipss.method.scores import concept_cell, model_pss
-from minipss.method.locate import locate, mask_for, question_coefficients, random_ranking, ranking, top_k
+from minipss.method.controls import random_ranking
+from minipss.method.pss import concept_cell, locate, mask_for, model_pss, question_coefficients, ranking, top_k
 from minipss.method.benchmark import questions_of
 from minipss.method.prompts import letter_in, mcq_prompt
-from minipss.method.scoring import cloze_tokens, mcq_answers
+from minipss.method.pss import cloze_tokens, mcq_answers
 from tiny import make_bench, make_tiny_model
 
 

@@ -48,7 +48,7 @@ def test_the_usual_way_as_a_whole_job_finds_what_minipss_pss_finds(tmp_path, mod
     import minipss
     from minipss.method import many_masks
     from minipss.method.benchmark import load_benchmark, questions_of, unrelated_sets
-    from minipss.method.locate import KINDS, concept_masks
+    from minipss.method.controls import KINDS, ConceptStats, cell_masks
     from minipss.run.report import cell_key
     from minipss.run.settings import Settings
     from minipss.run.pipeline import run_pss
@@ -76,7 +76,7 @@ def test_the_usual_way_as_a_whole_job_finds_what_minipss_pss_finds(tmp_path, mod
         letters[cell_key("baseline", i)] = many_masks.answers(ours, tok, c.mcq, torch.ones(1, 3, 32), 1, mode)[0]
         mine = [(kind, r) for r in (0.25, 0.5) for kind in KINDS[:2]]  # located, random: the run's cells
         got = many_masks.answers(ours, tok, questions_of(cs, i, others[i]),
-                                 concept_masks(i, mine, coeffs, counts, others[i], 1, 0, None), 1, mode)
+                                 cell_masks(i, mine, ConceptStats.whole(coeffs, counts), others[i], 1, 0)[0], 1, mode)
         letters.update({cell_key(kind, i, r): g for (kind, r), g in zip(mine, got)})
     assert letters == ref["answers"]
     assert len({a for row in letters.values() for a in row}) > 1  # answers that differ between cells

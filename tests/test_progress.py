@@ -9,7 +9,8 @@ import torch
 import minipss
 from minipss.method import many_masks
 from minipss.method.benchmark import load_benchmark
-from minipss.method.locate import mask_for, random_ranking
+from minipss.method.controls import random_ranking
+from minipss.method.pss import mask_for
 from minipss.model.decoder import Decoder
 from minipss.run.pipeline import run_pss
 from minipss.run.settings import Settings

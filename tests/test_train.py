@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import minipss
 from cli_process import run_minipss
 from minipss.cli import main
-from minipss.method.locate import value_vector_sets
+from minipss.method.training import value_vector_sets
 from minipss.run.trainer import TrainSettings, train
 from builders import kill_training_after_first_checkpoint, train_args, training_text
 from tiny import make_bench, make_tiny_model

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from ..method.benchmark import benchmark_path, load_benchmark, unrelated_sets
-from ..method.locate import VARIANTS, located_scores, value_vector_sets
-from ..method.scores import mean
-from ..method.scoring import mcq_answers, open_answers
+from ..method.open_questions import open_answers
+from ..method.pss import mcq_answers, mean
+from ..method.training import VARIANTS, located_scores, value_vector_sets
 from ..method.training import read_documents
 from ..model.families import read_config
 from ..model.fastest import resolve_dtype

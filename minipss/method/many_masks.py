@@ -4,7 +4,7 @@ For a concept, every (ratio, control) mask scores the same questions (its own an
 Blocks below `skip` see no mask (§4.1), so they run once for all masks; the prompts' common prefix (the
 3-shot examples in `logits` and `generate` mode, each question's context in `cloze` mode) runs once per mask; the rest
 runs as one batch whose rows carry their own masks. In `generate` mode the rows then decode together, each
-leaving the batch once its answer is decided. Answers equal scoring each mask alone (tested).
+leaving the batch once its answer is decided. Answers equal `pss.mcq_answers`, each mask alone (tested).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ..model.layers import KVCache
 from ..model.padding import left_pad, right_pad
 from .benchmark import MCQ
 from .prompts import letter_decided, letter_in, mcq_prompt
-from .scoring import GENERATE_TOKENS, best_letters, best_option, cloze_tokens, letter_vocab, option_scores
+from .pss import GENERATE_TOKENS, answer_of, cloze_tokens, letter_scores, letter_vocab, option_logprobs
 
 
 def common_prefix(seqs: list[list[int]]) -> int:
@@ -144,9 +144,9 @@ def letter_answers(model, tok, questions: list[MCQ], mlp_masks: torch.Tensor, sk
     found = Answers(_subsets(which, mlp_masks.shape[0], len(questions)), on_mask, progress)
     for ms, qs, x, _, attn, real in _prompt_batches(model, tok, questions, mlp_masks, skip, max_rows, which=which):
         found.rows_done(len(qs))
-        letters = best_letters(model.head(_at_last_token(x, attn, real), vocab), owner)
-        for m, q, letter in zip(ms.tolist(), qs.tolist(), letters):
-            found.put(m, q, letter)
+        scores = letter_scores(model.head(_at_last_token(x, attn, real), vocab), owner)
+        for m, q, s in zip(ms.tolist(), qs.tolist(), scores):
+            found.put(m, q, answer_of(s))
     return found.by_mask()
 
 
@@ -247,11 +247,11 @@ def cloze_answers(model, tok, questions: list[MCQ], mlp_masks: torch.Tensor, ski
         option_index = torch.tensor([first_option[q] + k for _, q in pairs for k in range(per_q[q])], device=dev)
         x = model.run_blocks(x_opt[option_index], skip, L, o_attn[option_index], o_pos[option_index],
                              mlp_mask=mlp_masks[mask_of_context[option_context]], cache=up.rows(option_context))
-        totals = option_scores(model, c_last[option_context], x, o_ids[option_index], o_mask[option_index],
+        totals = option_logprobs(model, c_last[option_context], x, o_ids[option_index], o_mask[option_index],
                                mean).tolist()
         start = 0
         found.rows_done(len(pairs))
         for m, q in pairs:
-            found.put(m, q, best_option(questions[q], totals[start:start + per_q[q]]))
+            found.put(m, q, answer_of(totals[start:start + per_q[q]]))
             start += per_q[q]
     return found.by_mask()

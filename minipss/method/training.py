@@ -1,6 +1,7 @@
 """Training a decoder on documents, with every update confined to chosen value vectors (§5, Table 2).
 
-The choice is a 0/1 column mask per layer over `down_proj` / `fc_out` (`column_masks`); `ColumnAdamW`
+The vectors are chosen by Eq. 5 over the fine-tuned concepts (`located_scores`, `value_vector_sets`); the
+choice is a 0/1 column mask per layer over `down_proj` / `fc_out` (`column_masks`); `ColumnAdamW`
 moves only those columns, so frozen columns stay bit-identical (no decay, momentum or other drift reaches
 them). The language-model pieces (documents, windows, batch order, schedule, loss) serve both the
 fine-tuning command and the synthetic world's pretraining.
@@ -15,9 +16,58 @@ from pathlib import Path
 import torch
 
 from ..model.padding import right_pad
+from .benchmark import Concept, unrelated_sets
+from .controls import random_ranking
+from .pss import collect_coefficients, locate, ranking, unrelated_mean
 
 
 # ---------------------------------------------------------------- which value vectors train
+
+VARIANTS = ("fv", "pv", "cv", "rv")
+
+
+def located_scores(model, tok, concepts: list[Concept], names: list[str], n_unrelated: int = 5, seed: int = 0,
+                   rank_by: str = "diff", draw: str = "any") -> torch.Tensor:
+    """S = |m_t - m_t*| (Eq. 5) `[L, d_ff]` with t the questions of the named concepts together and t*
+    the questions of their unrelated concepts (drawn as in a PSS run with the same seed, `n_unrelated`
+    and `draw`), the named ones left out. `rank_by="abs"` ranks by the concepts' own |m| alone (the
+    paper's "most highly activated"; METHOD.md §7)."""
+    index = {c.name: i for i, c in enumerate(concepts)}
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        raise ValueError(f"no concept named {', '.join(map(repr, unknown))}")
+    chosen = [index[n] for n in names]
+    drawn = unrelated_sets(concepts, n_unrelated, seed, draw)
+    others = sorted({j for i in chosen for j in drawn[i]} - set(chosen))
+    coeffs = collect_coefficients(model, tok, [concepts[i] for i in chosen + others])
+    counts = [len(concepts[i].mcq) for i in chosen + others]
+    m_t = unrelated_mean(coeffs, counts, list(range(len(chosen))))
+    if rank_by == "abs":
+        return m_t
+    return locate(m_t, unrelated_mean(coeffs, counts, list(range(len(chosen), len(chosen) + len(others)))))
+
+
+def value_vector_sets(variant: str, num_layers: int, d_ff: int, scores: torch.Tensor | None = None,
+                      r_pv: float = 0.5 / 8, seed: int = 0, first_layer: int = 0) -> dict[int, list[int]]:
+    """Column indices per layer (METHOD.md §7). `scores` `[L, d_ff]` is the locator score S for the union of
+    the fine-tuned concepts; PV takes its top ceil(d_ff * r_pv) per layer in layers >= first_layer
+    (default: every layer), CV the rest of every layer, RV as many random ones as PV per layer."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if variant == "fv":
+        return {l: list(range(d_ff)) for l in range(num_layers)}
+    if scores is None:
+        raise ValueError(f"variant {variant!r} needs concepts to locate (--bench and --concepts)")
+    k = math.ceil(d_ff * r_pv)
+    order = ranking(scores)
+    pv = {l: sorted(order[l, :k].tolist()) if l >= first_layer else [] for l in range(num_layers)}
+    if variant == "pv":
+        return pv
+    if variant == "cv":
+        return {l: sorted(set(range(d_ff)) - set(pv[l])) for l in range(num_layers)}
+    shuffled = random_ranking((num_layers, d_ff), seed)
+    return {l: sorted(shuffled[l, :len(pv[l])].tolist()) for l in range(num_layers)}
+
 
 
 def value_matrices(model) -> list[torch.nn.Parameter]:

@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 
 from ..method.benchmark import load_benchmark, questions_of, unrelated_sets
-from ..method.locate import KINDS, concept_masks, concept_means, token_weights
+from ..method.controls import KINDS, ConceptStats, cell_masks
 from ..method.prompts import coefficient_prompt, letter_in, mcq_prompt
-from ..method.scoring import GENERATE_TOKENS, best_letters, best_option, cloze_tokens, letter_vocab
+from ..method.pss import (GENERATE_TOKENS, answer_of, cloze_tokens, concept_means, letter_scores, letter_vocab,
+                          token_weights)
 from ..model.decoder import Coefficients
 from ..model.families import read_config, value_matrix_slots
 from ..model.fastest import resolve_dtype
@@ -90,7 +91,7 @@ def coefficients(model, tok, concepts, token_rule: str = "content", batch_size: 
         per_q.append(torch.stack(collected, 1).cpu())
         for w in model.mask_wrappers:
             w.record = None
-    return concept_means(torch.cat(per_q), concepts)
+    return concept_means(torch.cat(per_q), [len(c.mcq) for c in concepts])
 
 
 @torch.inference_mode()
@@ -109,7 +110,7 @@ def answers(model, tok, questions, mode: str, batch_size: int = 32) -> list[str 
                     for r, (_, o) in enumerate(pairs)]
             for q in chunk:
                 k = len(q.options)
-                out.append(best_option(q, sums[:k]))
+                out.append(answer_of(sums[:k]))
                 sums = sums[k:]
         return out
     if mode == "logits":
@@ -119,7 +120,7 @@ def answers(model, tok, questions, mode: str, batch_size: int = 32) -> list[str 
         ids, attn, pos = left_pad([tok.encode(mcq_prompt(q)) for q in chunk], tok.pad_id, dev)
         if mode == "logits":
             logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=1).logits[:, -1]
-            out += best_letters(logits[:, vocab.to(dev)], owner)
+            out += [answer_of(s) for s in letter_scores(logits[:, vocab.to(dev)], owner)]
         else:
             gen = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=GENERATE_TOKENS,
                                  do_sample=False, pad_token_id=tok.pad_id, eos_token_id=tok.eos_ids or None)
@@ -167,7 +168,8 @@ def run_pss(model_dir, bench, out, s: Settings) -> dict:
     kinds = KINDS[:2] if s.control else KINDS[:1]  # located, random
     for i in range(len(cs)):
         mine = [(kind, r) for r in s.ratios for kind in kinds]
-        masks = concept_masks(i, mine, coeffs, counts, others[i], s.skip_layers, s.seed, signed)
+        masks, _ = cell_masks(i, mine, ConceptStats.whole(coeffs, counts), others[i], s.skip_layers, s.seed,
+                              signed=signed)
         for (kind, r), mask in zip(mine, masks.to(device=s.device, dtype=dtype)):
             score(cell_key(kind, i, r), questions_of(cs, i, others[i]), mask)
     timing["masked"] = time.time() - t2

@@ -34,7 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..method import many_masks
 from ..method.benchmark import benchmark_path, load_benchmark, questions_of, unrelated_sets
-from ..method.locate import mask_for, random_ranking
+from ..method.controls import random_ranking
+from ..method.pss import mask_for
 from ..model.families import from_hf, read_config
 from ..model.fastest import machine, resolve_dtype
 from ..model.load import build_model, checkpoint_state, load_model

@@ -19,7 +19,7 @@ import torch
 
 from ..method.benchmark import Concept
 from ..method.prompts import coefficient_prompt, mcq_prompt
-from ..method.scoring import GENERATE_TOKENS, cloze_tokens
+from ..method.pss import GENERATE_TOKENS, cloze_tokens
 from .fingerprint import differences
 
 STAMP = "minipss.json"  # in a folder a command writes: which command and settings wrote it

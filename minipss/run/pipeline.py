@@ -18,11 +18,9 @@ import torch
 
 from ..method import many_masks
 from ..method.benchmark import Concept, load_benchmark, questions_of, unrelated_sets
-from ..method.locate import (KINDS, ConceptStats, cell_masks, group_stats, question_coefficients, question_groups,
-                             set_magnitudes)
+from ..method.controls import KINDS, ConceptStats, cell_masks, group_stats, question_groups, set_magnitudes
 from ..method.prompts import coefficient_prompt
-from ..method.scores import mean
-from ..method.scoring import letter_vocab, mcq_answers
+from ..method.pss import concept_means, letter_vocab, mcq_answers, mean, question_coefficients
 from ..model.families import read_config
 from ..model.fastest import resolve_dtype
 from ..model.load import load_model
@@ -110,7 +108,7 @@ def measure(model, tok, concepts: list[Concept], others: list[list[int]], s: Set
     masking, then every masked cell, each located (Eq. 5) and masked (Eq. 4) and scored. Work already
     in `work` (a `WorkDir`, or `Unsaved`) is reused. Returns every cell's per-question correctness (by
     `cell_key`), the time of each step (the first from `start`, so that it includes loading) and the
-    coefficient statistics (`locate.ConceptStats`). Each step reports its progress on stderr at least every
+    coefficient statistics (`controls.ConceptStats`). Each step reports its progress on stderr at least every
     `report_every` seconds unless `quiet`."""
     shard = shard or Shard(s.device)
     t0 = time.time() if start is None else start
@@ -142,7 +140,7 @@ def expected_length(key: str, concepts: list[Concept], others: list[list[int]]) 
 def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard, quiet=False,
                       report_every: float = REPORT_EVERY):
     """Per concept and group of its questions (all of them; with split-half also each half,
-    `locate.question_groups`) the mean of the per-question |m| (§3.2), with the zscore locator the mean of
+    `controls.question_groups`) the mean of the per-question |m| (§3.2), with the zscore locator the mean of
     their squares too, as a `ConceptStats`; with mean-ablation also the signed means `[C, L, d_ff]`. Each
     process computes its own concepts, all of them receive every concept's."""
     counts = [len(c.mcq) for c in concepts]
@@ -164,7 +162,7 @@ def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard, quie
         return compute
 
     C, L, d = len(concepts), model.config.num_layers, model.config.intermediate_size
-    means = work.coefficients(gathered(lambda x, n: group_stats(x, n, False)[:, 0]), shape=(C, L, d))[:, None]
+    means = work.coefficients(gathered(concept_means), shape=(C, L, d))[:, None]
     if s.split_half:
         halves = work.coefficients(gathered(lambda x, n: group_stats(x, n, True)[:, 1:]), "half_coefficients",
                                    (C, 2, L, d))
@@ -177,14 +175,14 @@ def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard, quie
     signed = None
     per_question.clear()  # the |m| rows are no longer needed
     if s.ablation == "mean":
-        signed = work.coefficients(gathered(lambda x, n: group_stats(x, n, False)[:, 0], False), "signed_means",
+        signed = work.coefficients(gathered(concept_means, False), "signed_means",
                                    (C, L, d))
     return stats, signed
 
 
 def magnitude_step(stats: ConceptStats, others: list[list[int]], s: Settings) -> dict:
     """Per ratio, the mean magnitude a (the mean |m| over the unrelated questions) of the units each kind
-    of mask sets to 0, averaged over concepts and the layers >= skip (`locate.set_magnitudes`), their
+    of mask sets to 0, averaged over concepts and the layers >= skip (`controls.set_magnitudes`), their
     median (averaged over concepts), and the share of matched units that are also located. Computed for every kind, whichever controls ran: the
     saved coefficients are all it needs."""
     per = [set_magnitudes(i, s.ratios, stats, others[i], s.skip_layers, s.seed, s.locator, s.split_half)
@@ -224,7 +222,7 @@ def masked_step(model, tok, concepts, others, mine, stats, signed, s: Settings, 
                 report_every: float = REPORT_EVERY) -> None:
     """Every missing (kind, concept, ratio) cell: the concept's mask (located, or a control) scored on its
     own and its unrelated questions (§4.1); with split-half, two masks, each located on one half of the
-    questions and scoring the other (`locate.cell_masks`). A cell holds the answers in `questions_of` order
+    questions and scoring the other (`controls.cell_masks`). A cell holds the answers in `questions_of` order
     and is saved as soon as its masks' questions are all answered; progress counts (mask, question) rows
     (METHOD.md §10)."""
     counts = [len(c.mcq) for c in concepts]

@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 from ..method.benchmark import TIERS, Concept
-from ..method.locate import KINDS
-from ..method.scores import accuracy, concept_cell, mean, model_pss
+from ..method.controls import KINDS
+from ..method.pss import accuracy, concept_and_general, concept_cell, mean, model_pss
 from .claims import located_vs_control
 from .stats import ALPHA, BOOTSTRAP, paired_test
 
@@ -44,10 +44,6 @@ def parse_cell_key(key: str) -> tuple[str, int, float | None] | None:
     except ValueError:
         pass
     return None
-
-
-def _split(correct: list[bool], n_own: int):
-    return accuracy(correct[:n_own]), accuracy(correct[n_own:])
 
 
 def summarise(rows: list[dict], ratios: list[float], acc_before: float, key: str) -> dict:
@@ -105,7 +101,7 @@ def build_result(model: str, bench: str, settings: dict, concepts: list[Concept]
                "unrelated": [concepts[j].name for j in others[i]], "by_ratio": {}}
         for kind, key in ROWS.items():
             if all(cell_key(kind, i, r) in cells for r in ratios):
-                row[key] = {str(r): concept_cell(before_c, before_g, *_split(cells[cell_key(kind, i, r)], n),
+                row[key] = {str(r): concept_cell(before_c, before_g, *concept_and_general(cells[cell_key(kind, i, r)], n),
                                                  acc_before, r) for r in ratios}
         row["pss"] = mean(cell["pss"] for cell in row["by_ratio"].values())
         row["excess_drop"] = mean(cell["excess_drop"] for cell in row["by_ratio"].values())

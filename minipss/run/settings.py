@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..method.benchmark import UNRELATED_DRAWS
-from ..method.locate import LOCATORS, TOKEN_RULES
-from ..method.scoring import MODES
+from ..method.controls import LOCATORS
+from ..method.pss import MODES, TOKEN_RULES
 from .checks import check_device, ratios
 from .fingerprint import file_digest, model_digest
 from .options import at_least, dtype_option, numbers

@@ -23,9 +23,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..method.benchmark import load_benchmark
-from ..method.locate import VARIANTS, located_scores, value_vector_sets
-from ..method.training import (ColumnAdamW, batch_order, column_masks, learning_rate, lm_loss, read_documents,
-                               value_matrices, windows)
+from ..method.training import (VARIANTS, ColumnAdamW, batch_order, column_masks, learning_rate, located_scores,
+                               lm_loss, read_documents, value_matrices, value_vector_sets, windows)
 from ..model.families import read_config
 from ..model.fastest import resolve_dtype
 from ..model.load import checkpoint_state, load_model

@@ -33,7 +33,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..method.benchmark import TIERS, benchmark_path, load_benchmark
-from ..method.scores import mean, model_pss
+from ..method.pss import mean, model_pss
 from ..model.families import read_config
 from ..model.fastest import resolve_dtype
 from ..run import checks

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..method.benchmark import load_benchmark
-from ..method.scoring import mcq_answers
+from ..method.pss import mcq_answers
 from ..method.training import batch_order, learning_rate, lm_loss, read_documents, windows
 from ..model.families import FAMILIES, build_model, from_hf
 from ..model.load import checkpoint_state, load_model

@@ -30,8 +30,9 @@ import torch
 from safetensors import safe_open
 
 from ..method.benchmark import load_benchmark
-from ..method.locate import located_scores, value_vector_sets
-from ..method.scoring import mcq_answers, open_answers
+from ..method.open_questions import open_answers
+from ..method.pss import mcq_answers
+from ..method.training import located_scores, value_vector_sets
 from ..model.families import read_config
 from ..model.load import load_model
 from ..model.tokenizer import load_tokenizer
