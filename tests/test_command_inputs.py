@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cli_process import cli_env
+from minipss import files
 from minipss.cli import main
-from minipss.run import checks
 from minipss.synth.world import make_world
 from minipss.weights import real_models
 from tiny import make_bench, make_tiny_model
@@ -115,7 +115,7 @@ def test_an_empty_folder_is_filled_and_a_failed_write_leaves_nothing(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        checks.new_folder(tmp_path / "out", fails)
+        files.new_folder(tmp_path / "out", fails)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
 

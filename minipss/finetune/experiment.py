@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .. import files
 from ..method.benchmark import benchmark_path, load_benchmark, unrelated_sets
 from ..method.open_questions import open_answers
 from ..method.pss import mcq_answers, mean
@@ -67,7 +68,7 @@ def evaluate(model_dir, bench, names: list[str], s, work: Path) -> dict:
     others = unrelated_sets(concepts, settings.n_unrelated, settings.seed)
     cells, timing, _ = measure(model, tok, concepts, others, settings, Unsaved(), quiet=True)
     pss = build_result(str(model_dir), str(bench), asdict(settings), concepts, others, cells, timing)
-    checks.write_whole(work / "pss.json", json.dumps(pss, indent=1))
+    files.write_whole(work / "pss.json", json.dumps(pss, indent=1))
     return {"mcq_acc": sum(a == q.answer for a, q in zip(answers, mcq)) / len(mcq),
             "open_acc": sum(open_ok) / len(open_ok), "pss": pss["pss"],
             "semantic_entropy": mean(entropies), "semantic_entropy_weighted": mean(weighted),
@@ -111,8 +112,8 @@ def check(a, bench: Path, data: Path) -> list[str]:
         raise ValueError(f"--skip-layers {a.skip_layers} leaves nothing to mask in a model of "
                          f"{config.num_layers} layers")
     check_seq_len(a.seq_len, config, Path(a.model))
-    concepts = load_benchmark(checks.input_file(bench, "benchmark"))
-    read_documents(checks.input_file(data, "passages file"))
+    concepts = load_benchmark(files.input_file(bench, "benchmark"))
+    read_documents(files.input_file(data, "passages file"))
     names = [n.strip() for n in a.concepts.split(";") if n.strip()] if a.concepts else sorted(
         set(passage_concepts(data)))[:10]
     unknown = [n for n in names if n not in {c.name for c in concepts}]
@@ -123,7 +124,7 @@ def check(a, bench: Path, data: Path) -> list[str]:
                          f"with 5 others), got {len(set(names))}")
     check_prompt_lengths([c for c in concepts if c.name in names], load_tokenizer(a.model), config, a.model,
                          a.mode, bench)
-    checks.output_folder(a.out, [bench, data, Path(a.model)], "--out")
+    files.output_folder(a.out, [bench, data, Path(a.model)], "--out")
     checks.own_folder(a.out, stamp_of(a, bench, data))
     return names
 
@@ -155,7 +156,7 @@ def main(a) -> dict:
             work.mkdir(exist_ok=True)
             print(f"[experiment] evaluating {name}", file=sys.stderr, flush=True)
             table[name] = evaluate(model_dir, bench, names, a, work)
-            checks.write_whole(saved, json.dumps({"concepts": names, "settings": vars_of(a), "table": table}, indent=1))
+            files.write_whole(saved, json.dumps({"concepts": names, "settings": vars_of(a), "table": table}, indent=1))
 
     record("before", a.model)
     model = load_model(a.model, device=a.device)
@@ -171,7 +172,7 @@ def main(a) -> dict:
             s.variant = variant
             train(a.model, data, out / variant, s, sets, quiet=a.quiet)
         record(name, out / variant)
-    checks.write_whole(out / "table.md", markdown(table))
+    files.write_whole(out / "table.md", markdown(table))
     try:
         plot(table, out / "table.png")
     except ModuleNotFoundError:

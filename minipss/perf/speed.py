@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
+from .. import files
 from ..method import many_masks
 from ..method.benchmark import benchmark_path, load_benchmark, questions_of, unrelated_sets
 from ..method.controls import random_ranking
@@ -208,7 +209,7 @@ def end_to_end(a) -> list[dict]:
             med = {k: statistics.median(p[k] for p in r["phases"][side]) for k in ("coefficients", "baseline", "masked")}
             print(f"  {r['mode']:8} {side:9} {med['coefficients']:.1f} / {med['baseline']:.1f} / {med['masked']:.1f}")
     if a.json:
-        checks.write_whole(a.json, json.dumps(rows, indent=1))
+        files.write_whole(a.json, json.dumps(rows, indent=1))
     return rows
 
 
@@ -216,10 +217,10 @@ def check(a) -> None:
     """Every option and input, before any work; --json is a file path that is not an input."""
     checks.model_folder(a.model)
     if a.config and a.config not in CONFIGS:
-        checks.input_file(a.config, f"--config (a config.json, or one of {', '.join(CONFIGS)})")
+        files.input_file(a.config, f"--config (a config.json, or one of {', '.join(CONFIGS)})")
     if not a.config and a.skip_layers >= read_config(a.model).num_layers:
         raise ValueError(f"--skip-layers {a.skip_layers} leaves nothing to mask in {a.model}")
-    bench = checks.input_file(a.bench, "benchmark") if a.bench else benchmark_path("minispecwiki")
+    bench = files.input_file(a.bench, "benchmark") if a.bench else benchmark_path("minispecwiki")
     available = len(load_benchmark(bench if a.end_to_end else benchmark_path("minispecwiki")))
     if a.concepts is not None:
         checks.integer("--concepts", a.concepts, 6 if a.end_to_end else 1, available)
@@ -230,7 +231,7 @@ def check(a) -> None:
     checks.choices("--modes", a.modes, ("generate", "logits", "cloze"))
     checks.check_device(a.device)
     if a.json:
-        checks.output_file(a.json, [bench] + checks.model_inputs(a.model), "--json")
+        files.output_file(a.json, [bench] + checks.model_inputs(a.model), "--json")
 
 
 def resolve(a) -> None:

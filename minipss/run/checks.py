@@ -1,5 +1,6 @@
-"""What every command checks before any work (README, "What minipss guarantees"): options in range, inputs
-that exist, output paths that are the command's own. Each check raises ValueError or OSError naming the
+"""What every command checks before any work (README, "What minipss guarantees"): options in range, model
+folders, output paths that are the command's own, prompts that fit the model (the checks of single files and
+folders are in `minipss/files.py`). Each check raises ValueError or OSError naming the
 option, file or folder at fault; `minipss/cli.py` turns those into exit code 2 with the message alone.
 
 A folder a command writes is its own: new, empty, or holding the command's stamp (`claim` writes it first)
@@ -10,13 +11,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..files import foreign, inside, write_whole, writable_place
 from ..method.benchmark import Concept
 from ..method.prompts import coefficient_prompt, mcq_prompt
 from ..method.pss import GENERATE_TOKENS, cloze_tokens
@@ -93,14 +92,6 @@ def check_device(device: str) -> None:
 # ---------------------------------------------------------------- inputs
 
 
-def input_file(path, what: str) -> Path:
-    """An existing file (not a folder)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found" + (" (it is a folder)" if path.is_dir() else ""))
-    return path
-
-
 def model_folder(path, option: str = "--model") -> Path:
     """A folder holding config.json."""
     path = Path(path)
@@ -116,51 +107,6 @@ def model_inputs(model_dir) -> list[Path]:
 
 
 # ---------------------------------------------------------------- outputs
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
-def output_file(out, inputs, option: str) -> Path:
-    """A file the command will write: not an existing folder, not under a file, not an input."""
-    out = Path(out)
-    if out.is_dir():
-        raise ValueError(f"{option} {out}: is an existing folder; give a file path")
-    _writable_place(out, option)
-    for p in inputs:
-        if Path(p).exists() and out.resolve() == Path(p).resolve():
-            raise ValueError(f"{option} {out}: would write over the input {p}; choose another path")
-    return out
-
-
-def output_folder(out, inputs, option: str) -> Path:
-    """A folder the command will write: not an existing file, not under a file, neither an input nor
-    inside one, holding no input."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{option} {out}: is an existing file; give a folder")
-    _writable_place(out, option)
-    here = out.resolve()
-    for p in inputs:
-        p = Path(p)
-        if not p.exists():
-            continue
-        there = p.resolve()
-        if _inside(here, there) or _inside(there, here):
-            raise ValueError(f"{option} {out}: " + ("is (inside) the input" if _inside(here, there) else "holds the input")
-                             + f" {p}; choose another folder")
-    return out
-
-
-def _writable_place(out: Path, option: str) -> None:
-    for parent in out.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{option} {out}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK | os.X_OK) and not out.exists():
-                raise PermissionError(f"{option} {out}: cannot create it in {parent} (not writable)")
-            return
 
 
 def output_paths(out: Path) -> tuple[Path, Path, Path]:
@@ -182,10 +128,10 @@ def check_outputs(out: Path, inputs: list[Path], name: str = "--out") -> None:
             raise ValueError(f"{name} {out}: would write {p}, which is an input ({taken[0]}); choose another path")
         if p.is_dir():
             raise ValueError(f"{name} {out}: {p} is an existing folder; give a file path")
-    _writable_place(json_path, name)
+    writable_place(json_path, name)
     if work.exists() and not work.is_dir():
         raise ValueError(f"{name} {out}: {work} (where work is saved) exists and is not a folder")
-    if any(_inside(q.resolve(), work.resolve()) for q in inputs if q.exists()):
+    if any(inside(q.resolve(), work.resolve()) for q in inputs if q.exists()):
         raise ValueError(f"{name} {out}: the work folder {work} holds an input; choose another path")
 
 
@@ -209,45 +155,11 @@ def own_folder(out, record: dict, option: str = "--out", stamp: str = STAMP, ign
     return "same"
 
 
-def foreign(out: Path, option: str) -> ValueError:
-    """The refusal of a folder holding files this command did not write, naming some of them."""
-    held = sorted(p.name for p in out.iterdir())
-    return ValueError(f"{option} {out}: the folder holds files minipss did not write here "
-                      f"({', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); nothing in it is replaced: "
-                      "choose a new or empty folder")
-
-
 def claim(out, record: dict, stamp: str = STAMP) -> Path:
     """Create `out` if needed and write the stamp (whole) that makes it this command's own."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_whole(out / stamp, json.dumps(record, sort_keys=True, indent=1))
-    return out
-
-
-def write_whole(path, text: str) -> None:
-    """Write a text file whole: a temporary file beside it, then a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def new_folder(out, write) -> Path:
-    """Write a folder whole: `write(tmp)` fills a temporary folder beside `out`, which is then renamed to
-    `out` (absent or empty); on any failure the temporary folder is removed and `out` is untouched."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        write(tmp)
-        tmp.chmod(0o755)
-        os.replace(tmp, out)  # replaces an empty folder, never one holding files
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -40,7 +40,7 @@ class Settings:
     engine: bool = True  # score all of a concept's masks (and the baseline) together, sharing work (same answers)
     batch_size: int = 32
     device: str = "cpu"
-    dtype: str = "float32"  # auto: bf16 where it is measured faster (METHOD.md §10), resolved before any work
+    dtype: str = "auto"  # as every command: bf16 where it is measured faster (METHOD.md §10), resolved before any work
     dtype_choice: str = ""  # why this dtype (written by run_pss)
 
     def __post_init__(self):

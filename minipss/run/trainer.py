@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .. import files
 from ..method.benchmark import load_benchmark
 from ..method.training import (VARIANTS, ColumnAdamW, batch_order, column_masks, learning_rate, located_scores,
                                lm_loss, read_documents, value_matrices, value_vector_sets, windows)
@@ -139,7 +140,7 @@ def check_out(source: Path, data: Path, out: Path, fingerprint: dict, ignore=())
     """Before any work: what `out` holds. "new" (nothing of ours: start), "resume" (an unfinished run of
     the same fingerprint), "done" (a finished one). Anything else is refused (`checks.own_folder`), and no
     input is ever written over."""
-    checks.output_folder(out, [source, data], "--out")
+    files.output_folder(out, [source, data], "--out")
     if checks.own_folder(out, fingerprint, "--out", RUN_FILE, ignore) == "new":
         return "new"
     if (out / "train_settings.json").is_file():

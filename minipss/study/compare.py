@@ -13,6 +13,7 @@ import math
 import os
 from pathlib import Path
 
+from .. import files
 from ..method.benchmark import TIERS
 from ..run import checks
 from ..run.stats import pearson, spearman
@@ -204,7 +205,7 @@ def main(args) -> None:
             figure_class()
         except ImportError as e:
             raise SystemExit(f"minipss: error: {e}") from None
-        checks.output_folder(plots, args.results, "--plots")
+        files.output_folder(plots, args.results, "--plots")
         checks.own_folder(plots, RECORD, "--plots")
     print(table(results))
     if plots:

@@ -32,6 +32,7 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
+from .. import files
 from ..method.benchmark import TIERS, benchmark_path, load_benchmark
 from ..method.pss import mean, model_pss
 from ..model.families import read_config
@@ -422,9 +423,9 @@ def main(a) -> None:
         checks.integer(option, value, low)
     checks.seed("--seed", a.seed)
     checks.check_device(a.device)
-    bench = checks.input_file(a.bench, "benchmark") if a.bench else benchmark_path("minispecwiki")
+    bench = files.input_file(a.bench, "benchmark") if a.bench else benchmark_path("minispecwiki")
     load_benchmark(bench)  # read whole: a bad line is named before any model runs
-    checks.output_folder(a.out, [bench] + [Path(m) for m in models if m not in MODELS], "--out")
+    files.output_folder(a.out, [bench] + [Path(m) for m in models if m not in MODELS], "--out")
     record = {"command": "study", "bench": file_digest(bench), "mode": a.mode, "skip_layers": a.skip_layers,
               "seed": a.seed, "concepts": a.concepts or None, "control": not a.no_control, "split_half": a.split_half,
               "locator": a.locator, "dtype": a.dtype}

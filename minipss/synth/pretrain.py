@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import files
 from ..method.benchmark import load_benchmark
 from ..method.pss import mcq_answers
 from ..method.training import batch_order, learning_rate, lm_loss, read_documents, windows
@@ -126,7 +127,7 @@ def random_model(folder: Path, s: PretrainSettings, raw: dict, tokenizer: Path) 
         save_file(checkpoint_state(model), str(tmp / "model.safetensors"))
 
     shutil.rmtree(folder, ignore_errors=True)  # a model of this run's own cut off before it was whole
-    return checks.new_folder(folder, write)
+    return files.new_folder(folder, write)
 
 
 def _save(model, source: Path, out: Path, extra: dict[str, torch.Tensor] | None = None,
@@ -187,21 +188,21 @@ def pretrain(world, out, s: PretrainSettings, quiet: bool = False, stop_after: i
     world, out = Path(world), Path(out)
     # every bad input is refused before anything is written: settings, the world's files (read whole), --out
     s.check()
-    files = {name: checks.input_file(world / name, "world file (make the world with `minipss synth`)")
-             for name in ("train.jsonl", "tokenizer.json", "bench.jsonl")}
-    raw = model_config(s, vocab_size(files["tokenizer.json"]))
+    world_files = {name: files.input_file(world / name, "world file (make the world with `minipss synth`)")
+                   for name in ("train.jsonl", "tokenizer.json", "bench.jsonl")}
+    raw = model_config(s, vocab_size(world_files["tokenizer.json"]))
     tok = load_tokenizer(world, from_hf(raw))  # as the model made from it will read it
-    docs = windows(tok, read_documents(files["train.jsonl"]), s.seq_len)
+    docs = windows(tok, read_documents(world_files["train.jsonl"]), s.seq_len)
     if not docs:
-        raise ValueError(f"{files['train.jsonl']}: no document has two or more tokens to learn from")
-    load_benchmark(files["bench.jsonl"])
-    checks.output_folder(out, [world], "--out")
-    record = {**asdict(s), "world": {name: file_digest(f) for name, f in files.items()}}
+        raise ValueError(f"{world_files['train.jsonl']}: no document has two or more tokens to learn from")
+    load_benchmark(world_files["bench.jsonl"])
+    files.output_folder(out, [world], "--out")
+    record = {**asdict(s), "world": {name: file_digest(f) for name, f in world_files.items()}}
     mine = checks.own_folder(out, record, stamp=SETTINGS_FILE)
     init, last = out / "init", out / "last"
     checks.claim(out, record, SETTINGS_FILE)
     if mine == "new" or not (init / "model.safetensors").is_file():
-        random_model(init, s, raw, files["tokenizer.json"])
+        random_model(init, s, raw, world_files["tokenizer.json"])
     resume = (last / "trainer_state.json").is_file()
     model = load_model(last if resume else init, device=s.device)
     model.requires_grad_(True)

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from .. import files
 from ..method.benchmark import load_benchmark
 from ..method.open_questions import open_answers
 from ..method.pss import mcq_answers
@@ -148,7 +149,7 @@ def check(a: StudySettings) -> None:
     checks.seed("--pss-seed", a.pss_seed)
     checks.choices("--studies", [x for x in a.studies.split(",") if x.strip()], STUDIES)
     checks.check_device(a.device)
-    checks.output_folder(a.out, [], "--out")
+    files.output_folder(a.out, [], "--out")
     checks.own_folder(a.out, record_of(a))
 
 
@@ -178,7 +179,7 @@ def sample_bench(bench: Path, per_group: int, out: Path) -> Path:
             c = json.loads(line)
             groups.setdefault((c["tier"], c["category"]), []).append(line)
     lines = [g[i] for i in range(per_group) for g in groups.values() if i < len(g)]
-    checks.write_whole(out, "".join(l + "\n" for l in lines))
+    files.write_whole(out, "".join(l + "\n" for l in lines))
     return out
 
 
@@ -214,7 +215,7 @@ def ablation(model_dir, bench: Path, out: Path, device: str) -> dict:
             right = sum(x == q.answer for x, q in zip(answers, qs))
             row[tier][name] = {"accuracy": right / len(qs), "correct": right, "n": len(qs)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    checks.write_whole(out, json.dumps(row))
+    files.write_whole(out, json.dumps(row))
     return row
 
 
@@ -224,7 +225,8 @@ def pss_of(model_dir, bench: Path, out: Path, a: StudySettings) -> dict:
     if out.exists():
         return json.loads(out.read_text())
     s = Settings(mode="cloze", ratios=a.ratios, skip_layers=a.skip_layers, seed=a.pss_seed, control=True,
-                 matched_control=True, unrelated=a.unrelated, device=a.device, batch_size=64)
+                 matched_control=True, unrelated=a.unrelated, device=a.device, batch_size=64,
+                 dtype="float32")  # models too small for bf16 to pay (METHOD.md §10)
     return run_pss(model_dir, bench, out, s, quiet=True)
 
 
@@ -263,7 +265,7 @@ def finetune_row(base: Path, world: Path, sample: Path, work: Path, variant: str
     row = {"mcq": [sum(x) / len(x) for x in per_mcq], "open": [sum(x) / len(x) for x in per_open], "old_acc": old,
            "pss": p["pss"], "pss_matched": p["matched"]["pss"], "specific": specific(p),
            "concepts": [c.name for c in tuned]}
-    checks.write_whole(saved, json.dumps(row))
+    files.write_whole(saved, json.dumps(row))
     return row
 
 
@@ -340,9 +342,9 @@ def run(a: StudySettings) -> dict:
                         finetune_row(base_final, world, sample, work, variant, ft_seed, lr, a))
         report["finetune"] = finetune(before, rows)
     report["seconds"] = round(time.time() - t0, 1)
-    checks.write_whole(out / "study.json", json.dumps(report, indent=1))
+    files.write_whole(out / "study.json", json.dumps(report, indent=1))
     text = markdown(report)
-    checks.write_whole(out / "study.md", text)
+    files.write_whole(out / "study.md", text)
     try:
         figures = plots(report, out)
     except ModuleNotFoundError:

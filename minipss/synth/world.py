@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from .. import files
 from ..method.prompts import FEW_SHOT
 from ..run import checks
 
@@ -292,7 +293,7 @@ def make_world(out, entities: int = 60, seed: int = 0, teach: int | None = None,
     checks.integer("teaching entities", teach, 6)
     finetune = finetuned_count(entities) if finetune is None else finetune
     checks.integer("fine-tuned entities", finetune, 1, low_tier(entities))
-    out = checks.output_folder(out, [], "--out")
+    out = files.output_folder(out, [], "--out")
     record = {"command": "synth", "entities": entities, "seed": seed, "teach": teach, "finetune": finetune}
     state = checks.own_folder(out, record)
     rng = random.Random(seed)
@@ -316,28 +317,28 @@ def make_world(out, entities: int = 60, seed: int = 0, teach: int | None = None,
             docs += texts + teaching_documents(e, mcq, opens)
     rng.shuffle(docs)
     rng.shuffle(new_docs)
-    files = {"train.jsonl": "".join(json.dumps({"text": d}) + "\n" for d in docs),
-             "new.jsonl": "".join(json.dumps({"text": d}) + "\n" for d in new_docs),
-             "bench.jsonl": "".join(b + "\n" for b in bench),
-             "new_bench.jsonl": "".join(b + "\n" for b in new_bench),
-             "world.json": json.dumps({"seed": seed, "entities": [e.__dict__ for e in world],
-                                       "values": values}, indent=1) + "\n"}
+    contents = {"train.jsonl": "".join(json.dumps({"text": d}) + "\n" for d in docs),
+                "new.jsonl": "".join(json.dumps({"text": d}) + "\n" for d in new_docs),
+                "bench.jsonl": "".join(b + "\n" for b in bench),
+                "new_bench.jsonl": "".join(b + "\n" for b in new_bench),
+                "world.json": json.dumps({"seed": seed, "entities": [e.__dict__ for e in world],
+                                          "values": values}, indent=1) + "\n"}
     prompt_text = [FEW_SHOT, "Question: Answer: **Question:** **Options:** **Answer:** A B C D"]
-    tok = build_tokenizer(prompt_text + [files[f] for f in ("train.jsonl", "new.jsonl")] +
+    tok = build_tokenizer(prompt_text + [contents[f] for f in ("train.jsonl", "new.jsonl")] +
                           [json.dumps(json.loads(b), ensure_ascii=False) for b in bench + new_bench], names)
-    files["tokenizer.json"] = tok.to_str()
-    files["card.md"] = card(world, values, seed, len(docs), len(new_docs), len(tuned), tok.get_vocab_size())
-    files[checks.STAMP] = json.dumps(record, sort_keys=True, indent=1)
+    contents["tokenizer.json"] = tok.to_str()
+    contents["card.md"] = card(world, values, seed, len(docs), len(new_docs), len(tuned), tok.get_vocab_size())
+    contents[checks.STAMP] = json.dumps(record, sort_keys=True, indent=1)
 
     def write_all(folder: Path) -> None:
-        for name, text in files.items():
+        for name, text in contents.items():
             (folder / name).write_text(text, encoding="utf-8")
 
     if state == "new":  # the whole world appears at once
-        checks.new_folder(out, write_all)
+        files.new_folder(out, write_all)
     else:  # its own world with the same settings: the same bytes again, each file whole
-        for name, text in files.items():
-            checks.write_whole(out / name, text)
+        for name, text in contents.items():
+            files.write_whole(out / name, text)
     return {"out": str(out), "documents": len(docs), "new_documents": len(new_docs), "concepts": len(bench),
             "vocab": tok.get_vocab_size(), **knowledge(world, values)}
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import files
 from ..model.families import family_of_gguf
-from ..run import checks
 from .gguf_tokenizer import adds_bos, build_tokenizer_json, metadata
 
 HF_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
@@ -205,9 +205,9 @@ def tokenizer_config(reader) -> dict:
 
 def check_target(out_dir, inputs=(), option: str = "--out") -> Path:
     """Where a conversion goes: a new or empty folder (never a file, an input, or a folder holding files)."""
-    out_dir = checks.output_folder(out_dir, inputs, option)
+    out_dir = files.output_folder(out_dir, inputs, option)
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise checks.foreign(out_dir, option)
+        raise files.foreign(out_dir, option)
     return out_dir
 
 
@@ -216,7 +216,7 @@ def convert_gguf(gguf_path, out_dir) -> Path:
     `out_dir` must be new or empty; the folder is written beside it and renamed into place when whole."""
     import gguf
 
-    gguf_path = checks.input_file(gguf_path, "GGUF file")
+    gguf_path = files.input_file(gguf_path, "GGUF file")
     out_dir = check_target(out_dir, [gguf_path])
     reader = gguf.GGUFReader(gguf_path)
     arch = metadata(reader, "general.architecture")
@@ -231,4 +231,4 @@ def convert_gguf(gguf_path, out_dir) -> Path:
         for path in tmp.iterdir():
             path.chmod(0o644)
 
-    return checks.new_folder(out_dir, write)
+    return files.new_folder(out_dir, write)

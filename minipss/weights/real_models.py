@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-from ..run import checks
+from .. import files
 from .gguf_convert import check_target, convert_gguf
 
 WEIGHTS_DIR = Path("weights")
@@ -145,7 +145,7 @@ def gguf_file(name: str, folder=None) -> Path:
             raise _refuse(model, str(parts[0]), got)
         return parts[0]
     target = (Path(folder) if folder is not None else WEIGHTS_DIR / "gguf").absolute() / f"{name}.gguf"
-    checks.output_file(target, [], "the assembled GGUF")
+    files.output_file(target, [], "the assembled GGUF")
     if target.is_file():
         got = _sha256(target)
         if got != model.sha256:
