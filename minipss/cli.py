@@ -18,7 +18,8 @@ from .run.pipeline import run_pss
 from .run.report import summary
 from .run.settings import PAPER_RATIOS, SWEEP_RATIOS, pss_arguments, settings_from
 from .study import cross_model
-from .study.compare import FIGURES, load_results, main as compare_main, plot
+from .study.compare import load_results, main as compare_main, plot
+from .study.figures import FIGURES
 from .synth import pretrain, study as study_synth, world as synth
 from .weights.real_models import ensure_gemma3_270m
 

@@ -61,7 +61,7 @@ def test_markdown_report_has_table_1_every_model_and_embeds_the_figures(study):
     assert "## Table 1" in text
     for m in models:
         assert f"| {m.name} | ? |" in text  # not a known model: instruction tuning unknown
-    for png in ("fig2_accuracy_vs_pss.png", "fig3_g_minus_c_by_ratio.png", "fig5_pss_by_tier.png"):
+    for png in ("fig2_accuracy_vs_pss.png", "fig3_pss_by_ratio.png", "fig5_pss_by_tier.png"):
         assert f"]({png})" in text
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -125,7 +125,7 @@ def test_figure_2_draws_a_point_outside_its_own_bootstrap_interval(study, tmp_pa
         m["pss_ci"] = [m["pss"] + 0.1, m["pss"] + 0.2]
         m["acc_ci"] = [m["acc_before"] - 0.2, m["acc_before"] - 0.1]
     paths = plot(summary, tmp_path)
-    assert [p.name for p in paths] == ["fig2_accuracy_vs_pss.png", "fig3_g_minus_c_by_ratio.png",
+    assert [p.name for p in paths] == ["fig2_accuracy_vs_pss.png", "fig3_pss_by_ratio.png",
                                        "fig5_pss_by_tier.png"]
     import matplotlib.image
 

@@ -1,26 +1,23 @@
 """Across result files of several models (§6): a table, accuracy vs PSS correlations (Figure 2), and
-figures for accuracy vs PSS (Figure 2), the sweep curves (Figure 3) and PSS by tier (Figure 5).
+Figures 2, 3 and 5 (`figures`).
 
     minipss compare runs/a/result.json runs/b/result.json --plots figures/
 
-matplotlib is optional (`pip install "minipss[plot]"`) and imported only by `plot`.
+matplotlib is optional (`pip install "minipss[plot]"`) and imported only when a figure is drawn.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 from pathlib import Path
 
 from .. import files
 from ..method.benchmark import TIERS
 from ..run import checks
 from ..run.stats import pearson, spearman
+from . import figures
 
 REQUIRED = ("acc_before", "pss", "pss_by_ratio")
-PLOT_EXTRA = 'pip install "minipss[plot]"'
-FIGURES = ("fig2_accuracy_vs_pss.png", "fig3_pss_by_ratio.png", "fig5_pss_by_tier.png")  # what `plot` writes
 RECORD = {"command": "compare"}  # its figures are made again from whichever results it is given
 
 
@@ -107,91 +104,24 @@ def table(results: list[dict]) -> str:
 
 # ---- figures ---------------------------------------------------------------------------------------
 
-def _nan(x) -> float:
-    return math.nan if x is None else float(x)
-
-
-def figure_class():
-    """matplotlib's Figure (its savefig renders PNG with the Agg canvas, no pyplot state); ImportError
-    with the install hint where matplotlib is missing."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError(f"plotting needs matplotlib: {PLOT_EXTRA}") from None
-    return Figure
-
-
 def plot(results: list[dict], folder) -> list[Path]:
-    """Figures 2, 3 and 5 as PNGs in `folder`; returns their paths. Needs matplotlib."""
-    Figure = figure_class()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Figures 2, 3 and 5 of these results as PNGs in `folder` (`figures.draw`); returns their paths. Needs
+    matplotlib."""
     names = labels(results)
-    paths = []
-
-    # Figure 2: accuracy before masking vs PSS, one point per result.
-    fig = Figure(figsize=(6, 4.5))
-    ax = fig.subplots()
-    for name, r in zip(names, results):
-        if r["acc_before"] is not None and r["pss"] is not None:
-            ax.scatter(r["acc_before"], r["pss"])
-            ax.annotate(name, (r["acc_before"], r["pss"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     xs, ys = accuracy_vs_pss(results)
-    ax.set(xlabel="accuracy before masking", ylabel="PSS (mean over ratios)",
-           title=f"Pearson {_corr(pearson(xs, ys))}, Spearman {_corr(spearman(xs, ys))}")
-    paths.append(_save(fig, folder / FIGURES[0]))
-
-    # Figure 3: PSS against the mask ratio; dashed: random vectors of the same count (the control).
-    all_r = [float(k) for k in ratios_of(results)]
-    positive = [x for x in all_r if x > 0]
-    log_x = len(positive) >= 2 and max(positive) / min(positive) > 20
-    fig = Figure(figsize=(6.5, 4.5))
-    ax = fig.subplots()
+    points = {name: (r["acc_before"], r["pss"], None, None) for name, r in zip(names, results)}
+    curves = {}
     for name, r in zip(names, results):
-        line = _curve(ax, r["pss_by_ratio"], log_x, "-", name)
-        control = r.get("control") or {}
-        if "pss_by_ratio" in control:
-            _curve(ax, control["pss_by_ratio"], log_x, "--", f"{name} random", color=line.get_color())
-    if log_x:
-        ax.set_xscale("log")
-    ax.set(xlabel="mask ratio" + (" (log; ratio 0 not shown)" if log_x and 0.0 in all_r else ""),
-           ylabel="PSS", title="PSS by mask ratio")
-    ax.legend(fontsize=7)
-    paths.append(_save(fig, folder / FIGURES[1]))
-
-    # Figure 5: PSS per tier, one bar per result within each tier group.
+        curves[name] = {"located": {"pss": r["pss_by_ratio"], "g_minus_c": r.get("g_minus_c_by_ratio", {})}}
+        for kind, section in (("random", "control"), ("matched", "matched")):
+            if "pss_by_ratio" in (r.get(section) or {}):
+                curves[name][kind] = {"pss": r[section]["pss_by_ratio"],
+                                      "g_minus_c": r[section].get("g_minus_c_by_ratio", {})}
     present = {t for r in results for t in r.get("tiers", {})}
     tiers = [t for t in TIERS if t in present] + sorted(present - set(TIERS))
-    fig = Figure(figsize=(6.5, 4.5))
-    ax = fig.subplots()
-    width = 0.8 / max(len(results), 1)
-    for i, (name, r) in enumerate(zip(names, results)):
-        heights = [_nan(r.get("tiers", {}).get(t, {}).get("pss")) for t in tiers]
-        ax.bar([k + (i - (len(results) - 1) / 2) * width for k in range(len(tiers))], heights, width, label=name)
-    ax.set_xticks(range(len(tiers)), tiers)
-    ax.set(xlabel="tier", ylabel="PSS", title="PSS by tier")
-    if tiers:
-        ax.legend(fontsize=7)
-    paths.append(_save(fig, folder / FIGURES[2]))
-    return paths
-
-
-def _curve(ax, by_ratio: dict, log_x: bool, style: str, label: str, **kw):
-    points = sorted((float(k), _nan(v)) for k, v in by_ratio.items() if not (log_x and float(k) <= 0))
-    (line,) = ax.plot([x for x, _ in points], [y for _, y in points], style, marker="o", ms=3, label=label, **kw)
-    return line
-
-
-def _save(fig, path: Path) -> Path:
-    """The figure as a PNG written whole (a temporary file, then a rename)."""
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, dpi=120, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    bars = {name: {t: v.get("pss") for t, v in r.get("tiers", {}).items()} for name, r in zip(names, results)}
+    return figures.draw(points, curves, bars, tiers, folder,
+                        f"Pearson {_corr(pearson(xs, ys))}, Spearman {_corr(spearman(xs, ys))}", "PSS (mean over ratios)")
 
 
 # ---- command line ----------------------------------------------------------------------------------
@@ -202,7 +132,7 @@ def main(args) -> None:
     plots = getattr(args, "plots", None)
     if plots:  # a folder of its own for the figures, checked before anything is printed or written
         try:
-            figure_class()
+            figures.figure_class()
         except ImportError as e:
             raise SystemExit(f"minipss: error: {e}") from None
         files.output_folder(plots, args.results, "--plots")

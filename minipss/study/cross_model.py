@@ -12,7 +12,8 @@ whose result already holds these settings is not run again. Then it writes, in `
 - the paired tests of located against each control per ratio, and the sentences they allow (METHOD.md §9);
 - Figure 2: accuracy against PSS across models, Pearson and Spearman with bootstrap intervals over concepts
   and permutation p-values over the models' orderings;
-- Figure 3: General_after - Concept_after against the mask ratio, one curve per model (dashed: random; dotted: matched);
+- Figure 3: PSS and General_after - Concept_after against the mask ratio, one curve per model (dashed:
+  random; dotted: matched);
 - Figure 5: PSS per popularity tier;
 - `study.md` (the tables, the figures embedded) and `study.json` (every number in it).
 
@@ -46,7 +47,7 @@ from ..run.report import significance
 from ..run.settings import Settings
 from ..run.stats import correlation_p, pearson, spearman
 from ..weights.real_models import MODELS, ensure
-from .compare import PLOT_EXTRA
+from . import figures
 
 
 DEFAULT_MODELS = ("smollm2-135m", "gemma-3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
@@ -286,65 +287,23 @@ def markdown(summary: dict, settings: dict, figures: list[Path]) -> str:
 
 
 def plot(summary: dict, folder: Path) -> list[Path]:
-    """Figures 2, 3 and 5 as PNGs in `folder`. Needs matplotlib."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError(f"plotting needs matplotlib: {PLOT_EXTRA}") from None
-    models, paths = summary["models"], []
-
-    fig = Figure(figsize=(6.5, 4.8))
-    ax = fig.subplots()
+    """Figures 2, 3 and 5 of the study as PNGs in `folder` (`figures.draw`). Needs matplotlib."""
+    models = summary["models"]
+    points = {label: (m["acc_before"], m["pss"], m["acc_ci"], m["pss_ci"]) for label, m in models.items()}
+    curves = {}
     for label, m in models.items():
-        if m["acc_before"] is None or m["pss"] is None:
-            continue
-        # the intervals as drawn lines: PSS over all concepts (a ratio of means) may lie outside its own
-        # bootstrap percentile interval, which an error bar around the point cannot show
-        (point,) = ax.plot(m["acc_before"], m["pss"], "o", label=label)
-        if m["acc_ci"]:
-            ax.hlines(m["pss"], *m["acc_ci"], color=point.get_color(), lw=1)
-        if m["pss_ci"]:
-            ax.vlines(m["acc_before"], *m["pss_ci"], color=point.get_color(), lw=1)
+        by = m["by_ratio"]
+        curves[label] = {"located": {"pss": {k: r["pss"] for k, r in by.items()},
+                                     "g_minus_c": {k: r["g_minus_c"] for k, r in by.items()}}}
+        for kind, name in (("random", "control"), ("matched", "matched")):
+            if all(r.get(f"{name}_pss") is not None for r in by.values()):
+                curves[label][kind] = {"pss": {k: r[f"{name}_pss"] for k, r in by.items()},
+                                       "g_minus_c": {k: r[f"{name}_g_minus_c"] for k, r in by.items()}}
+    bars = {label: {t: v["pss"] for t, v in m["tiers"].items()} for label, m in models.items()}
     c = summary["accuracy_vs"]["pss"]
-    ax.set(xlabel="accuracy before masking", ylabel="PSS (mean over " + ", ".join(map(_pct, summary["common_ratios"])) + ")",
-           title=f"Pearson {_f(c['pearson'])}{_ci(c['pearson_ci'])}, Spearman {_f(c['spearman'])}")
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=7)
-    paths.append(_save(fig, folder / "fig2_accuracy_vs_pss.png"))
-
-    fig = Figure(figsize=(6.5, 4.5))
-    ax = fig.subplots()
-    for label, m in models.items():
-        points = [(float(k), r["g_minus_c"], r["control_g_minus_c"], r.get("matched_g_minus_c"))
-                  for k, r in m["by_ratio"].items() if float(k) > 0]
-        (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], "-o", ms=3, label=label)
-        for n, style, name in ((2, "--x", "random"), (3, ":s", "matched")):
-            if all(p[n] is not None for p in points):
-                ax.plot([p[0] for p in points], [p[n] for p in points], style, ms=3, color=line.get_color(),
-                        label=f"{label} {name}")
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.set_xscale("log")
-    ax.set(xlabel="mask ratio (log)", ylabel="General_after - Concept_after", title="G - C by mask ratio")
-    ax.legend(fontsize=6)
-    paths.append(_save(fig, folder / "fig3_g_minus_c_by_ratio.png"))
-
-    fig = Figure(figsize=(6.5, 4.5))
-    ax = fig.subplots()
-    width = 0.8 / max(len(models), 1)
-    for i, (label, m) in enumerate(models.items()):
-        heights = [float("nan") if (t := m["tiers"].get(tier)) is None or t["pss"] is None else t["pss"] for tier in TIERS]
-        ax.bar([k + (i - (len(models) - 1) / 2) * width for k in range(len(TIERS))], heights, width, label=label)
-    ax.set_xticks(range(len(TIERS)), TIERS)
-    ax.set(xlabel="tier", ylabel="PSS", title="PSS by popularity tier")
-    ax.legend(fontsize=7)
-    paths.append(_save(fig, folder / "fig5_pss_by_tier.png"))
-    return paths
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return figures.draw(points, curves, bars, TIERS, folder,
+                        f"Pearson {_f(c['pearson'])}{_ci(c['pearson_ci'])}, Spearman {_f(c['spearman'])}",
+                        "PSS (mean over " + ", ".join(map(_pct, summary["common_ratios"])) + ")")
 
 
 def write_report(results: dict[str, dict], out, settings: dict, instruct: dict, n_boot: int = 1000) -> Path:
