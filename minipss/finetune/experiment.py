@@ -20,8 +20,7 @@ from .. import files
 from ..method.benchmark import benchmark_path, load_benchmark, unrelated_sets
 from ..method.open_questions import open_answers
 from ..method.pss import mcq_answers, mean
-from ..method.training import VARIANTS, located_scores, value_vector_sets
-from ..method.training import read_documents
+from ..method.training import VARIANTS, located_scores, read_documents, value_vector_sets
 from ..model.families import read_config
 from ..model.fastest import resolve_dtype
 from ..model.load import load_model
@@ -31,7 +30,7 @@ from ..run.checks import check_prompt_lengths
 from ..run.fingerprint import file_digest, model_digest
 from ..run.options import dtype_option, numbers
 from ..run.pipeline import measure
-from ..run.report import build_result
+from ..run.report import build_result, markdown_table
 from ..run.settings import Settings
 from ..run.trainer import TrainSettings, check_seq_len, train
 from ..run.workdir import Unsaved
@@ -76,12 +75,8 @@ def evaluate(model_dir, bench, names: list[str], s, work: Path) -> dict:
 
 
 def markdown(table: dict) -> str:
-    head = "| model | " + " | ".join(METRICS) + " |"
-    lines = [head, "|" + "---|" * (len(METRICS) + 1)]
-    for name, row in table.items():
-        cells = ["-" if row.get(m) is None else f"{row[m]:.3f}" for m in METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [[name] + ["-" if row.get(m) is None else f"{row[m]:.3f}" for m in METRICS] for name, row in table.items()]
+    return "\n".join(markdown_table(["model", *METRICS], rows)) + "\n"
 
 
 def passage_concepts(path: Path) -> list[str]:

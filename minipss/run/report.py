@@ -21,6 +21,13 @@ SETTING = {"random": "control", "matched": "matched_control"}  # the setting tha
 MEASURES = ("excess_drop", "g_minus_c", "concept_after", "general_after")  # what the paired tests compare
 
 
+def markdown_table(header: list[str], rows) -> list[str]:
+    """The lines of a Markdown table: the header, its rule, one line per row (each cell as given); every
+    report's tables are written by this."""
+    return (["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+            + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
 def near_chance(acc: float, n: int) -> bool:
     """Accuracy within two binomial standard deviations of 25%."""
     return acc < CHANCE + 2 * math.sqrt(CHANCE * (1 - CHANCE) / max(n, 1))

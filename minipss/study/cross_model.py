@@ -43,7 +43,7 @@ from ..run.claims import FOLD_NOTE, grows_with_accuracy, located_vs_control
 from ..run.fingerprint import file_digest
 from ..run.options import dtype_option, numbers
 from ..run.pipeline import run_pss
-from ..run.report import significance
+from ..run.report import markdown_table, significance
 from ..run.settings import Settings
 from ..run.stats import correlation_p, pearson, spearman
 from ..weights.real_models import MODELS, ensure
@@ -219,67 +219,60 @@ def markdown(summary: dict, settings: dict, figures: list[Path]) -> str:
              "Every model is scored as plain text "
              "completion, without a chat template. Cross-model numbers use the mask ratios all models share: "
              f"{', '.join(_pct(k) for k in ratios)}. Intervals: bootstrap 95% over concepts ({summary['bootstrap']} draws).", "",
-             "## Table 1", "",
-             f"| model | instruction-tuned | concepts | ratios run | accuracy before | PSS at {shared} | excess drop at {shared} "
-             "| random: PSS | random: excess drop | matched: PSS | matched: excess drop |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for label, m in models.items():
-        tuned = {True: "yes", False: "no", None: "?"}[m["instruction_tuned"]]
-        lines.append(
-            f"| {label} | {tuned} | {m['concepts']} | {', '.join(_pct(k) for k in m['ratios'])} | "
-            f"{_f(m['acc_before'])} ± {_f(m['acc_std_over_concepts'])}{_ci(m['acc_ci'])} | "
-            f"{_f(m['pss'])} ± {_f(m['pss_std_over_concepts'])}{_ci(m['pss_ci'])} | {_f(m['excess_drop'])}{_ci(m['excess_ci'])} | "
-            f"{_f(m['control_pss'])} | {_f(m['control_excess_drop'])} | {_f(m.get('matched_pss'))} | "
-            f"{_f(m.get('matched_excess_drop'))} |")
+             "## Table 1", ""]
+    lines += markdown_table(
+        ["model", "instruction-tuned", "concepts", "ratios run", "accuracy before", f"PSS at {shared}",
+         f"excess drop at {shared}", "random: PSS", "random: excess drop", "matched: PSS", "matched: excess drop"],
+        [[label, {True: "yes", False: "no", None: "?"}[m["instruction_tuned"]], m["concepts"],
+          ", ".join(_pct(k) for k in m["ratios"]),
+          f"{_f(m['acc_before'])} ± {_f(m['acc_std_over_concepts'])}{_ci(m['acc_ci'])}",
+          f"{_f(m['pss'])} ± {_f(m['pss_std_over_concepts'])}{_ci(m['pss_ci'])}", f"{_f(m['excess_drop'])}{_ci(m['excess_ci'])}",
+          _f(m["control_pss"]), _f(m["control_excess_drop"]), _f(m.get("matched_pss")), _f(m.get("matched_excess_drop"))]
+         for label, m in models.items()])
     lines += ["", "± is the standard deviation over concepts (of a concept's accuracy, and of its own PSS with the "
               "per-concept denominator); the model's PSS itself is Eq. 6 over all concepts. " + FOLD_NOTE, ""]
     warnings = [f"- {label}: {m['warning']}" for label, m in models.items() if m.get("warning")]
     lines += (["Warnings:", *warnings, ""] if warnings else [])
 
     lines += ["## Accuracy against PSS and excess drop across models (Figure 2)", "",
-              f"{len(models)} models; bootstrap over the {len(summary['shared_concepts'])} concepts all were scored on.", "",
-              "| accuracy before vs | Pearson [bootstrap] | p | Spearman [bootstrap] | p |",
-              "| --- | --- | --- | --- | --- |"]
-    for what, c in summary["accuracy_vs"].items():
-        lines.append(f"| {what.replace('_', ' ')} | {_f(c['pearson'])}{_ci(c['pearson_ci'])} | {_f(c.get('pearson_p'))} | "
-                     f"{_f(c['spearman'])}{_ci(c['spearman_ci'])} | {_f(c.get('spearman_p'))} |")
+              f"{len(models)} models; bootstrap over the {len(summary['shared_concepts'])} concepts all were scored on.", ""]
+    lines += markdown_table(["accuracy before vs", "Pearson [bootstrap]", "p", "Spearman [bootstrap]", "p"],
+                            [[what.replace("_", " "), f"{_f(c['pearson'])}{_ci(c['pearson_ci'])}", _f(c.get("pearson_p")),
+                              f"{_f(c['spearman'])}{_ci(c['spearman_ci'])}", _f(c.get("spearman_p"))]
+                             for what, c in summary["accuracy_vs"].items()])
     lines += ["", "p: permutation test over the orderings of the models (exact up to 8 models).", ""]
     lines += [f"- {grows_with_accuracy(what, c['spearman'], c.get('spearman_p'), len(models))}"
               for what, c in summary["accuracy_vs"].items()]
 
     lines += ["", "## Located against the controls (paired tests over concepts)", "",
               "Per concept, located minus control; mean over concepts, bootstrap 95% interval, two-sided paired "
-              "sign-flip p-value (METHOD.md §9).", "",
-              "| model | ratio | control | excess drop: difference | p | General_after: difference | p |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-    sentences = []
+              "sign-flip p-value (METHOD.md §9).", ""]
+    sentences, rows = [], []
     for label, m in models.items():
         for k, by in m.get("tests", {}).items():
             for kind, t in by.items():
                 e, g = t["excess_drop"], t.get("general_after")  # results made before it lack General_after
-                lines.append(f"| {label} | {_pct(k)} | {kind} | {_f(e['difference'])}{_ci(e['ci95'])} | "
-                             f"{_f(e['p_value'])} | " + (f"{_f(g['difference'])}{_ci(g['ci95'])} | {_f(g['p_value'])} |"
-                                                         if g else "- | - |"))
+                rows.append([label, _pct(k), kind, f"{_f(e['difference'])}{_ci(e['ci95'])}", _f(e["p_value"]),
+                             *((f"{_f(g['difference'])}{_ci(g['ci95'])}", _f(g["p_value"])) if g else ("-", "-"))])
                 if float(k) > 0:  # at ratio 0 nothing is masked: nothing to say
                     sentences += [f"- {label}: {located_vs_control(k, kind, t[measure], measure)}"
                                   for measure in ("general_after", "excess_drop") if measure in t]
+    lines += markdown_table(["model", "ratio", "control", "excess drop: difference", "p", "General_after: difference",
+                             "p"], rows)
     lines += ["", *sentences] if sentences else ["", "No control ran: nothing to test."]
 
-    lines += ["", "## By mask ratio (Figure 3)", "",
-              "| model | ratio | PSS | G - C | excess drop | random: PSS | random: G - C | random: excess drop |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for label, m in models.items():
-        for k, r in m["by_ratio"].items():
-            lines.append(f"| {label} | {_pct(k)} | {_f(r['pss'])} | {_f(r['g_minus_c'])} | {_f(r['excess_drop'])} | "
-                         f"{_f(r['control_pss'])} | {_f(r['control_g_minus_c'])} | {_f(r['control_excess_drop'])} |")
+    lines += ["", "## By mask ratio (Figure 3)", ""]
+    lines += markdown_table(["model", "ratio", "PSS", "G - C", "excess drop", "random: PSS", "random: G - C",
+                             "random: excess drop"],
+                            [[label, _pct(k), *map(_f, (r["pss"], r["g_minus_c"], r["excess_drop"], r["control_pss"],
+                                                        r["control_g_minus_c"], r["control_excess_drop"]))]
+                             for label, m in models.items() for k, r in m["by_ratio"].items()])
 
-    lines += ["", f"## By popularity tier (Figure 5), at the shared ratios {shared}", "",
-              "| model | " + " | ".join(f"{t}: acc / PSS / excess" for t in TIERS) + " |",
-              "| --- | " + " | ".join("---" for _ in TIERS) + " |"]
-    for label, m in models.items():
-        cells = [f"{_f(t['acc'])} / {_f(t['pss'])} / {_f(t['excess'])}" if (t := m["tiers"].get(tier)) else "-"
-                 for tier in TIERS]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"## By popularity tier (Figure 5), at the shared ratios {shared}", ""]
+    lines += markdown_table(["model", *(f"{t}: acc / PSS / excess" for t in TIERS)],
+                            [[label, *(f"{_f(t['acc'])} / {_f(t['pss'])} / {_f(t['excess'])}"
+                                       if (t := m["tiers"].get(tier)) else "-" for tier in TIERS)]
+                             for label, m in models.items()])
     if figures:
         lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
         lines += ["", "Figure 2's vertical lines are PSS's bootstrap intervals. " + FOLD_NOTE]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..run.report import markdown_table
 from ..run.stats import ALPHA, above_chance_p, paired_test, two_sample_test
 from .world import TIER_DOCS
 
@@ -227,43 +228,39 @@ def markdown(r: dict) -> str:
              f"PSS sample: {st['per_group']} concepts per tier and kind; cloze MCQ accuracy (chance 0.25); ratios "
              f"{', '.join(f'{x * 100:g}%' for x in st['ratios'])} of every layer (first {st['skip_layers']} never "
              f"masked); unrelated concepts drawn {st['unrelated']}. Tests over concepts, seeds averaged; "
-             f"± is a 95% t-interval over seeds.", "", "## Premise", "",
-             "| size | parameters | bits / parameter | tier | acc before | acc, all MLPs zeroed (p above chance) |",
-             "|---|---|---|---|---|---|"]
-    for size, p in r["premise"].items():
-        for t in TIERS:
-            b, z = p["accuracy"][t]["before"], p["accuracy"][t]["all_mlps_zeroed"]
-            lines.append(f"| {size} | {p['parameters'] / 1e3:.0f}k | {p['bits_per_parameter']:.3f} | {t} | "
-                         f"{b['accuracy']:.3f} | {z['accuracy']:.3f} (p = {z['p_above_chance']:.2g}) |")
-    lines += ["", "Excess drop, located minus magnitude-matched random vectors [95% interval], paired over concepts:", "",
-              "| size | " + " | ".join(f"{float(x) * 100:g}%" for x in next(iter(r["premise"].values()))["located_vs_matched"])
-              + " |", "|---|" + "---|" * len(next(iter(r["premise"].values()))["located_vs_matched"])]
-    for size, p in r["premise"].items():
-        lines.append(f"| {size} | " + " | ".join(fmt_test(t) for t in p["located_vs_matched"].values()) + " |")
+             f"± is a 95% t-interval over seeds.", "", "## Premise", ""]
+    lines += markdown_table(
+        ["size", "parameters", "bits / parameter", "tier", "acc before", "acc, all MLPs zeroed (p above chance)"],
+        [[size, f"{p['parameters'] / 1e3:.0f}k", f"{p['bits_per_parameter']:.3f}", t,
+          f"{p['accuracy'][t]['before']['accuracy']:.3f}", f"{p['accuracy'][t]['all_mlps_zeroed']['accuracy']:.3f} "
+          f"(p = {p['accuracy'][t]['all_mlps_zeroed']['p_above_chance']:.2g})"]
+         for size, p in r["premise"].items() for t in TIERS])
+    ratios = list(next(iter(r["premise"].values()))["located_vs_matched"])
+    lines += ["", "Excess drop, located minus magnitude-matched random vectors [95% interval], paired over concepts:", ""]
+    lines += markdown_table(["size", *(f"{float(x) * 100:g}%" for x in ratios)],
+                            [[size, *map(fmt_test, p["located_vs_matched"].values())] for size, p in r["premise"].items()])
     if r["emergence"]:
         e = r["emergence"]
-        lines += ["", f"## Emergence (Figure 4), {st['base']}", "",
-                  "| step | acc | PSS located | PSS matched | excess beyond matched [95%], p |", "|---|---|---|---|---|"]
-        for step, row in e["rows"].items():
-            lines.append(f"| {step} | {fmt(row['acc'])} | {fmt(row['pss'])} | {fmt(row['pss_matched'])} | "
-                         f"{fmt_test(row['specific'])} |")
+        lines += ["", f"## Emergence (Figure 4), {st['base']}", ""]
+        lines += markdown_table(["step", "acc", "PSS located", "PSS matched", "excess beyond matched [95%], p"],
+                                [[step, fmt(row["acc"]), fmt(row["pss"]), fmt(row["pss_matched"]), fmt_test(row["specific"])]
+                                 for step, row in e["rows"].items()])
         lines += [""] + [f"- {c['sentence']}" for c in e["claims"]]
     if r["size"]:
         s = r["size"]
-        lines += ["", "## Model size (Table 1)", "",
-                  "| size | parameters | acc | PSS located | PSS matched | excess located | excess matched |",
-                  "|---|---|---|---|---|---|---|"]
-        for size, row in s["rows"].items():
-            lines.append(f"| {size} | {row['parameters'] / 1e3:.0f}k | {fmt(row['acc'])} | {fmt(row['pss'])} | "
-                         f"{fmt(row['pss_matched'])} | {fmt(row['excess'])} | {fmt(row['excess_matched'])} |")
+        lines += ["", "## Model size (Table 1)", ""]
+        lines += markdown_table(["size", "parameters", "acc", "PSS located", "PSS matched", "excess located",
+                                 "excess matched"],
+                                [[size, f"{row['parameters'] / 1e3:.0f}k", *map(fmt, (row["acc"], row["pss"],
+                                  row["pss_matched"], row["excess"], row["excess_matched"]))]
+                                 for size, row in s["rows"].items()])
         lines += [""] + [f"- {c['sentence']}" for c in s["claims"]]
     if r["frequency"]:
         f = r["frequency"]
-        lines += ["", f"## Frequency (Figure 5), {st['base']}", "",
-                  "| tier | documents per entity | acc | PSS located | excess beyond matched [95%], p |",
-                  "|---|---|---|---|---|"]
-        for t, row in f["rows"].items():
-            lines.append(f"| {t} | {row['documents']} | {fmt(row['acc'])} | {fmt(row['pss'])} | {fmt_test(row['specific'])} |")
+        lines += ["", f"## Frequency (Figure 5), {st['base']}", ""]
+        lines += markdown_table(["tier", "documents per entity", "acc", "PSS located", "excess beyond matched [95%], p"],
+                                [[t, row["documents"], fmt(row["acc"]), fmt(row["pss"]), fmt_test(row["specific"])]
+                                 for t, row in f["rows"].items()])
         lines += [""] + [f"- {c['sentence']}" for c in f["claims"]]
     if r["finetune"]:
         ft = r["finetune"]
@@ -271,15 +268,12 @@ def markdown(r: dict) -> str:
         lines += ["", f"## Fine-tuning (Table 2), {st['base']}", "",
                   f"New documents about {len(ft['entities'])} low-tier entities; {st['ft_steps']} steps, batch 8, "
                   f"{len(st['ft_seeds'])} seed(s) per variant. Forgetting: MCQ accuracy lost on the sample's other "
-                  "entities.", "",
-                  "| lr | model | MCQ acc | open acc | acc, others | forgetting | PSS located | PSS matched |",
-                  "|---|---|---|---|---|---|---|---|",
-                  f"| - | before | {fmt(b['mcq'])} | {fmt(b['open'])} | {fmt(b['old_acc'])} | - | {fmt(b['pss'])} | "
-                  f"{fmt(b['pss_matched'])} |"]
-        for lr, by in ft["by_lr"].items():
-            for name, row in by["table"].items():
-                lines.append(f"| {lr} | {name} | {fmt(row['mcq'])} | {fmt(row['open'])} | {fmt(row['old_acc'])} | "
-                             f"{fmt(row['forgetting'])} | {fmt(row['pss'])} | {fmt(row['pss_matched'])} |")
+                  "entities.", ""]
+        lines += markdown_table(
+            ["lr", "model", "MCQ acc", "open acc", "acc, others", "forgetting", "PSS located", "PSS matched"],
+            [["-", "before", fmt(b["mcq"]), fmt(b["open"]), fmt(b["old_acc"]), "-", fmt(b["pss"]), fmt(b["pss_matched"])]]
+            + [[lr, name, *map(fmt, (row["mcq"], row["open"], row["old_acc"], row["forgetting"], row["pss"],
+                                     row["pss_matched"]))] for lr, by in ft["by_lr"].items() for name, row in by["table"].items()])
         lines.append("")
         for lr, by in ft["by_lr"].items():
             lines += [f"- {c['sentence']}" for c in by["claims"].values()]
