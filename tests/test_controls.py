@@ -218,7 +218,12 @@ def test_claims_flip_when_p_crosses_alpha():
     flat = grows_with_accuracy("pss", 0.9, 0.051, 9)
     assert "no correlation" in flat and "p = 0.051" in flat
     # four models: even a perfect ordering gives p = 2/24, and the sentence says so
-    assert "smallest possible p is 0.0833" in grows_with_accuracy("excess_drop", 1.0, 2 / 24, 4)
+    from minipss.run.stats import smallest_p, spearman
+
+    least = smallest_p([0.1, 0.2, 0.3, 0.4], [1.0, 2.0, 3.0, 4.0], spearman)
+    assert least == 2 / 24
+    assert "smallest possible p on these values is 0.0833" in grows_with_accuracy("excess_drop", 1.0, 2 / 24, 4,
+                                                                                  smallest=least)
 
 
 def test_summary_states_the_tests_of_its_result():

@@ -11,14 +11,16 @@ from pathlib import Path
 from ..method.benchmark import TIERS, Concept
 from ..method.controls import KINDS
 from ..method.pss import accuracy, concept_and_general, concept_cell, mean, model_pss
-from .claims import located_vs_control
+from .claims import CHANCE, floored, located_vs_control
 from .stats import ALPHA, BOOTSTRAP, paired_test
 
-CHANCE = 0.25
-ROWS = {"located": "by_ratio", "random": "control_by_ratio", "matched": "matched_by_ratio"}  # per-concept keys
-SECTIONS = {"random": "control", "matched": "matched"}  # model-level keys of the controls
-SETTING = {"random": "control", "matched": "matched_control"}  # the setting that runs each control
-MEASURES = ("excess_drop", "g_minus_c", "concept_after", "general_after")  # what the paired tests compare
+ROWS = {"located": "by_ratio", "random": "control_by_ratio", "matched": "matched_by_ratio",
+        "pseudo": "pseudo_by_ratio"}  # per-concept keys
+CONTROLS = ("random", "matched", "pseudo")
+SECTIONS = {"random": "control", "matched": "matched", "pseudo": "pseudo"}  # model-level keys of the controls
+SETTING = {"random": "control", "matched": "matched_control", "pseudo": "pseudo_control"}  # the setting of each
+# what the paired tests compare; the graded ones where the cells have them (cloze and logits modes)
+MEASURES = ("excess_drop", "g_minus_c", "concept_after", "general_after", "prob_excess_drop", "prob_general_after")
 
 
 def markdown_table(header: list[str], rows) -> list[str]:
@@ -77,11 +79,11 @@ def significance(rows: list[dict], ratios, n_boot: int = BOOTSTRAP, seed: int = 
     out = {}
     for r in map(str, ratios):
         out[r] = {}
-        for kind in ("random", "matched"):
+        for kind in CONTROLS:
             if rows and all(r in row.get(ROWS[kind], {}) for row in rows):
                 out[r][kind] = {m: paired_test([row["by_ratio"][r][m] for row in rows],
                                                [row[ROWS[kind]][r][m] for row in rows], n_boot, seed)
-                                for m in MEASURES}
+                                for m in MEASURES if all(m in row["by_ratio"][r] for row in rows)}
     return out
 
 
@@ -118,7 +120,8 @@ def build_result(model: str, bench: str, settings: dict, concepts: list[Concept]
               "pss": located["pss"], "pss_by_ratio": located["pss_by_ratio"], **{
                   k: v for k, v in located.items() if k not in ("pss", "pss_by_ratio")}}
     result["pss_concept_mean"] = mean(r["pss"] for r in rows)
-    for kind in ("random", "matched"):
+    result["floored_by_ratio"] = {r: floored(g) for r, g in result["general_after_by_ratio"].items()}
+    for kind in CONTROLS:
         if all(ROWS[kind] in r for r in rows) and settings.get(SETTING[kind]):
             result[SECTIONS[kind]] = summarise(rows, ratios, acc_before, ROWS[kind])
     result.update(magnitudes or {})
@@ -127,7 +130,11 @@ def build_result(model: str, bench: str, settings: dict, concepts: list[Concept]
         "difference": "mean over concepts of located minus control, per measure",
         "ci95": f"percentile bootstrap over concepts, {BOOTSTRAP} draws, seed 0",
         "p_value": "two-sided paired sign-flip permutation test over concepts (exact up to 16 concepts, "
-                   "else 100000 seeded draws)", "alpha": ALPHA}
+                   "else 100000 seeded draws)", "alpha": ALPHA,
+        "mde80": "smallest mean difference detected with 80% power at alpha, from the observed spread of the "
+                 "per-concept differences (normal approximation)",
+        "floored": "a ratio where General_after under the located vectors is within 0.05 of chance (0.25): "
+                   "there a concept-specific difference cannot show, and a null says nothing of its absence"}
     result["tiers"] = {}
     for tier in TIERS:
         group = [r for r in rows if r["tier"] == tier]
@@ -185,24 +192,27 @@ def summary(result: dict) -> str:
              f"PSS (mean over ratios): {_fmt(result['pss'])}   excess drop: {_fmt(result['excess_drop'])}"]
     if "warning" in result:
         lines.append("WARNING: " + result["warning"])
-    ctrl, matched = result.get("control"), result.get("matched")
+    controls = [(name, result[SECTIONS[name]]) for name in CONTROLS if result.get(SECTIONS[name])]
+    floors = result.get("floored_by_ratio", {})
     lines.append("")
-    lines.append("ratio    PSS  concept_after general_after excess_drop" + ("  | random: PSS excess" if ctrl else "")
-                 + ("  | matched: PSS excess" if matched else ""))
+    lines.append("ratio    PSS  concept_after general_after excess_drop"
+                 + "".join(f"  | {name}: PSS excess" for name, _ in controls))
     for r in result["pss_by_ratio"]:
         line = (f"{float(r):<6g} {_fmt(result['pss_by_ratio'][r])}  {_fmt(result['concept_after_by_ratio'][r])}"
                 f"        {_fmt(result['general_after_by_ratio'][r])}       {_fmt(result['excess_by_ratio'][r])}")
-        for section in (ctrl, matched):
-            if section:
-                line += f"  |   {_fmt(section['pss_by_ratio'][r])} {_fmt(section['excess_by_ratio'][r])}"
-        lines.append(line)
-    if ctrl or matched:  # the raw parts side by side: what masking each set does to both accuracies
-        lines += ["", "accuracy after masking, concept / general:  located" + ("  | random" if ctrl else "")
-                  + ("  | matched" if matched else "")]
+        for _, section in controls:
+            line += f"  |   {_fmt(section['pss_by_ratio'][r])} {_fmt(section['excess_by_ratio'][r])}"
+        lines.append(line + ("  (floored)" if floors.get(r) else ""))
+    if any(floors.values()):
+        lines.append("floored: General_after under the located vectors within 0.05 of chance; a concept-specific "
+                     "difference cannot show there")
+    if controls:  # the raw parts side by side: what masking each set does to both accuracies
+        lines += ["", "accuracy after masking, concept / general:  located"
+                  + "".join(f"  | {name}" for name, _ in controls)]
         for r in result["pss_by_ratio"]:
             lines.append(f"{float(r):<6g} " + "  | ".join(
                 f"{_fmt(part['concept_after_by_ratio'][r])} / {_fmt(part['general_after_by_ratio'][r])}"
-                for part in (result, ctrl, matched) if part))
+                for part in [result] + [section for _, section in controls]))
     magnitudes, medians = result.get("magnitude_by_ratio"), result.get("magnitude_median_by_ratio", {})
     if magnitudes:
         lines += ["", "|m| of the masked units (over unrelated questions):  mean: located random matched"
@@ -216,8 +226,9 @@ def summary(result: dict) -> str:
              for kind, t in by.items()]  # at ratio 0 nothing is masked: nothing to say
     if tests:
         lines += ["", "located against the controls (paired tests over concepts):"]
-        lines += ["  " + located_vs_control(r, kind, t[measure], measure) for r, kind, t in tests
-                  for measure in ("general_after", "excess_drop") if measure in t]
+        lines += ["  " + located_vs_control(r, kind, t[measure], measure, result["general_after_by_ratio"].get(r))
+                  for r, kind, t in tests
+                  for measure in ("general_after", "excess_drop", "prob_excess_drop") if measure in t]
     lines.append("")
     lines.append("tier    concepts acc_before   PSS  excess_drop")
     for tier, t in result["tiers"].items():

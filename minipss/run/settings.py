@@ -31,6 +31,7 @@ class Settings:
     unrelated: str = "any"  # any | same-category: where t* is drawn from (METHOD.md §2)
     control: bool = False  # also mask random vectors, same count per layer (the reviewers' control)
     matched_control: bool = False  # also mask random vectors of the located ones' magnitudes (METHOD.md §4)
+    pseudo_control: bool = False  # also mask the vectors located for a pseudo-concept (METHOD.md §4)
     split_half: bool = False  # locate on one half of the questions, score on the other (METHOD.md §4)
     locator: str = "diff"  # diff (Eq. 5) | zscore (METHOD.md §4)
     ablation: str = "zero"  # zero | mean: masked m_j set to 0 (§4.1) or to their mean on unrelated questions
@@ -52,7 +53,7 @@ class Settings:
         device, engine and early stop give the same answers). Split-half and the locator count only when
         not their defaults, so work saved before they existed still resumes."""
         keep = {k: v for k, v in asdict(self).items()
-                if k not in ("ratios", "control", "matched_control", "batch_size", "device", "engine", "early_stop",
+                if k not in ("ratios", "control", "matched_control", "pseudo_control", "batch_size", "device", "engine", "early_stop",
                              "dtype_choice")}
         if not self.split_half:
             del keep["split_half"]
@@ -116,6 +117,9 @@ def pss_arguments(p: argparse.ArgumentParser, ratios: str) -> None:
                    help="score one mask at a time instead of sharing work across masks")
     p.add_argument("--matched-control", action="store_true",
                    help="also mask random vectors matched to the located ones' magnitudes (same count per layer)")
+    p.add_argument("--pseudo-control", action="store_true",
+                   help="also mask the vectors located for a pseudo-concept: as many questions, one from each of "
+                        "other concepts outside the concept and its unrelated set")
     p.add_argument("--split-half", action="store_true",
                    help="locate on one half of each concept's questions, score on the other, both ways")
     p.add_argument("--locator", default="diff", choices=["diff", "zscore"],
@@ -128,5 +132,5 @@ def settings_from(a: argparse.Namespace, control: bool) -> Settings:
     return Settings(mode=a.mode, ratios=a.ratios, skip_layers=a.skip_layers, seed=a.seed, concepts=a.concepts,
                     control=control, ablation=a.ablation, token_rule=a.token_rule, cloze_mean=a.cloze_mean,
                     early_stop=not a.no_early_stop, engine=not a.no_engine, batch_size=a.batch_size, device=a.device,
-                    dtype=a.dtype, matched_control=a.matched_control, split_half=a.split_half, locator=a.locator,
+                    dtype=a.dtype, matched_control=a.matched_control, pseudo_control=a.pseudo_control, split_half=a.split_half, locator=a.locator,
                     unrelated=a.unrelated)

@@ -39,22 +39,22 @@ from ..method.pss import mean, model_pss
 from ..model.families import read_config
 from ..model.fastest import resolve_dtype
 from ..run import checks
-from ..run.claims import FOLD_NOTE, grows_with_accuracy, located_vs_control
+from ..run.claims import FOLD_NOTE, floored, grows_with_accuracy, located_vs_control
 from ..run.fingerprint import file_digest
 from ..run.options import dtype_option, numbers
 from ..run.pipeline import run_pss
 from ..run.report import markdown_table, significance
 from ..run.settings import Settings
-from ..run.stats import correlation_p, pearson, spearman
+from ..run.stats import correlation_p, pearson, smallest_p, spearman
 from ..weights.real_models import MODELS, ensure
 from . import figures
 
 
 DEFAULT_MODELS = ("smollm2-135m", "gemma-3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
-DEFAULT_RATIOS = "0.001,0.01,0.1,0.5"
+DEFAULT_RATIOS = "0.001,0.003,0.01,0.1"  # the lower three keep General_after above chance (README)
 # settings a stored result must share to be reused as it is
 SAME = ("mode", "ratios", "skip_layers", "seed", "concepts", "n_unrelated", "control", "matched_control",
-        "split_half", "locator", "ablation", "token_rule", "cloze_mean", "dtype")
+        "pseudo_control", "split_half", "locator", "ablation", "token_rule", "cloze_mean", "dtype")
 
 
 # ---- running ---------------------------------------------------------------------------------------
@@ -135,6 +135,7 @@ def summarise(results: dict[str, dict], instruct: dict[str, bool | None], n_boot
         boots = [scores([rows[rng.randrange(len(rows))] for _ in rows], ratios) for _ in range(n_boot)]
         control = scores(rows, ratios, "control_by_ratio") if all("control_by_ratio" in r for r in rows) else None
         matched = scores(rows, ratios, "matched_by_ratio") if all("matched_by_ratio" in r for r in rows) else None
+        pseudo = scores(rows, ratios, "pseudo_by_ratio") if all("pseudo_by_ratio" in r for r in rows) else None
         own_ratios = sorted(res["pss_by_ratio"], key=float)
         models[label] = {
             "instruction_tuned": instruct.get(label),
@@ -147,10 +148,14 @@ def summarise(results: dict[str, dict], instruct: dict[str, bool | None], n_boot
             "pss_std_over_concepts": std(mean(r["by_ratio"][k]["pss"] for k in ratios) for r in rows),
             "control_pss": control and control["pss"], "control_excess_drop": control and control["excess"],
             "matched_pss": matched and matched["pss"], "matched_excess_drop": matched and matched["excess"],
+            "pseudo_pss": pseudo and pseudo["pss"], "pseudo_excess_drop": pseudo and pseudo["excess"],
             "by_ratio": {k: {"pss": res["pss_by_ratio"][k], "g_minus_c": res["g_minus_c_by_ratio"][k],
                              "excess_drop": res["excess_by_ratio"][k],
+                             "concept_after": res["concept_after_by_ratio"][k],
+                             "general_after": res["general_after_by_ratio"][k],
+                             "floored": floored(res["general_after_by_ratio"][k]),
                              **{f"{name}_{what}": res.get(name, {}).get(f"{key}_by_ratio", {}).get(k)
-                                for name in ("control", "matched")
+                                for name in ("control", "matched", "pseudo")
                                 for what, key in (("pss", "pss"), ("g_minus_c", "g_minus_c"),
                                                   ("excess_drop", "excess"))}}
                          for k in own_ratios},
@@ -179,6 +184,8 @@ def summarise(results: dict[str, dict], instruct: dict[str, bool | None], n_boot
                       "spearman": spearman(xs, ys) if None not in ys else None,
                       "pearson_p": correlation_p(xs, ys, pearson) if None not in ys else None,
                       "spearman_p": correlation_p(xs, ys, spearman) if None not in ys else None,
+                      "pearson_min_p": smallest_p(xs, ys, pearson) if None not in ys else None,
+                      "spearman_min_p": smallest_p(xs, ys, spearman) if None not in ys else None,
                       "pearson_ci": interval(draws["pearson"]), "spearman_ci": interval(draws["spearman"])}
     return {"common_ratios": ratios, "shared_concepts": shared, "bootstrap": n_boot, "models": models,
             "accuracy_vs": corr}
@@ -241,24 +248,30 @@ def markdown(summary: dict, settings: dict, figures: list[Path]) -> str:
                               f"{_f(c['spearman'])}{_ci(c['spearman_ci'])}", _f(c.get("spearman_p"))]
                              for what, c in summary["accuracy_vs"].items()])
     lines += ["", "p: permutation test over the orderings of the models (exact up to 8 models).", ""]
-    lines += [f"- {grows_with_accuracy(what, c['spearman'], c.get('spearman_p'), len(models))}"
+    lines += [f"- {grows_with_accuracy(what, c['spearman'], c.get('spearman_p'), len(models), smallest=c.get('spearman_min_p'))}"
               for what, c in summary["accuracy_vs"].items()]
 
     lines += ["", "## Located against the controls (paired tests over concepts)", "",
               "Per concept, located minus control; mean over concepts, bootstrap 95% interval, two-sided paired "
-              "sign-flip p-value (METHOD.md §9).", ""]
+              "sign-flip p-value, and mde80, the smallest difference the test detects with 80% power at alpha "
+              "0.05 (METHOD.md §9). p(correct) is the graded outcome: the probability the model gives the correct "
+              "option among the four. A ratio marked floored has General_after under the located vectors within "
+              "0.05 of chance: there a concept-specific difference cannot show.", ""]
     sentences, rows = [], []
     for label, m in models.items():
         for k, by in m.get("tests", {}).items():
+            general = m["by_ratio"].get(k, {}).get("general_after")
             for kind, t in by.items():
-                e, g = t["excess_drop"], t.get("general_after")  # results made before it lack General_after
-                rows.append([label, _pct(k), kind, f"{_f(e['difference'])}{_ci(e['ci95'])}", _f(e["p_value"]),
-                             *((f"{_f(g['difference'])}{_ci(g['ci95'])}", _f(g["p_value"])) if g else ("-", "-"))])
+                tested = [t["excess_drop"], t.get("prob_excess_drop"), t.get("general_after")]
+                rows.append([label, _pct(k) + (" (floored)" if floored(general) else ""), kind, *(
+                    v for x, power in zip(tested, (True, True, False))
+                    for v in ((f"{_f(x['difference'])}{_ci(x['ci95'])}", _f(x["p_value"]))
+                              + ((_f(x.get("mde80")),) if power else ()) if x else ("-",) * (2 + power)))])
                 if float(k) > 0:  # at ratio 0 nothing is masked: nothing to say
-                    sentences += [f"- {label}: {located_vs_control(k, kind, t[measure], measure)}"
-                                  for measure in ("general_after", "excess_drop") if measure in t]
-    lines += markdown_table(["model", "ratio", "control", "excess drop: difference", "p", "General_after: difference",
-                             "p"], rows)
+                    sentences += [f"- {label}: {located_vs_control(k, kind, t[measure], measure, general)}"
+                                  for measure in ("general_after", "excess_drop", "prob_excess_drop") if measure in t]
+    lines += markdown_table(["model", "ratio", "control", "excess drop: difference", "p", "mde80",
+                             "p(correct) excess drop: difference", "p", "mde80", "General_after: difference", "p"], rows)
     lines += ["", *sentences] if sentences else ["", "No control ran: nothing to test."]
 
     lines += ["", "## By mask ratio (Figure 3)", ""]
@@ -338,6 +351,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concepts", type=int, default=12, help="first N concepts, 6 or more (default 12: 4 per tier); 0 for all")
     p.add_argument("--no-control", action="store_true", help="leave out the random-vector control")
     p.add_argument("--matched-control", action="store_true", help="add the magnitude-matched random control")
+    p.add_argument("--pseudo-control", action="store_true",
+                   help="add the pseudo-concept control (questions drawn one each from other concepts)")
     p.add_argument("--split-half", action="store_true", help="locate on one half of the questions, score on the other")
     p.add_argument("--locator", default="diff", choices=["diff", "zscore"], help="diff (Eq. 5, default) or zscore")
     p.add_argument("--skip-layers", type=int, default=5)
@@ -380,6 +395,7 @@ def main(a) -> None:
     files.output_folder(a.out, [bench] + [Path(m) for m in models if m not in MODELS], "--out")
     record = {"command": "study", "bench": file_digest(bench), "mode": a.mode, "skip_layers": a.skip_layers,
               "seed": a.seed, "concepts": a.concepts or None, "control": not a.no_control, "split_half": a.split_half,
+              **({"pseudo_control": True} if a.pseudo_control else {}),
               "locator": a.locator, "dtype": a.dtype}
     checks.own_folder(a.out, record)
     checks.claim(a.out, record)
@@ -397,14 +413,15 @@ def main(a) -> None:
         return Settings(mode=a.mode, ratios=ratios_for.get(name, a.ratios), skip_layers=a.skip_layers, seed=a.seed,
                         concepts=a.concepts or None, control=not a.no_control, dtype=dtype, dtype_choice=why,
                         device=a.device, batch_size=a.batch_size, matched_control=a.matched_control,
-                        split_half=a.split_half, locator=a.locator)
+                        pseudo_control=a.pseudo_control, split_half=a.split_half, locator=a.locator)
 
     results = run_models(models, bench, a.out, settings_for, a.quiet)
     instruct = {label_of(m): (MODELS[m].instruct if m in MODELS else None) for m in models}
     settings = {"bench": str(bench), "mode": a.mode, "dtype": {label_of(m): dtype_for(m)[0] for m in models},
                 "concepts": a.concepts or None,
                 "skip_layers": a.skip_layers, "seed": a.seed, "control": not a.no_control,
-                "matched_control": a.matched_control, "split_half": a.split_half, "locator": a.locator,
+                "matched_control": a.matched_control, "pseudo_control": a.pseudo_control,
+                "split_half": a.split_half, "locator": a.locator,
                 "ratios": {label_of(m): settings_for(m).ratios for m in models}}
     path = write_report(results, a.out, settings, instruct, a.bootstrap)
     print(path.read_text())
