@@ -1,12 +1,24 @@
 """What a test could have seen: mde80, the floor, the smallest p a correlation can reach, the graded outcome
 and the pseudo-concept control."""
 
+import json
 import math
 
 import pytest
+import torch
 
+import minipss
+from minipss.method import many_masks
+from minipss.method.benchmark import LETTERS, load_benchmark, unrelated_sets
+from minipss.method.controls import pseudo_concepts, random_ranking
+from minipss.method.pss import answer_of, mask_for, mcq_scores, p_correct
 from minipss.run.claims import floored, located_vs_control
+from minipss.run.pipeline import measure, run_pss
+from minipss.run.report import significance, summary
+from minipss.run.settings import Settings
 from minipss.run.stats import mde, paired_test, pearson, smallest_p, spearman
+from minipss.run.workdir import Unsaved
+from tiny import make_bench, make_tiny_model
 
 Z = 1.959964 + 0.841621  # z_{0.975} + z_{0.80}
 
@@ -48,3 +60,130 @@ def test_a_null_at_a_floored_ratio_does_not_claim_absence():
     # and a detected effect is reported whatever the floor
     found = located_vs_control(0.1, "matched", {**test, "p_value": 0.01}, "excess_drop", general_after=0.241)
     assert "hurt their own concept more than magnitude-matched" in found
+
+
+# ---- the graded outcome and the pseudo-concept control, through the pipeline on a tiny model -----------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sensitivity")
+    return make_tiny_model(d / "m"), make_bench(d / "b.jsonl", n_concepts=12, n_mcq=4)
+
+
+@pytest.mark.parametrize("mode", ["cloze", "logits"])
+def test_option_probabilities_sum_to_one_and_their_argmax_is_the_answer(tiny, mode):
+    model, tok = minipss.load_model(tiny[0]), minipss.load_tokenizer(tiny[0])
+    questions = [q for c in load_benchmark(tiny[1])[:4] for q in c.mcq]
+    masks = torch.stack([mask_for(random_ranking((model.config.num_layers, model.config.intermediate_size), s),
+                                  0.3, 1) for s in range(3)])
+    engine = many_masks.answers(model, tok, questions, masks, 1, mode, scores=True)
+    for m, mask in enumerate(masks):
+        plain = mcq_scores(model, tok, questions, mode, mask)
+        for q, s_plain, s_engine in zip(questions, plain, engine[m]):
+            probs = [p_correct(s_plain, letter) for letter in LETTERS]
+            assert sum(probs) == pytest.approx(1.0, abs=1e-12)
+            assert answer_of(s_plain) == LETTERS[max(range(4), key=probs.__getitem__)]
+            assert s_engine == pytest.approx(s_plain, abs=1e-4)  # the engine: same scores, other summation order
+            assert answer_of(s_engine) == answer_of(s_plain)
+
+
+@pytest.mark.parametrize("engine", [True, False])
+def test_saved_probabilities_are_those_of_the_counted_answers(tiny, tmp_path, engine):
+    s = Settings(mode="cloze", ratios=[0.2], skip_layers=1, dtype="float32", engine=engine, pseudo_control=True)
+    r = run_pss(*tiny, tmp_path / "r.json", s, quiet=True)
+    cells = [json.loads(line) for line in (tmp_path / "r.json.work" / "cells.jsonl").read_text().splitlines()]
+    assert cells and all(len(c["prob"]) == len(c["correct"]) for c in cells)
+    # a right answer is the most probable option, so its p(correct) is at least 1/4
+    assert all(p >= 0.25 - 1e-12 for c in cells for p, ok in zip(c["prob"], c["correct"]) if ok)
+    row = r["concepts"][0]
+    baseline = next(c for c in cells if c["key"] == "baseline|0")
+    assert row["prob_concept_before"] == pytest.approx(sum(baseline["prob"]) / len(baseline["prob"]))
+    cell = row["by_ratio"]["0.2"]
+    located = next(c for c in cells if c["key"] == "located|0|0.2")
+    assert cell["prob_concept_after"] == pytest.approx(sum(located["prob"][:4]) / 4)
+    assert cell["prob_excess_drop"] == pytest.approx((row["prob_concept_before"] - cell["prob_concept_after"])
+                                                     - (row["prob_general_before"] - cell["prob_general_after"]))
+    for key in ("pseudo_by_ratio",):
+        assert set(row[key]["0.2"]) >= {"prob_concept_after", "prob_general_after", "prob_excess_drop"}
+    assert r["significance"]["0.2"]["pseudo"]["prob_excess_drop"]["n"] == 12
+
+
+def test_engine_and_plain_loop_save_the_same_graded_cells(tiny, tmp_path):
+    runs = {}
+    for engine in (True, False):
+        s = Settings(mode="logits", ratios=[0.2], skip_layers=1, dtype="float32", engine=engine)
+        run_pss(*tiny, tmp_path / f"{engine}.json", s, quiet=True)
+        lines = (tmp_path / f"{engine}.json.work" / "cells.jsonl").read_text().splitlines()
+        runs[engine] = {c["key"]: c for c in map(json.loads, lines)}
+    assert runs[True].keys() == runs[False].keys()
+    for key, cell in runs[True].items():
+        assert cell["correct"] == runs[False][key]["correct"]
+        assert cell["prob"] == pytest.approx(runs[False][key]["prob"], abs=1e-5)
+
+
+def test_generate_mode_has_no_graded_outcome(tiny, tmp_path):
+    s = Settings(mode="generate", ratios=[0.5], skip_layers=1, dtype="float32", concepts=6)
+    r = run_pss(*tiny, tmp_path / "r.json", s, quiet=True)
+    assert "prob_before" not in r and "prob_concept_before" not in r["concepts"][0]
+    assert "prob_excess_drop" not in r["concepts"][0]["by_ratio"]["0.5"]
+    assert "prob_concept_before" not in (tmp_path / "r.csv").read_text().splitlines()[0]
+
+
+def test_a_pseudo_concept_draws_each_question_from_a_different_outside_concept(tmp_path):
+    concepts = load_benchmark(make_bench(tmp_path / "b.jsonl", n_concepts=20, n_mcq=6))
+    others = unrelated_sets(concepts, 5, 0)
+    pseudo = pseudo_concepts(concepts, others, seed=3)
+    for i, questions in enumerate(pseudo):
+        sources = [j for j, _ in questions]
+        assert len(questions) == len(concepts[i].mcq) and len(set(sources)) == len(sources)
+        assert not set(sources) & ({i} | set(others[i]))
+        assert all(0 <= k < len(concepts[j].mcq) for j, k in questions)
+    assert pseudo == pseudo_concepts(concepts, others, seed=3) != pseudo_concepts(concepts, others, seed=4)
+    with pytest.raises(ValueError, match="needs at least 12 concepts"):
+        pseudo_concepts(concepts[:11], unrelated_sets(concepts[:11], 5, 0), seed=0)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_a_pseudo_concept_of_the_concepts_own_questions_gives_the_located_cells(tiny, split):
+    model, tok = minipss.load_model(tiny[0]), minipss.load_tokenizer(tiny[0])
+    concepts = load_benchmark(tiny[1])
+    others = unrelated_sets(concepts, 5, 0)
+    own = [[(i, k) for k in range(len(c.mcq))] for i, c in enumerate(concepts)]
+    s = Settings(mode="cloze", ratios=[0.1, 0.3], skip_layers=1, dtype="float32", split_half=split)
+    cells, probs, _, _ = measure(model, tok, concepts, others, s, Unsaved(), quiet=True, pseudo=own)
+    for i in range(len(concepts)):
+        for r in s.ratios:
+            assert cells[f"pseudo|{i}|{r}"] == cells[f"located|{i}|{r}"]
+            # the same masks; their rows sit elsewhere in the engine's batches (other padding, other order)
+            assert probs[f"pseudo|{i}|{r}"] == pytest.approx(probs[f"located|{i}|{r}"], abs=1e-5)
+
+
+def test_prob_significance_and_mde80_by_hand_on_a_fixed_table():
+    located = [0.30, 0.10, 0.25, 0.05]
+    control = [0.10, 0.10, 0.05, 0.10]
+    rows = [{"by_ratio": {"0.1": {**BASE, "prob_excess_drop": a, "prob_general_after": 0.5}},
+             "pseudo_by_ratio": {"0.1": {**BASE, "prob_excess_drop": b, "prob_general_after": 0.4 + a}}}
+            for a, b in zip(located, control)]
+    test = significance(rows, [0.1])["0.1"]["pseudo"]
+    d = [0.20, 0.0, 0.20, -0.05]  # located minus control
+    sd = math.sqrt(sum((x - 0.0875) ** 2 for x in d) / 3)
+    assert test["prob_excess_drop"]["difference"] == pytest.approx(0.0875)
+    assert test["prob_excess_drop"]["mde80"] == pytest.approx(Z * sd / 2, rel=1e-6)
+    assert test["prob_excess_drop"]["p_value"] == pytest.approx(6 / 16)  # exact: 6 of 16 sign patterns reach |0.0875|
+    assert test["prob_general_after"]["difference"] == pytest.approx(-0.4 - 0.175)
+    assert set(significance([{k: v for k, v in r.items()} for r in rows], [0.1])["0.1"]) == {"pseudo"}
+
+
+BASE = {"excess_drop": 0.0, "g_minus_c": 0.0, "concept_after": 0.5, "general_after": 0.5}
+
+
+def test_floored_ratios_are_marked_in_the_result_and_its_summary(tiny, tmp_path):
+    r = run_pss(*tiny, tmp_path / "r.json", Settings(mode="cloze", ratios=[0.5], skip_layers=1, control=True,
+                                                       dtype="float32", concepts=6), quiet=True)
+    general = r["general_after_by_ratio"]["0.5"]
+    assert r["floored_by_ratio"]["0.5"] == (general < 0.30)
+    text = summary(r)
+    if r["floored_by_ratio"]["0.5"]:  # a random model sits at chance: the floor is named, absence never claimed
+        assert "(floored)" in text and "cannot show" in text
+        assert not any("no concept-specific difference" in line for line in text.splitlines())

@@ -65,8 +65,8 @@ def evaluate(model_dir, bench, names: list[str], s, work: Path) -> dict:
                         device=s.device, seed=s.seed,
                         skip_layers=s.skip_layers)
     others = unrelated_sets(concepts, settings.n_unrelated, settings.seed)
-    cells, timing, _ = measure(model, tok, concepts, others, settings, Unsaved(), quiet=True)
-    pss = build_result(str(model_dir), str(bench), asdict(settings), concepts, others, cells, timing)
+    cells, probs, timing, _ = measure(model, tok, concepts, others, settings, Unsaved(), quiet=True)
+    pss = build_result(str(model_dir), str(bench), asdict(settings), concepts, others, cells, timing, probs=probs)
     files.write_whole(work / "pss.json", json.dumps(pss, indent=1))
     return {"mcq_acc": sum(a == q.answer for a, q in zip(answers, mcq)) / len(mcq),
             "open_acc": sum(open_ok) / len(open_ok), "pss": pss["pss"],

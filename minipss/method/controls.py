@@ -1,18 +1,22 @@
 """The controls, split-half and the zscore locator (METHOD.md §4): what lets a result tell "concept-specific"
 apart from "large" and from selection on noise. Each kind of mask is an order of a layer's value vectors whose
 first k are masked (`pss.mask_for`): `located` ranks Eq. 5's scores (`pss.locate`), `random` is a seeded random
-order, `matched` draws units of the located ones' magnitudes. `cell_masks` builds every mask a concept's cells
-score, located on all of its questions or, with split-half, on one half and scoring the other.
+order, `matched` draws units of the located ones' magnitudes; the `pseudo` control locates a pseudo-concept
+made of other concepts' questions (`pseudo_concepts`) by the code that locates a concept. `cell_masks` builds
+every mask a concept's cells score, located on all of its questions or, with split-half, on one half and
+scoring the other.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import random
 from dataclasses import dataclass
 
 import torch
 
+from .benchmark import Concept
 from .pss import concept_means, locate, mask_for, ranking, top_k, unrelated_mean
 
 KINDS = ("located", "random", "matched")  # the located vectors, as many random ones, or as many magnitude-matched ones
@@ -26,6 +30,23 @@ def random_ranking(shape, seed: int) -> torch.Tensor:
     """The random-vector control: a seeded random order per layer (so the sets nest across ratios)."""
     g = torch.Generator().manual_seed(seed)
     return torch.stack([torch.randperm(shape[1], generator=g) for _ in range(shape[0])])
+
+
+def pseudo_concepts(concepts: list[Concept], others: list[list[int]], seed: int) -> list[list[tuple[int, int]]]:
+    """The pseudo-concept control (METHOD.md §4): per concept i, as many questions `(concept, index)` as i has,
+    each from a different concept that is neither i nor one of its unrelated concepts `others[i]`, one
+    question of each drawn at random (seeded by `seed` and i). Located, masked and scored exactly as a
+    concept, against i's unrelated concepts."""
+    out = []
+    for i, c in enumerate(concepts):
+        pool = [j for j in range(len(concepts)) if j != i and j not in others[i]]
+        if len(pool) < len(c.mcq):
+            raise ValueError(f"concept {c.name!r} has {len(c.mcq)} questions but only {len(pool)} concepts lie outside "
+                             f"it and its unrelated set: the pseudo-concept control needs at least "
+                             f"{len(c.mcq) + 1 + len(others[i])} concepts")
+        rng = random.Random(seed * 1_000_003 + i)
+        out.append([(j, rng.randrange(len(concepts[j].mcq))) for j in rng.sample(pool, len(c.mcq))])
+    return out
 
 
 def half_of(question: int) -> int:

@@ -133,10 +133,12 @@ class Answers:
 
 @torch.inference_mode()
 def letter_answers(model, tok, questions: list[MCQ], mlp_masks: torch.Tensor, skip: int,
-                   max_rows: int | None = None, which=None, on_mask=None, progress=None) -> list[list[str]]:
+                   max_rows: int | None = None, which=None, on_mask=None, progress=None,
+                   scores: bool = False) -> list[list]:
     """`logits` mode for every mask in `mlp_masks` `[M, L, d_ff]`: answers `[M][Q]` (or, with `which`, mask
-    m's answers to the questions `which[m]`). Only the four letter rows of the output matrix are multiplied
-    (their argmax is all the mode reads). `on_mask` and `progress` as in `Answers`."""
+    m's answers to the questions `which[m]`); with `scores`, each question's four letter scores instead
+    (`pss.letter_scores`). Only the letter rows of the output matrix are multiplied (they are all the mode
+    reads). `on_mask` and `progress` as in `Answers`."""
     dev = model.device
     max_rows = max_rows or (32 if dev.type == "cpu" else 512)  # measured: small batches stay in CPU caches
     vocab, owner = letter_vocab(tok)
@@ -144,9 +146,9 @@ def letter_answers(model, tok, questions: list[MCQ], mlp_masks: torch.Tensor, sk
     found = Answers(_subsets(which, mlp_masks.shape[0], len(questions)), on_mask, progress)
     for ms, qs, x, _, attn, real in _prompt_batches(model, tok, questions, mlp_masks, skip, max_rows, which=which):
         found.rows_done(len(qs))
-        scores = letter_scores(model.head(_at_last_token(x, attn, real), vocab), owner)
-        for m, q, s in zip(ms.tolist(), qs.tolist(), scores):
-            found.put(m, q, answer_of(s))
+        letters = letter_scores(model.head(_at_last_token(x, attn, real), vocab), owner)
+        for m, q, s in zip(ms.tolist(), qs.tolist(), letters):
+            found.put(m, q, s if scores else answer_of(s))
     return found.by_mask()
 
 
@@ -198,15 +200,20 @@ def generate_answers(model, tok, questions: list[MCQ], mlp_masks: torch.Tensor, 
 
 def answers(model, tok, questions: list[MCQ], mlp_masks: torch.Tensor, skip: int, mode: str,
             cloze_mean: bool = False, early_stop: bool = True, which=None, on_mask=None,
-            progress=None) -> list[list[str | None]]:
+            progress=None, scores: bool = False) -> list[list]:
     """The answers `[M][Q]` of every mask in `mlp_masks` in scoring mode `mode` (METHOD.md §5); with `which`,
-    mask m's answers to the questions `which[m]` only. `on_mask(m, answers)` runs as soon as mask m's
-    questions are all answered, `progress(n)` as every n (mask, question) rows are done (`Answers`)."""
+    mask m's answers to the questions `which[m]` only; with `scores` (cloze and logits modes), each
+    question's four option scores instead, as `pss.mcq_scores` gives them (`pss.answer_of` reads the answer,
+    `pss.p_correct` the graded outcome). `on_mask(m, answers)` runs as soon as mask m's questions are all
+    answered, `progress(n)` as every n (mask, question) rows are done (`Answers`)."""
+    if scores and mode not in ("cloze", "logits"):
+        raise ValueError(f"mode {mode!r} has no option scores; choose cloze or logits")
     if mode == "logits":
-        return letter_answers(model, tok, questions, mlp_masks, skip, which=which, on_mask=on_mask, progress=progress)
+        return letter_answers(model, tok, questions, mlp_masks, skip, which=which, on_mask=on_mask, progress=progress,
+                              scores=scores)
     if mode == "cloze":
         return cloze_answers(model, tok, questions, mlp_masks, skip, mean=cloze_mean, which=which, on_mask=on_mask,
-                             progress=progress)
+                             progress=progress, scores=scores)
     if mode == "generate":
         return generate_answers(model, tok, questions, mlp_masks, skip, early_stop=early_stop, which=which,
                                 on_mask=on_mask, progress=progress)
@@ -215,9 +222,11 @@ def answers(model, tok, questions: list[MCQ], mlp_masks: torch.Tensor, skip: int
 
 @torch.inference_mode()
 def cloze_answers(model, tok, questions: list[MCQ], mlp_masks: torch.Tensor, skip: int, mean: bool = False,
-                  max_rows: int | None = None, which=None, on_mask=None, progress=None) -> list[list[str]]:
+                  max_rows: int | None = None, which=None, on_mask=None, progress=None,
+                  scores: bool = False) -> list[list]:
     """`cloze` mode for every mask in `mlp_masks` `[M, L, d_ff]`: answers `[M][Q]` (with `which`, mask m's
-    answers to the questions `which[m]`). `on_mask` and `progress` as in `Answers`."""
+    answers to the questions `which[m]`); with `scores`, each question's option log-probs instead
+    (`pss.option_logprobs`). `on_mask` and `progress` as in `Answers`."""
     dev, L = model.device, model.config.num_layers
     max_rows = max_rows or (256 if dev.type == "cpu" else 1024)
     _check(mlp_masks, skip, model.config.intermediate_size)
@@ -252,6 +261,7 @@ def cloze_answers(model, tok, questions: list[MCQ], mlp_masks: torch.Tensor, ski
         start = 0
         found.rows_done(len(pairs))
         for m, q in pairs:
-            found.put(m, q, answer_of(totals[start:start + per_q[q]]))
+            options = totals[start:start + per_q[q]]
+            found.put(m, q, options if scores else answer_of(options))
             start += per_q[q]
     return found.by_mask()

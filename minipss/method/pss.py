@@ -218,6 +218,14 @@ def answer_of(scores: list[float]) -> str:
     return LETTERS[max(range(len(scores)), key=scores.__getitem__)]
 
 
+def p_correct(scores: list[float], answer: str) -> float:
+    """The graded outcome (METHOD.md §5): the probability of the correct option `answer` among the four, a
+    softmax over the option scores; `answer_of` is its argmax."""
+    top = max(scores)
+    weights = [math.exp(s - top) for s in scores]
+    return weights[LETTERS.index(answer)] / sum(weights)
+
+
 @torch.inference_mode()
 def mcq_scores(model, tok, questions: list[MCQ], mode: str = "cloze", mlp_mask=None, batch_size: int = 32,
                cloze_mean: bool = False) -> list[list[float]]:

@@ -18,9 +18,11 @@ import torch
 
 from ..method import many_masks
 from ..method.benchmark import Concept, load_benchmark, questions_of, unrelated_sets
-from ..method.controls import KINDS, ConceptStats, cell_masks, group_stats, question_groups, set_magnitudes
+from ..method.controls import (KINDS, ConceptStats, cell_masks, group_stats, pseudo_concepts, question_groups,
+                               set_magnitudes)
 from ..method.prompts import coefficient_prompt
-from ..method.pss import concept_means, letter_vocab, mcq_answers, mean, question_coefficients
+from ..method.pss import (answer_of, concept_means, letter_vocab, mcq_answers, mcq_scores, mean, p_correct,
+                          question_coefficients)
 from ..model.families import read_config
 from ..model.fastest import resolve_dtype
 from ..model.load import load_model
@@ -66,6 +68,10 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     if s.split_half and few:
         raise ValueError(f"{bench}:{few[0].line}: concept {few[0].name!r} has {len(few[0].mcq)} question; "
                          "--split-half needs at least 2 per concept (one per half)")
+    try:
+        pseudo = pseudo_concepts(concepts, others, s.seed) if s.pseudo_control else None
+    except ValueError as e:
+        raise ValueError(f"{bench}: --pseudo-control: {e}") from None
     config = read_config(model_dir)
     if s.skip_layers >= config.num_layers:
         raise ValueError(f"--skip-layers {s.skip_layers} leaves nothing to mask in a model of "
@@ -83,12 +89,12 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
         print(f"dtype {s.dtype} ({s.dtype_choice})", file=sys.stderr, flush=True)
     model = load_model(model_dir, dtype=getattr(torch, s.dtype), device=shard.device)  # refuses damaged weights
     work = WorkDir(out, s.fingerprint(model_dir, bench), shard.rank)
-    cells, timing, stats = measure(model, tok, concepts, others, s, work, shard, quiet, start=t0,
-                                   report_every=report_every)
+    cells, probs, timing, stats = measure(model, tok, concepts, others, s, work, shard, quiet, start=t0,
+                                          report_every=report_every, pseudo=pseudo)
     magnitudes = magnitude_step(stats, others, s) if shard.main else None
     timing["total"] = time.time() - t0
     result = build_result(str(model_dir), str(bench), {**asdict(s), "processes": shard.world}, concepts,
-                          others, cells, timing, magnitudes)
+                          others, cells, timing, magnitudes, probs, pseudo)
     bad = [concepts[i].name for i in range(len(concepts)) if not torch.isfinite(stats.means[i]).all()]
     if bad:  # finite weights can still overflow (fp16, huge activations): the scores are then unreliable
         result["nonfinite_activations"] = bad
@@ -102,55 +108,75 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
 
 
 def measure(model, tok, concepts: list[Concept], others: list[list[int]], s: Settings, work, shard=None,
-            quiet: bool = False, start: float | None = None,
-            report_every: float = REPORT_EVERY) -> tuple[dict, dict, torch.Tensor]:
+            quiet: bool = False, start: float | None = None, report_every: float = REPORT_EVERY,
+            pseudo: list[list[tuple[int, int]]] | None = None) -> tuple[dict, dict, dict, ConceptStats]:
     """The paper's steps on a loaded model: coefficients per concept (§3.2), the accuracy before
     masking, then every masked cell, each located (Eq. 5) and masked (Eq. 4) and scored. Work already
-    in `work` (a `WorkDir`, or `Unsaved`) is reused. Returns every cell's per-question correctness (by
-    `cell_key`), the time of each step (the first from `start`, so that it includes loading) and the
-    coefficient statistics (`controls.ConceptStats`). Each step reports its progress on stderr at least every
-    `report_every` seconds unless `quiet`."""
+    in `work` (a `WorkDir`, or `Unsaved`) is reused. Returns every cell's per-question correctness and, in
+    cloze and logits modes, p(correct) (each by `cell_key`), the time of each step (the first from `start`,
+    so that it includes loading) and the coefficient statistics (`controls.ConceptStats`; with `pseudo`,
+    the pseudo-concepts' after the concepts'). `pseudo` (`controls.pseudo_concepts`) adds the pseudo-concept
+    control's cells. Each step reports its progress on stderr at least every `report_every` seconds unless
+    `quiet`."""
     shard = shard or Shard(s.device)
     t0 = time.time() if start is None else start
     mine = [i for i in range(len(concepts)) if shard.mine(i)]
-    work.keep_cells(lambda key: expected_length(key, concepts, others))
-    stats, signed = coefficients_step(model, tok, concepts, mine, s, work, shard, quiet, report_every)
+    work.keep_cells(lambda key: expected_length(key, concepts, others, pseudo), graded=s.mode != "generate")
+    stats, signed = coefficients_step(model, tok, concepts, mine, s, work, shard, quiet, report_every, pseudo)
     timing = {"coefficients": time.time() - t0}
     t1 = time.time()
     baseline_step(model, tok, concepts, mine, s, work, quiet, report_every)
     timing["baseline"] = time.time() - t1
     t2 = time.time()
-    masked_step(model, tok, concepts, others, mine, stats, signed, s, work, quiet, report_every)
+    masked_step(model, tok, concepts, others, mine, stats, signed, s, work, quiet, report_every, pseudo)
     timing["masked"] = time.time() - t2
-    cells = {}
-    for part in shard.gather(work.cells):
+    cells, probs = {}, {}
+    for part, part_probs in shard.gather((work.cells, work.probs)):
         cells.update(part)
-    return cells, timing, stats
+        probs.update(part_probs)
+    return cells, probs, timing, stats
 
 
-def expected_length(key: str, concepts: list[Concept], others: list[list[int]]) -> int | None:
+def expected_length(key: str, concepts: list[Concept], others: list[list[int]],
+                    pseudo: list[list[tuple[int, int]]] | None = None) -> int | None:
     """How many answers the cell `key` holds in this run (None: not a cell of this run)."""
     cell = parse_cell_key(key)
-    if cell is None or not 0 <= cell[1] < len(concepts):
+    if cell is None or not 0 <= cell[1] < len(concepts) or (cell[0] == "pseudo" and pseudo is None):
         return None
     kind, i, _ = cell
     return len(concepts[i].mcq) if kind == "baseline" else len(questions_of(concepts, i, others[i]))
 
 
 def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard, quiet=False,
-                      report_every: float = REPORT_EVERY):
+                      report_every: float = REPORT_EVERY, pseudo=None):
     """Per concept and group of its questions (all of them; with split-half also each half,
     `controls.question_groups`) the mean of the per-question |m| (§3.2), with the zscore locator the mean of
-    their squares too, as a `ConceptStats`; with mean-ablation also the signed means `[C, L, d_ff]`. Each
-    process computes its own concepts, all of them receive every concept's."""
-    counts = [len(c.mcq) for c in concepts]
+    their squares too, as a `ConceptStats`; with mean-ablation also the signed means `[C, L, d_ff]`. With
+    `pseudo`, the pseudo-concepts' statistics, computed the same way from their questions, follow the
+    concepts' (pseudo-concept i is entry C + i). Each process computes its own concepts, all of them receive
+    every concept's."""
+    stats, signed = question_stats(model, tok, [c.mcq for c in concepts], mine, s, work, shard, quiet, report_every)
+    if pseudo is None:
+        return stats, signed
+    borrowed = [[concepts[j].mcq[k] for j, k in questions] for questions in pseudo]
+    more, _ = question_stats(model, tok, borrowed, mine, s, work, shard, quiet, report_every, "pseudo_")
+    squares = None if stats.squares is None else torch.cat([stats.squares, more.squares])
+    return ConceptStats(torch.cat([stats.means, more.means]), stats.counts + more.counts, squares), signed
+
+
+def question_stats(model, tok, questions, mine, s: Settings, work, shard, quiet=False,
+                   report_every: float = REPORT_EVERY, prefix: str = ""):
+    """`coefficients_step` for one list of question sets (`questions[i]`, the MCQs of concept i), saved in
+    `work` under names starting with `prefix`; the signed means only for the concepts themselves."""
+    counts = [len(qs) for qs in questions]
     per_question = {}
+    label = "pseudo-concept coefficients" if prefix else "coefficients"
 
     def gathered(reduce, absolute=True):
         def compute():
             if absolute not in per_question:
-                texts = [coefficient_prompt(q) for i in mine for q in concepts[i].mcq]
-                with Progress(len(texts), "coefficients" if absolute else "signed means", quiet, report_every,
+                texts = [coefficient_prompt(q) for i in mine for q in questions[i]]
+                with Progress(len(texts), label if absolute else "signed means", quiet, report_every,
                               "questions") as p:
                     per_question[absolute] = question_coefficients(model, tok, texts, s.token_rule, s.batch_size,
                                                                    absolute, p.add)
@@ -158,25 +184,24 @@ def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard, quie
             parts = {i: part[n] for n, i in enumerate(mine)}
             for other in shard.gather(parts):
                 parts.update(other)
-            return torch.stack([parts[i] for i in range(len(concepts))])
+            return torch.stack([parts[i] for i in range(len(questions))])
         return compute
 
-    C, L, d = len(concepts), model.config.num_layers, model.config.intermediate_size
-    means = work.coefficients(gathered(concept_means), shape=(C, L, d))[:, None]
+    C, L, d = len(questions), model.config.num_layers, model.config.intermediate_size
+    means = work.coefficients(gathered(concept_means), prefix + "coefficients", (C, L, d))[:, None]
     if s.split_half:
-        halves = work.coefficients(gathered(lambda x, n: group_stats(x, n, True)[:, 1:]), "half_coefficients",
+        halves = work.coefficients(gathered(lambda x, n: group_stats(x, n, True)[:, 1:]), prefix + "half_coefficients",
                                    (C, 2, L, d))
         means = torch.cat([means, halves], 1)
     squares = None
     if s.locator == "zscore":
         squares = work.coefficients(gathered(lambda x, n: group_stats(x, n, s.split_half, squares=True)),
-                                    "coefficient_squares", (C, means.shape[1], L, d))
+                                    prefix + "coefficient_squares", (C, means.shape[1], L, d))
     stats = ConceptStats(means, [[len(g) for g in question_groups(n, s.split_half)] for n in counts], squares)
     signed = None
     per_question.clear()  # the |m| rows are no longer needed
-    if s.ablation == "mean":
-        signed = work.coefficients(gathered(concept_means, False), "signed_means",
-                                   (C, L, d))
+    if s.ablation == "mean" and not prefix:
+        signed = work.coefficients(gathered(concept_means, False), "signed_means", (C, L, d))
     return stats, signed
 
 
@@ -207,26 +232,44 @@ def baseline_step(model, tok, concepts, mine, s: Settings, work, quiet=False,
                 ones = torch.ones(1, model.config.num_layers, model.config.intermediate_size, device=model.device,
                                   dtype=model.dtype)
                 answers = many_masks.answers(model, tok, qs, ones, s.skip_layers, s.mode, s.cloze_mean,
-                                             s.early_stop, progress=p.add)[0]
+                                             s.early_stop, progress=p.add, scores=s.mode != "generate")[0]
             else:
-                answers = mcq_answers(model, tok, qs, s.mode, None, s.batch_size, s.early_stop, s.cloze_mean)
+                answers = one_mask(model, tok, qs, None, s)
                 p.add(len(qs))
             for i in group:
                 n = len(concepts[i].mcq)
-                work.save_cell(cell_key("baseline", i),
-                               [a == q.answer for a, q in zip(answers[:n], concepts[i].mcq)])
+                work.save_cell(cell_key("baseline", i), *judged(answers[:n], concepts[i].mcq))
                 answers = answers[n:]
 
 
+def one_mask(model, tok, questions, mlp_mask, s: Settings) -> list:
+    """One mask's answers the plain way (`--no-engine`): each question's option scores in cloze and logits
+    modes (`pss.mcq_scores`), its letter in generate mode (`pss.mcq_answers`)."""
+    if s.mode == "generate":
+        return mcq_answers(model, tok, questions, s.mode, mlp_mask, s.batch_size, s.early_stop, s.cloze_mean)
+    return mcq_scores(model, tok, questions, s.mode, mlp_mask, s.batch_size, s.cloze_mean)
+
+
+def judged(answers: list, questions) -> tuple[list[bool], list[float] | None]:
+    """Per question, right or wrong and, where the answers are option scores (cloze, logits), p(correct)
+    (`pss.p_correct`); None for letters (generate mode)."""
+    if answers and isinstance(answers[0], list):
+        return ([answer_of(a) == q.answer for a, q in zip(answers, questions)],
+                [p_correct(a, q.answer) for a, q in zip(answers, questions)])
+    return [a == q.answer for a, q in zip(answers, questions)], None
+
+
 def masked_step(model, tok, concepts, others, mine, stats, signed, s: Settings, work, quiet=False,
-                report_every: float = REPORT_EVERY) -> None:
+                report_every: float = REPORT_EVERY, pseudo=None) -> None:
     """Every missing (kind, concept, ratio) cell: the concept's mask (located, or a control) scored on its
     own and its unrelated questions (§4.1); with split-half, two masks, each located on one half of the
-    questions and scoring the other (`controls.cell_masks`). A cell holds the answers in `questions_of` order
-    and is saved as soon as its masks' questions are all answered; progress counts (mask, question) rows
+    questions and scoring the other (`controls.cell_masks`). A `pseudo` cell is the located mask of concept
+    i's pseudo-concept (entry C + i of `stats`), scored on the pseudo-concept's questions and i's unrelated
+    ones. A cell holds the answers in `questions_of` order (the pseudo-concept's questions first) and is
+    saved as soon as its masks' questions are all answered; progress counts (mask, question) rows
     (METHOD.md §10)."""
     counts = [len(c.mcq) for c in concepts]
-    kinds = [k for k, on in zip(KINDS, (True, s.control, s.matched_control)) if on]
+    kinds = [k for k, on in zip((*KINDS, "pseudo"), (True, s.control, s.matched_control, pseudo is not None)) if on]
     todo = [(k, i, r) for i in mine for r in s.ratios for k in kinds if cell_key(k, i, r) not in work.cells]
     rows = sum(counts[i] + sum(counts[j] for j in others[i]) for _, i, _ in todo)
     with Progress(rows, "masked", quiet, report_every) as progress:
@@ -235,19 +278,26 @@ def masked_step(model, tok, concepts, others, mine, stats, signed, s: Settings, 
         for group in engine_groups(sorted({i for _, i, _ in todo}), others, counts, 256 if s.engine else 1):
             pool, which, cells, mlp_masks = {}, [], [], []
             for i in group:
-                mine_i = [(k, r) for k, j, r in todo if j == i]
-                its_masks, parts = cell_masks(i, mine_i, stats, others[i], s.skip_layers, s.seed, s.locator,
-                                           s.split_half, signed)
-                keys = [(j, k) for j in [i] + others[i] for k in range(counts[j])]  # questions_of's order
-                index = [pool.setdefault(key, len(pool)) for key in keys]
-                rows = [None] * len(its_masks)
-                for cell_parts in parts:
-                    for row, positions in cell_parts:
-                        rows[row] = [index[p] for p in positions]
-                cells += [((k, i, r), [(len(which) + row, positions) for row, positions in cell_parts])
-                          for (k, r), cell_parts in zip(mine_i, parts)]
-                which += rows
-                mlp_masks.append(its_masks)
+                unrelated = [(j, k) for j in others[i] for k in range(counts[j])]
+                own = [(k, r) for k, j, r in todo if j == i and k != "pseudo"]
+                its_pseudo = [("located", r) for k, j, r in todo if j == i and k == "pseudo"]
+                # (entry of stats that locates, its cells, the kind they are saved as, the questions scored)
+                for located_as, unit_cells, kind, keys in (
+                        (i, own, None, [(i, k) for k in range(counts[i])] + unrelated),
+                        (len(concepts) + i, its_pseudo, "pseudo", (pseudo[i] if pseudo else []) + unrelated)):
+                    if not unit_cells:
+                        continue
+                    its_masks, parts = cell_masks(located_as, unit_cells, stats, others[i], s.skip_layers, s.seed,
+                                                  s.locator, s.split_half, signed)
+                    index = [pool.setdefault(key, len(pool)) for key in keys]
+                    rows = [None] * len(its_masks)
+                    for cell_parts in parts:
+                        for row, positions in cell_parts:
+                            rows[row] = [index[p] for p in positions]
+                    cells += [((kind or k, i, r), [(len(which) + row, positions) for row, positions in cell_parts])
+                              for (k, r), cell_parts in zip(unit_cells, parts)]
+                    which += rows
+                    mlp_masks.append(its_masks)
             mlp_masks = torch.cat(mlp_masks).to(device=model.device, dtype=model.dtype)
             qs = [concepts[j].mcq[k] for j, k in pool]
             cell_of = {row: n for n, (_, cell_parts) in enumerate(cells) for row, _ in cell_parts}
@@ -257,17 +307,17 @@ def masked_step(model, tok, concepts, others, mine, stats, signed, s: Settings, 
                 answered[row] = got
                 key, cell_parts = cells[cell_of[row]]
                 if all(r in answered for r, _ in cell_parts):  # and so have the other masks of its cell
-                    correct = [None] * sum(len(positions) for _, positions in cell_parts)
+                    got = [None] * sum(len(positions) for _, positions in cell_parts)
+                    questions = [None] * len(got)
                     for r, positions in cell_parts:
                         for p, q, a in zip(positions, which[r], answered.pop(r)):
-                            correct[p] = a == qs[q].answer
-                    work.save_cell(cell_key(*key), correct)
+                            got[p], questions[p] = a, qs[q]
+                    work.save_cell(cell_key(*key), *judged(got, questions))
 
             if s.engine:  # all of this group's masks at once
                 many_masks.answers(model, tok, qs, mlp_masks, s.skip_layers, s.mode, s.cloze_mean, s.early_stop,
-                                   which, on_mask=save, progress=progress.add)
+                                   which, on_mask=save, progress=progress.add, scores=s.mode != "generate")
             else:
                 for row, (w, mlp_mask) in enumerate(zip(which, mlp_masks)):
-                    save(row, mcq_answers(model, tok, [qs[q] for q in w], s.mode, mlp_mask, s.batch_size,
-                                          s.early_stop, s.cloze_mean))
+                    save(row, one_mask(model, tok, [qs[q] for q in w], mlp_mask, s))
                     progress.add(len(w))

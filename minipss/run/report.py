@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..method.benchmark import TIERS, Concept
 from ..method.controls import KINDS
-from ..method.pss import accuracy, concept_and_general, concept_cell, mean, model_pss
+from ..method.pss import accuracy, concept_and_general, concept_cell, excess_drop, mean, model_pss
 from .claims import CHANCE, floored, located_vs_control
 from .stats import ALPHA, BOOTSTRAP, paired_test
 
@@ -21,6 +21,7 @@ SECTIONS = {"random": "control", "matched": "matched", "pseudo": "pseudo"}  # mo
 SETTING = {"random": "control", "matched": "matched_control", "pseudo": "pseudo_control"}  # the setting of each
 # what the paired tests compare; the graded ones where the cells have them (cloze and logits modes)
 MEASURES = ("excess_drop", "g_minus_c", "concept_after", "general_after", "prob_excess_drop", "prob_general_after")
+GRADED = ("prob_concept_after", "prob_general_after", "prob_excess_drop")  # a cell's graded-outcome fields
 
 
 def markdown_table(header: list[str], rows) -> list[str]:
@@ -48,7 +49,7 @@ def parse_cell_key(key: str) -> tuple[str, int, float | None] | None:
     try:
         if parts[0] == "baseline" and len(parts) == 2:
             return "baseline", int(parts[1]), None
-        if parts[0] in KINDS and len(parts) == 3:
+        if parts[0] in ROWS and len(parts) == 3:
             return parts[0], int(parts[1]), float(parts[2])
     except ValueError:
         pass
@@ -59,6 +60,7 @@ def summarise(rows: list[dict], ratios: list[float], acc_before: float, key: str
     """Model-level scores over a group of concept rows, for the cells under `key` (by_ratio/control)."""
     out = {"pss_by_ratio": {}, "excess_by_ratio": {}, "g_minus_c_by_ratio": {},
            "concept_after_by_ratio": {}, "general_after_by_ratio": {}}
+    graded = all("prob_excess_drop" in row[key][str(r)] for row in rows for r in ratios)
     for r in ratios:
         cells = [row[key][str(r)] for row in rows]
         ca, ga = [c["concept_after"] for c in cells], [c["general_after"] for c in cells]
@@ -67,9 +69,19 @@ def summarise(rows: list[dict], ratios: list[float], acc_before: float, key: str
         out["g_minus_c_by_ratio"][str(r)] = mean(ga) - mean(ca)
         out["concept_after_by_ratio"][str(r)] = mean(ca)
         out["general_after_by_ratio"][str(r)] = mean(ga)
+        if graded:
+            for name in GRADED:
+                out.setdefault(f"{name}_by_ratio", {})[str(r)] = mean(c[name] for c in cells)
     out["pss"] = mean(out["pss_by_ratio"].values())
     out["excess_drop"] = mean(out["excess_by_ratio"].values())
     return out
+
+
+def graded_cell(before_c: float, before_g: float, after_c: float, after_g: float) -> dict:
+    """The graded outcome of one concept at one ratio (METHOD.md §5, §6): mean p(correct) on its own and on
+    its unrelated questions under its mask, and the excess drop on that scale."""
+    return {"prob_concept_after": after_c, "prob_general_after": after_g,
+            "prob_excess_drop": excess_drop(before_c, before_g, after_c, after_g)}
 
 
 def significance(rows: list[dict], ratios, n_boot: int = BOOTSTRAP, seed: int = 0) -> dict:
@@ -88,35 +100,61 @@ def significance(rows: list[dict], ratios, n_boot: int = BOOTSTRAP, seed: int = 
 
 
 def build_result(model: str, bench: str, settings: dict, concepts: list[Concept], others: list[list[int]],
-                 cells: dict, timing: dict, magnitudes: dict | None = None) -> dict:
+                 cells: dict, timing: dict, magnitudes: dict | None = None, probs: dict | None = None,
+                 pseudo: list[list[tuple[int, int]]] | None = None) -> dict:
     """The result: scores per concept and ratio for every kind of cell present, model-level summaries,
     tiers, categories, the paired tests (`significance`) and, when given, the masked sets' magnitudes
-    (`run.magnitude_step`)."""
-    ratios = settings["ratios"]
-    base = [x for i in range(len(concepts)) for x in cells[cell_key("baseline", i)]]
+    (`run.magnitude_step`). `probs`, per cell p(correct) per question (cloze and logits modes), adds the
+    graded outcome beside every accuracy; `pseudo` (`controls.pseudo_concepts`) names the questions of
+    each concept's pseudo-concept, whose cells are then scored against the pseudo-concept's own accuracy
+    before masking."""
+    ratios, probs = settings["ratios"], probs or {}
     starts, pos = [], 0
     for c in concepts:
         starts.append(pos)
         pos += len(c.mcq)
-    own = lambda j: base[starts[j]:starts[j] + len(concepts[j].mcq)]
+
+    def before(table):  # per question, in benchmark order, from the baseline cells; None if any is missing
+        keys = [cell_key("baseline", i) for i in range(len(concepts))]
+        return [x for k in keys for x in table[k]] if all(k in table for k in keys) else None
+
+    base, base_p = before(cells), before(probs)
+    graded = base_p is not None
     acc_before = accuracy(base)
     rows = []
     for i, c in enumerate(concepts):
         n = len(c.mcq)
-        before_c = accuracy(own(i))
-        before_g = accuracy([x for j in others[i] for x in own(j)])
+        questions = {"concept": [starts[i] + k for k in range(n)],
+                     "general": [starts[j] + k for j in others[i] for k in range(len(concepts[j].mcq))],
+                     "pseudo": [starts[j] + k for j, k in pseudo[i]] if pseudo else []}
+        acc = {part: accuracy([base[q] for q in qs]) for part, qs in questions.items()}
+        prob = {part: accuracy([base_p[q] for q in qs]) for part, qs in questions.items()} if graded else {}
         row = {"concept": c.name, "tier": c.tier, "category": c.category,
-               "concept_before": before_c, "general_before": before_g,
+               "concept_before": acc["concept"], "general_before": acc["general"],
+               **({"prob_concept_before": prob["concept"], "prob_general_before": prob["general"]} if graded else {}),
                "unrelated": [concepts[j].name for j in others[i]], "by_ratio": {}}
+        if pseudo:
+            row["pseudo_questions"] = [[concepts[j].name, k] for j, k in pseudo[i]]
+            row["pseudo_before"] = acc["pseudo"]
+            if graded:
+                row["prob_pseudo_before"] = prob["pseudo"]
         for kind, key in ROWS.items():
-            if all(cell_key(kind, i, r) in cells for r in ratios):
-                row[key] = {str(r): concept_cell(before_c, before_g, *concept_and_general(cells[cell_key(kind, i, r)], n),
-                                                 acc_before, r) for r in ratios}
+            if not all(cell_key(kind, i, r) in cells for r in ratios):
+                continue
+            own = "pseudo" if kind == "pseudo" else "concept"
+            row[key] = {}
+            for r in ratios:
+                k = cell_key(kind, i, r)
+                row[key][str(r)] = concept_cell(acc[own], acc["general"], *concept_and_general(cells[k], n),
+                                                acc_before, r)
+                if graded and k in probs:
+                    row[key][str(r)].update(graded_cell(prob[own], prob["general"], *concept_and_general(probs[k], n)))
         row["pss"] = mean(cell["pss"] for cell in row["by_ratio"].values())
         row["excess_drop"] = mean(cell["excess_drop"] for cell in row["by_ratio"].values())
         rows.append(row)
     located = summarise(rows, ratios, acc_before, "by_ratio")
     result = {"model": model, "bench": bench, "settings": settings, "acc_before": acc_before,
+              **({"prob_before": accuracy(base_p)} if graded else {}),
               "pss": located["pss"], "pss_by_ratio": located["pss_by_ratio"], **{
                   k: v for k, v in located.items() if k not in ("pss", "pss_by_ratio")}}
     result["pss_concept_mean"] = mean(r["pss"] for r in rows)
@@ -139,9 +177,10 @@ def build_result(model: str, bench: str, settings: dict, concepts: list[Concept]
     for tier in TIERS:
         group = [r for r in rows if r["tier"] == tier]
         if group:
-            idx = [i for i, c in enumerate(concepts) if c.tier == tier]
-            acc = accuracy([x for i in idx for x in own(i)])
+            qs = [starts[i] + k for i, c in enumerate(concepts) if c.tier == tier for k in range(len(c.mcq))]
+            acc = accuracy([base[q] for q in qs])
             result["tiers"][tier] = {"concepts": len(group), "acc_before": acc,
+                                     **({"prob_before": accuracy([base_p[q] for q in qs])} if graded else {}),
                                      **summarise(group, ratios, acc, "by_ratio")}
     result["categories"] = {}
     for cat in sorted({c.category for c in concepts}):
@@ -165,17 +204,22 @@ def write_result(result: dict, out: Path) -> None:
     os.replace(tmp, out)
     csv_path = out.with_suffix(".csv")
     tmp = csv_path.with_name(csv_path.name + ".tmp")
+    graded = "prob_before" in result
     fields = ["concept", "tier", "category", "kind", "ratio", "concept_before", "general_before",
-              "concept_after", "general_after", "g_minus_c", "pss", "pss_acc_before", "pss_raw", "excess_drop"]
+              "concept_after", "general_after", "g_minus_c", "pss", "pss_acc_before", "pss_raw", "excess_drop",
+              *(("prob_concept_before", "prob_general_before", *GRADED) if graded else ())]
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for row in result["concepts"]:
             for kind, key in ROWS.items():
+                own = "pseudo" if kind == "pseudo" else "concept"  # a pseudo-concept's own questions are its own
                 for r, cell in row.get(key, {}).items():
                     w.writerow({"concept": row["concept"], "tier": row["tier"], "category": row["category"],
-                                "kind": kind, "ratio": r, "concept_before": row["concept_before"],
-                                "general_before": row["general_before"], **cell})
+                                "kind": kind, "ratio": r, "concept_before": row[f"{own}_before"],
+                                "general_before": row["general_before"],
+                                **({"prob_concept_before": row[f"prob_{own}_before"],
+                                    "prob_general_before": row["prob_general_before"]} if graded else {}), **cell})
     os.replace(tmp, csv_path)
 
 
@@ -188,7 +232,8 @@ def summary(result: dict) -> str:
     s = result["settings"]
     lines = [f"model {result['model']}  bench {result['bench']}  mode {s['mode']}  "
              f"concepts {len(result['concepts'])}  skip {s['skip_layers']}",
-             f"accuracy before masking: {result['acc_before']:.3f}",
+             f"accuracy before masking: {result['acc_before']:.3f}"
+             + (f"   p(correct) before masking: {result['prob_before']:.3f}" if "prob_before" in result else ""),
              f"PSS (mean over ratios): {_fmt(result['pss'])}   excess drop: {_fmt(result['excess_drop'])}"]
     if "warning" in result:
         lines.append("WARNING: " + result["warning"])

@@ -14,6 +14,12 @@ from safetensors.torch import save_file
 from .fingerprint import differences, short
 
 
+def valid_prob(prob, n: int) -> bool:
+    """A cell's graded outcome, when it has one: n probabilities in [0, 1]."""
+    return prob is None or (isinstance(prob, list) and len(prob) == n and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in prob))
+
+
 class WorkDir:
     """`<out>.work/`: settings, coefficients (safetensors) and finished cells (JSON lines).
 
@@ -43,7 +49,7 @@ class WorkDir:
             os.replace(tmp, stamp)
         self.rank = rank
         self.cells_file = self.path / ("cells.jsonl" if rank == 0 else f"cells.rank{rank}.jsonl")
-        self.cells = {}
+        self.cells, self.probs = {}, {}
         for file in sorted(self.path.glob("cells*.jsonl")):  # every shard's, so any split resumes
             for line in file.read_bytes().decode("utf-8", errors="replace").splitlines():
                 try:
@@ -52,8 +58,11 @@ class WorkDir:
                     continue
                 if (isinstance(row, dict) and row.get("run") == self.run and isinstance(row.get("key"), str)
                         and isinstance(row.get("correct"), list)
-                        and all(isinstance(x, bool) for x in row["correct"])):
+                        and all(isinstance(x, bool) for x in row["correct"])
+                        and valid_prob(row.get("prob"), len(row["correct"]))):
                     self.cells[row["key"]] = row["correct"]
+                    if row.get("prob") is not None:
+                        self.probs[row["key"]] = row["prob"]
         # a line cut off by a kill has no newline: end it, so the next cell starts a line of its own
         if self.cells_file.is_file() and self.cells_file.stat().st_size:
             with open(self.cells_file, "rb") as f:
@@ -62,9 +71,13 @@ class WorkDir:
                     with open(self.cells_file, "ab") as g:
                         g.write(b"\n")
 
-    def keep_cells(self, expected_length) -> None:
-        """Drop cells whose list of answers does not have the length this run expects (recomputed)."""
-        self.cells = {k: v for k, v in self.cells.items() if expected_length(k) == len(v)}
+    def keep_cells(self, expected_length, graded: bool = False) -> None:
+        """Drop cells whose list of answers does not have the length this run expects, and with `graded`
+        those saved without the graded outcome (both recomputed): a result never mixes cells with and
+        without it."""
+        self.cells = {k: v for k, v in self.cells.items()
+                      if expected_length(k) == len(v) and (k in self.probs or not graded)}
+        self.probs = {k: v for k, v in self.probs.items() if k in self.cells}
 
     def coefficients(self, compute, name: str = "coefficients", shape=None) -> torch.Tensor:
         file = self.path / f"{name}.safetensors"
@@ -83,10 +96,14 @@ class WorkDir:
             os.replace(str(file) + ".tmp", file)
         return value
 
-    def save_cell(self, key: str, correct: list[bool]) -> None:
+    def save_cell(self, key: str, correct: list[bool], prob: list[float] | None = None) -> None:
+        """One finished cell: per question, right or wrong and, in cloze and logits modes, p(correct)."""
+        record = {"key": key, "correct": correct, "run": self.run, **({"prob": prob} if prob is not None else {})}
         with open(self.cells_file, "a") as f:
-            f.write(json.dumps({"key": key, "correct": correct, "run": self.run}) + "\n")
+            f.write(json.dumps(record) + "\n")
         self.cells[key] = correct
+        if prob is not None:
+            self.probs[key] = prob
 
 
 class Unsaved:
@@ -95,12 +112,15 @@ class Unsaved:
 
     def __init__(self):
         self.cells: dict[str, list[bool]] = {}
+        self.probs: dict[str, list[float]] = {}
 
     def coefficients(self, compute, name: str = "coefficients", shape=None) -> torch.Tensor:
         return compute()
 
-    def save_cell(self, key: str, correct: list[bool]) -> None:
+    def save_cell(self, key: str, correct: list[bool], prob: list[float] | None = None) -> None:
         self.cells[key] = correct
+        if prob is not None:
+            self.probs[key] = prob
 
-    def keep_cells(self, expected_length) -> None:
+    def keep_cells(self, expected_length, graded: bool = False) -> None:
         pass  # nothing saved, nothing stale
