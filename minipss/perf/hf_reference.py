@@ -128,7 +128,7 @@ def answers(model, tok, questions, mode: str, batch_size: int = 32) -> list[str 
     return out
 
 
-UNSUPPORTED = {"matched_control": False, "split_half": False, "locator": "diff",
+UNSUPPORTED = {"matched_control": False, "pseudo_control": False, "split_half": False, "locator": "diff",
                "cloze_mean": False}  # what the reference does not do: these must stay at their defaults
 
 
