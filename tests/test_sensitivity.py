@@ -172,7 +172,7 @@ def test_prob_significance_and_mde80_by_hand_on_a_fixed_table():
     assert test["prob_excess_drop"]["mde80"] == pytest.approx(Z * sd / 2, rel=1e-6)
     # exact: of the signs on (0.2, 0.2, -0.05), (+, +, ±) and (-, -, ±) reach |sum| >= 0.35; the 0 doubles each
     assert test["prob_excess_drop"]["p_value"] == pytest.approx(8 / 16)
-    assert test["prob_general_after"]["difference"] == pytest.approx(-0.4 - 0.175)
+    assert test["prob_general_after"]["difference"] == pytest.approx(0.5 - (0.4 + 0.175))
     assert set(significance([{k: v for k, v in r.items()} for r in rows], [0.1])["0.1"]) == {"pseudo"}
 
 
