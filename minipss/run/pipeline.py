@@ -9,13 +9,16 @@ uninterrupted run gives.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
+from .. import interrupts, lock
 from ..method import many_masks
 from ..method.benchmark import Concept, load_benchmark, questions_of, unrelated_sets
 from ..method.locate import (KINDS, ConceptStats, cell_masks, group_stats, question_coefficients, question_groups,
@@ -62,6 +65,11 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     # tokenizer, prompts, weights
     s.check()
     check_outputs(out, [bench] + model_inputs(model_dir))
+    with lock.hold(out) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():  # one run per --out
+        return _run_pss(model_dir, bench, out, s, quiet, report_every, t0)
+
+
+def _run_pss(model_dir, bench: Path, out: Path, s: Settings, quiet: bool, report_every: float, t0: float) -> dict:
     concepts = load_benchmark(bench)[: s.concepts]
     others = unrelated_sets(concepts, s.n_unrelated, s.seed, s.unrelated)
     few = [c for c in concepts if len(c.mcq) < 2]
@@ -85,6 +93,7 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
         print(f"dtype {s.dtype} ({s.dtype_choice})", file=sys.stderr, flush=True)
     model = load_model(model_dir, dtype=getattr(torch, s.dtype), device=shard.device)  # refuses damaged weights
     work = WorkDir(out, s.fingerprint(model_dir, bench), shard.rank)
+    interrupts.saved(work.path, lambda: f"the coefficients and {len(work.cells)} finished cells")
     cells, timing, stats = measure(model, tok, concepts, others, s, work, shard, quiet, start=t0,
                                    report_every=report_every)
     magnitudes = magnitude_step(stats, others, s) if shard.main else None
