@@ -278,7 +278,7 @@ def finetune_row(base: Path, world: Path, sample: Path, work: Path, variant: str
 def run(a: StudySettings) -> dict:
     check(a)
     with lock.hold(a.out):  # one run per --out
-        check(a)  # again, now that no other run can change --out
+        checks.own_folder(a.out, record_of(a))  # again, now that no other run can change it
         interrupts.saved(a.out, "every finished step (world, models and their checkpoints, PSS results, "
                          "fine-tuning rows; the running step's own saved work)")
         with interrupts.writing(a.out):
