@@ -390,3 +390,26 @@ def test_a_stop_line_names_what_was_saved_and_the_command():
         assert interrupts.stop_line("minipss pss", ["minipss", "pss", "--out", "a b.json"], signal.SIGINT) == (
             "minipss pss: stopped by SIGINT (Ctrl-C); saved in a b.json.work: 3 finished cells; "
             "to resume: minipss pss --out 'a b.json'")
+
+
+def test_a_checkpoint_the_disk_refuses_stops_cleanly_and_training_resumes_to_the_same_weights(
+        inputs, tmp_path, capsys, monkeypatch):
+    from minipss.run import trainer
+
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert cli(capsys, train_args(inputs["model"], inputs["text"], ref) + ["--quiet"])[0] == 0
+    real, calls = trainer.save_file, [0]
+
+    def second_checkpoint_fails(*args, **kwargs):  # the weights of the step-20 checkpoint: the disk is full
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(trainer, "save_file", second_checkpoint_fails)
+    code, err = cli(capsys, train_args(inputs["model"], inputs["text"], out) + ["--quiet"])
+    monkeypatch.undo()  # space freed
+    assert code == 2 and f"cannot write {out}: No space left on device" in err and "Traceback" not in err, err
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 10  # the saved checkpoint, intact
+    assert not (tmp_path / ".run.partial").exists() and not lock.lock_path(out).exists()
+    assert cli(capsys, train_args(inputs["model"], inputs["text"], out) + ["--quiet"])[0] == 0
+    same_files(out, ref, ["model.safetensors", "value_vectors.json", "train_settings.json"])

@@ -90,8 +90,11 @@ def save_checkpoint(model, source: Path, out: Path, sets: dict, variant: str, op
     """An HF layout folder (config.json, model.safetensors, tokenizer.json) + value_vectors.json, and
     the optimizer state for resuming. Written to a temporary folder, then moved into place: the resume
     state goes first and comes back last, so it never describes other weights than those beside it."""
-    with interrupts.writing(out):
-        _save_checkpoint(model, source, out, sets, variant, opt, step, run)
+    try:
+        with interrupts.writing(out):
+            _save_checkpoint(model, source, out, sets, variant, opt, step, run)
+    finally:  # a failed or stopped save leaves no temporary folder
+        shutil.rmtree(out.parent / f".{out.name}.partial", ignore_errors=True)
     interrupts.pause_point()
 
 

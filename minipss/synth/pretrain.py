@@ -136,12 +136,16 @@ def _save(model, source: Path, out: Path, extra: dict[str, torch.Tensor] | None 
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(source / name, tmp / name)
-    if extra is not None:
-        save_file(extra, str(tmp / "optimizer.safetensors"))
-        (tmp / "trainer_state.json").write_text(json.dumps(state))
+    try:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(source / name, tmp / name)
+        if extra is not None:
+            save_file(extra, str(tmp / "optimizer.safetensors"))
+            (tmp / "trainer_state.json").write_text(json.dumps(state))
+    except BaseException:  # a failed or stopped save leaves no temporary folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = out.parent / f".{out.name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
