@@ -9,7 +9,8 @@ file holds the holder's process id, start time and command line, for the message
   2), naming the holder's process id and since when;
 - a lock file left by a run that ended without releasing it (killed, a power loss) is taken over, with a
   note naming that run;
-- a run that ends, normally or stopped, removes the lock file.
+- a run that ends, normally or stopped, removes the lock file (and the folders made for it alone, when
+  nothing else was written there: a command refused before any work leaves nothing).
 
 The same process may take a lock it already holds (a command whose steps lock the same output again).
 Where `fcntl` does not exist, the file is created exclusively (`O_EXCL`) instead, and a lock file left by
@@ -111,25 +112,36 @@ def hold(output, option: str = "--out"):
         finally:
             _held[key] -= 1
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = (_open_locked if fcntl is not None else _open_exclusive)(output, path, option)
+    made, parent = [], path.parent  # folders made for the lock alone are removed with it, when left empty
+    while not parent.exists():
+        made.append(parent)
+        parent = parent.parent
     try:
-        before = _read(fd)
-        if before:
-            print(f"note: {path}: the run that held {output} ({_describe(before)}) ended without releasing it; "
-                  "this run takes over", file=sys.stderr, flush=True)
-        info = {"pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = (_open_locked if fcntl is not None else _open_exclusive)(output, path, option)
         try:
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, json.dumps(info).encode())
-        except OSError as e:  # a full disk, say: name the file
-            raise OSError(e.errno, e.strerror, str(path)) from None
-        _held[key] = 1
-        try:
-            yield path
+            before = _read(fd)
+            if before:
+                print(f"note: {path}: the run that held {output} ({_describe(before)}) ended without releasing it; "
+                      "this run takes over", file=sys.stderr, flush=True)
+            info = {"pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv}
+            try:
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, json.dumps(info).encode())
+            except OSError as e:  # a full disk, say: name the file
+                raise OSError(e.errno, e.strerror, str(path)) from None
+            _held[key] = 1
+            try:
+                yield path
+            finally:
+                del _held[key]
+                path.unlink(missing_ok=True)  # still holding it: nobody takes a lock that is being removed
         finally:
-            del _held[key]
-            path.unlink(missing_ok=True)  # still holding it: nobody takes a lock that is being removed
+            os.close(fd)
     finally:
-        os.close(fd)
+        for folder in made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: the command wrote there, or another run holds a lock there
+                break

@@ -30,12 +30,12 @@ from ..model.families import read_config
 from ..model.fastest import resolve_dtype
 from ..model.load import load_model
 from ..model.tokenizer import load_tokenizer
-from .checks import check_outputs, check_prompt_lengths, model_inputs
+from .checks import check_outputs, check_prompt_lengths, model_inputs, output_paths
 from .progress import REPORT_EVERY, Progress
 from .report import build_result, cell_key, parse_cell_key, write_result
 from .settings import Settings
 from .shard import Shard
-from .workdir import WorkDir
+from .workdir import WorkDir, describe
 
 
 def engine_groups(todo: list[int], others: list[list[int]], counts: list[int], max_questions: int):
@@ -70,6 +70,8 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
 
 
 def _run_pss(model_dir, bench: Path, out: Path, s: Settings, quiet: bool, report_every: float, t0: float) -> dict:
+    work_path = output_paths(out)[2]
+    interrupts.saved(work_path, lambda: describe(work_path))
     concepts = load_benchmark(bench)[: s.concepts]
     others = unrelated_sets(concepts, s.n_unrelated, s.seed, s.unrelated)
     few = [c for c in concepts if len(c.mcq) < 2]
@@ -93,7 +95,6 @@ def _run_pss(model_dir, bench: Path, out: Path, s: Settings, quiet: bool, report
         print(f"dtype {s.dtype} ({s.dtype_choice})", file=sys.stderr, flush=True)
     model = load_model(model_dir, dtype=getattr(torch, s.dtype), device=shard.device)  # refuses damaged weights
     work = WorkDir(out, s.fingerprint(model_dir, bench), shard.rank)
-    interrupts.saved(work.path, lambda: f"the coefficients and {len(work.cells)} finished cells")
     cells, timing, stats = measure(model, tok, concepts, others, s, work, shard, quiet, start=t0,
                                    report_every=report_every)
     magnitudes = magnitude_step(stats, others, s) if shard.main else None

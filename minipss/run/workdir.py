@@ -58,6 +58,15 @@ def read_cells(file: Path, own: bool = True) -> list[dict]:
     return rows
 
 
+def describe(path: Path) -> str:
+    """What a work folder holds, in words (for the line a stopped run prints)."""
+    cells = sum(f.read_bytes().count(b"\n") for f in path.glob("cells*.jsonl")) if path.is_dir() else 0
+    coefficients = path.is_dir() and any(path.glob("*coefficient*.safetensors"))
+    if not coefficients and not cells:
+        return "nothing yet"
+    return f"{'the coefficients and ' if coefficients else ''}{cells} finished cells"
+
+
 class WorkDir:
     """`<out>.work/`: settings, coefficients (safetensors) and finished cells (JSON lines).
 
