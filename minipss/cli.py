@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import interrupts
 from .finetune import experiment
 from .method.benchmark import benchmark_path, load_benchmark
 from .perf import speed as perf
@@ -107,11 +108,15 @@ def main(argv=None) -> None:
         p.set_defaults(func=module.main)
 
     a = parser.parse_args(argv)
-    try:
-        a.func(a)
-    except (ValueError, OSError) as e:  # bad input: a message naming it, exit code 2
-        print(f"minipss: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    words = list(sys.argv[1:] if argv is None else argv)
+    program = ["python", "-m", "minipss"] if Path(sys.argv[0]).name == "__main__.py" else ["minipss"]
+    # Ctrl-C and SIGTERM: one line naming what was saved and the command that resumes, exit 130 or 143
+    with interrupts.stop_cleanly(f"minipss {a.command}", program + words):
+        try:
+            a.func(a)
+        except (ValueError, OSError) as e:  # bad input, or a write the disk refused: named, exit code 2
+            print(f"minipss: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

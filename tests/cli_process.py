@@ -57,3 +57,44 @@ def line_count(path: Path) -> int:
         return path.read_bytes().count(b"\n")
     except FileNotFoundError:
         return 0
+
+
+PAUSE_ENV = "MINIPSS_PAUSE_AFTER_SAVE"  # minipss.interrupts.pause_point: pause after the first saved piece
+
+
+class Paused:
+    """A command started in a process group of its own with default signal handling, now paused right after
+    its first saved piece of work (`minipss.interrupts.pause_point`), so a test stops it at a known point."""
+
+    def __init__(self, cmd: list, flag: Path, timeout: float = 300):
+        flag.unlink(missing_ok=True)
+        self.err = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(cmd, env={**cli_env(), PAUSE_ENV: str(flag)}, stdout=subprocess.DEVNULL,
+                                        stderr=self.err, start_new_session=True)
+        self.pid = self.process.pid
+        deadline = time.monotonic() + timeout
+        while not flag.exists():
+            if self.process.poll() is not None:
+                raise AssertionError(f"{cmd[2:4]} ended (exit code {self.process.returncode}) before saving any "
+                                     f"work; give it more work\n{self.stderr()[-3000:]}")
+            if time.monotonic() > deadline:
+                self.process.kill()
+                raise AssertionError(f"{cmd[2:4]}: nothing saved after {timeout}s")
+            time.sleep(0.01)
+
+    def stderr(self) -> str:
+        self.err.seek(0)
+        return self.err.read().decode("utf-8", errors="replace")
+
+    def stop(self, sig: int, timeout: float = 60) -> tuple[int, str]:
+        """Send `sig` to the process group (as a terminal's Ctrl-C or a scheduler does); (exit code, stderr)."""
+        os.killpg(self.pid, sig)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.pid, 9)
+            self.process.wait()
+            raise AssertionError(f"no exit within {timeout}s of signal {sig}\n{self.stderr()[-3000:]}")
+        text = self.stderr()
+        self.err.close()
+        return code, text

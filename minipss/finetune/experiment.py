@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .. import files
+from .. import files, interrupts, lock
 from ..method.benchmark import benchmark_path, load_benchmark, unrelated_sets
 from ..method.open_questions import open_answers
 from ..method.pss import mcq_answers, mean
@@ -67,7 +67,8 @@ def evaluate(model_dir, bench, names: list[str], s, work: Path) -> dict:
     others = unrelated_sets(concepts, settings.n_unrelated, settings.seed)
     cells, probs, timing, _ = measure(model, tok, concepts, others, settings, Unsaved(), quiet=True)
     pss = build_result(str(model_dir), str(bench), asdict(settings), concepts, others, cells, timing, probs=probs)
-    files.write_whole(work / "pss.json", json.dumps(pss, indent=1))
+    with interrupts.writing(work):
+        files.write_whole(work / "pss.json", json.dumps(pss, indent=1))
     return {"mcq_acc": sum(a == q.answer for a, q in zip(answers, mcq)) / len(mcq),
             "open_acc": sum(open_ok) / len(open_ok), "pss": pss["pss"],
             "semantic_entropy": mean(entropies), "semantic_entropy_weighted": mean(weighted),
@@ -141,7 +142,15 @@ def main(a) -> dict:
     if not a.quiet:
         print(f"dtype {a.dtype} ({a.dtype_choice})", file=sys.stderr, flush=True)
     names = check(a, bench, data)
-    out = checks.claim(a.out, stamp_of(a, bench, data))
+    with lock.hold(a.out):  # one run per --out
+        checks.own_folder(a.out, stamp_of(a, bench, data))  # again, now that no other run can change it
+        interrupts.saved(a.out, lambda: finished_rows(Path(a.out)))
+        with interrupts.writing(a.out):
+            out = checks.claim(a.out, stamp_of(a, bench, data))
+        return _main(a, out, bench, data, names, c)
+
+
+def _main(a, out: Path, bench: Path, data: Path, names: list[str], c) -> dict:
     saved = out / "table.json"
     table = json.loads(saved.read_text())["table"] if saved.exists() else {}
 
@@ -151,7 +160,10 @@ def main(a) -> dict:
             work.mkdir(exist_ok=True)
             print(f"[experiment] evaluating {name}", file=sys.stderr, flush=True)
             table[name] = evaluate(model_dir, bench, names, a, work)
-            files.write_whole(saved, json.dumps({"concepts": names, "settings": vars_of(a), "table": table}, indent=1))
+            with interrupts.writing(saved):
+                files.write_whole(saved, json.dumps({"concepts": names, "settings": vars_of(a), "table": table},
+                                                     indent=1))
+            interrupts.pause_point()
 
     record("before", a.model)
     model = load_model(a.model, device=a.device)
@@ -167,13 +179,20 @@ def main(a) -> dict:
             s.variant = variant
             train(a.model, data, out / variant, s, sets, quiet=a.quiet)
         record(name, out / variant)
-    files.write_whole(out / "table.md", markdown(table))
+    with interrupts.writing(out):
+        files.write_whole(out / "table.md", markdown(table))
     try:
         plot(table, out / "table.png")
     except ModuleNotFoundError:
         pass
     print(markdown(table))
     return table
+
+
+def finished_rows(out: Path) -> str:
+    """What a stop now leaves in `out` (`interrupts.saved`)."""
+    rows = list(json.loads((out / "table.json").read_text())["table"]) if (out / "table.json").is_file() else []
+    return f"the finished rows of table.json ({', '.join(rows) or 'none yet'}) and each trained variant"
 
 
 def vars_of(a) -> dict:

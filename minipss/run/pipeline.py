@@ -9,13 +9,16 @@ uninterrupted run gives.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
+from .. import interrupts, lock
 from ..method import many_masks
 from ..method.benchmark import Concept, load_benchmark, questions_of, unrelated_sets
 from ..method.controls import (KINDS, ConceptStats, cell_masks, group_stats, pseudo_concepts, question_groups,
@@ -27,12 +30,12 @@ from ..model.families import read_config
 from ..model.fastest import resolve_dtype
 from ..model.load import load_model
 from ..model.tokenizer import load_tokenizer
-from .checks import check_outputs, check_prompt_lengths, model_inputs
+from .checks import check_outputs, check_prompt_lengths, model_inputs, output_paths
 from .progress import REPORT_EVERY, Progress
 from .report import build_result, cell_key, parse_cell_key, write_result
 from .settings import Settings
 from .shard import Shard
-from .workdir import WorkDir
+from .workdir import WorkDir, describe
 
 
 def engine_groups(todo: list[int], others: list[list[int]], counts: list[int], max_questions: int):
@@ -62,6 +65,13 @@ def run_pss(model_dir, bench, out, settings: Settings | None = None, quiet: bool
     # tokenizer, prompts, weights
     s.check()
     check_outputs(out, [bench] + model_inputs(model_dir))
+    with lock.hold(out) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():  # one run per --out
+        return _run_pss(model_dir, bench, out, s, quiet, report_every, t0)
+
+
+def _run_pss(model_dir, bench: Path, out: Path, s: Settings, quiet: bool, report_every: float, t0: float) -> dict:
+    work_path = output_paths(out)[2]
+    interrupts.saved(work_path, lambda: describe(work_path))
     concepts = load_benchmark(bench)[: s.concepts]
     others = unrelated_sets(concepts, s.n_unrelated, s.seed, s.unrelated)
     few = [c for c in concepts if len(c.mcq) < 2]

@@ -8,8 +8,8 @@ import math
 import os
 from pathlib import Path
 
+from ..interrupts import writing
 from ..method.benchmark import TIERS, Concept
-from ..method.controls import KINDS
 from ..method.pss import accuracy, concept_and_general, concept_cell, excess_drop, mean, model_pss
 from .claims import CHANCE, floored, located_vs_control
 from .stats import ALPHA, BOOTSTRAP, paired_test
@@ -197,18 +197,16 @@ def build_result(model: str, bench: str, settings: dict, concepts: list[Concept]
 
 
 def write_result(result: dict, out: Path) -> None:
-    """The JSON result and a CSV of per-concept rows, each written whole (temp file, then rename)."""
+    """The JSON result and a CSV of per-concept rows, each written whole (temp file, then rename); a write
+    that fails leaves no temporary file and raises `interrupts.WriteFailed` naming the path."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
     csv_path = out.with_suffix(".csv")
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
     graded = "prob_before" in result
     fields = ["concept", "tier", "category", "kind", "ratio", "concept_before", "general_before",
               "concept_after", "general_after", "g_minus_c", "pss", "pss_acc_before", "pss_raw", "excess_drop",
               *(("prob_concept_before", "prob_general_before", *GRADED) if graded else ())]
-    with open(tmp, "w", newline="") as f:
+
+    def csv_rows(f):
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for row in result["concepts"]:
@@ -220,7 +218,15 @@ def write_result(result: dict, out: Path) -> None:
                                 "general_before": row["general_before"],
                                 **({"prob_concept_before": row[f"prob_{own}_before"],
                                     "prob_general_before": row["prob_general_before"]} if graded else {}), **cell})
-    os.replace(tmp, csv_path)
+
+    for path, write in ((out, lambda f: f.write(json.dumps(result, indent=1))), (csv_path, csv_rows)):
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with writing(path), open(tmp, "w", newline="") as f:
+                write(f)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _fmt(x) -> str:

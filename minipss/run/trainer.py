@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .. import files
+from .. import files, interrupts, lock
 from ..method.benchmark import load_benchmark
 from ..method.training import (VARIANTS, ColumnAdamW, batch_order, column_masks, learning_rate, located_scores,
                                lm_loss, read_documents, value_matrices, value_vector_sets, windows)
@@ -89,6 +89,15 @@ def save_checkpoint(model, source: Path, out: Path, sets: dict, variant: str, op
     """An HF layout folder (config.json, model.safetensors, tokenizer.json) + value_vectors.json, and
     the optimizer state for resuming. Written to a temporary folder, then moved into place: the resume
     state goes first and comes back last, so it never describes other weights than those beside it."""
+    try:
+        with interrupts.writing(out):
+            _save_checkpoint(model, source, out, sets, variant, opt, step, run)
+    finally:  # a failed or stopped save leaves no temporary folder
+        shutil.rmtree(out.parent / f".{out.name}.partial", ignore_errors=True)
+    interrupts.pause_point()
+
+
+def _save_checkpoint(model, source: Path, out: Path, sets: dict, variant: str, opt, step, run) -> None:
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -178,6 +187,22 @@ def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[in
         raise ValueError(f"value vector sets: layer {bad[0]!r} names a layer or column the model does not have")
     check_seq_len(s.seq_len, config, source)
     fingerprint = run_fingerprint(source, data, s, sets, origin)
+    with lock.hold(out):  # one run per --out
+        return _train(source, data, out, s, sets, quiet, fingerprint)
+
+
+def saved_steps(out: Path, steps: int):
+    """What a stop now leaves in `out` (`interrupts.saved`)."""
+    def describe() -> str:
+        try:
+            step = json.loads((out / "trainer_state.json").read_text())["step"]
+            return f"the checkpoint of step {step} of {steps}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "no checkpoint yet (one every --save-every steps; without it, only the finished run is saved)"
+    return describe
+
+
+def _train(source: Path, data: Path, out: Path, s: TrainSettings, sets, quiet: bool, fingerprint: dict):
     state = check_out(source, data, out, fingerprint)
     if state == "done":
         if not quiet:
@@ -195,7 +220,9 @@ def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[in
             raise ValueError(f"{out}: its resume state (trainer_state.json, optimizer.safetensors) is damaged "
                              f"or from another run; to start over, remove the folder {out}")
     resume = state == "resume"
-    checks.claim(out, fingerprint, RUN_FILE)
+    interrupts.saved(out, saved_steps(out, s.steps))
+    with interrupts.writing(out):
+        checks.claim(out, fingerprint, RUN_FILE)
     model = load_model(out if resume else source, dtype=torch.float32, device=s.device)
     tok = load_tokenizer(source)
     c = model.config
@@ -241,8 +268,9 @@ def train(model_dir, data, out, settings: TrainSettings, sets: dict[int, list[in
     if not all(torch.isfinite(p).all() for p in params):
         raise ValueError("training made value vectors NaN or infinite (try a lower --lr); nothing was saved")
     save_checkpoint(model, source, out, sets, s.variant)
-    (out / "train_settings.json.tmp").write_text(json.dumps({**asdict(s), "run": run}))
-    os.replace(out / "train_settings.json.tmp", out / "train_settings.json")  # last: the run is finished
+    with interrupts.writing(out / "train_settings.json"):
+        (out / "train_settings.json.tmp").write_text(json.dumps({**asdict(s), "run": run}))
+        os.replace(out / "train_settings.json.tmp", out / "train_settings.json")  # last: the run is finished
     for f in ("trainer_state.json", "optimizer.safetensors"):
         (out / f).unlink(missing_ok=True)
     return model
@@ -276,6 +304,11 @@ def main(a) -> None:
     # refuse a mismatched --out before locating (the columns themselves are checked again in train)
     check_out(Path(a.model), Path(a.data), Path(a.out), run_fingerprint(a.model, a.data, s, None, origin),
               ignore=("value_vectors",))
+    with lock.hold(a.out):  # refused at once when another run holds --out (train holds it again)
+        _main(a, s, c, names, origin, concepts if a.variant != "fv" else None)
+
+
+def _main(a, s: TrainSettings, c, names, origin, concepts) -> None:
     read_documents(a.data)
     scores = None
     if a.variant != "fv":

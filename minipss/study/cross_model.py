@@ -33,7 +33,7 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
-from .. import files
+from .. import files, interrupts, lock
 from ..method.benchmark import TIERS, benchmark_path, load_benchmark
 from ..method.pss import mean, model_pss
 from ..model.families import read_config
@@ -322,9 +322,10 @@ def write_report(results: dict[str, dict], out, settings: dict, instruct: dict, 
     except ImportError as e:
         print(f"no figures: {e}")
         figures = []
-    (out / "study.json").write_text(json.dumps({"settings": settings, **summary}, indent=1))
     path = out / "study.md"
-    path.write_text(markdown(summary, settings, figures))
+    with interrupts.writing(out):
+        files.write_whole(out / "study.json", json.dumps({"settings": settings, **summary}, indent=1))
+        files.write_whole(path, markdown(summary, settings, figures))
     return path
 
 
@@ -397,9 +398,16 @@ def main(a) -> None:
               "seed": a.seed, "concepts": a.concepts or None, "control": not a.no_control, "split_half": a.split_half,
               **({"pseudo_control": True} if a.pseudo_control else {}),
               "locator": a.locator, "dtype": a.dtype}
-    checks.own_folder(a.out, record)
-    checks.claim(a.out, record)
+    with lock.hold(a.out):  # one run per --out
+        checks.own_folder(a.out, record)
+        interrupts.saved(a.out, "each model's finished result.json, and the running model's work in its "
+                         "result.json.work")
+        with interrupts.writing(a.out):
+            checks.claim(a.out, record)
+        _main(a, models, ratios_for, bench)
 
+
+def _main(a, models: list[str], ratios_for: dict, bench: Path) -> None:
     dtypes = {}
 
     def dtype_for(name: str) -> tuple[str, str]:  # auto: per model, its own MLP's shape (METHOD.md §10)

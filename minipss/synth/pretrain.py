@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import files
+from .. import files, interrupts, lock
 from ..method.benchmark import load_benchmark
 from ..method.pss import mcq_answers
 from ..method.training import batch_order, learning_rate, lm_loss, read_documents, windows
@@ -136,12 +136,16 @@ def _save(model, source: Path, out: Path, extra: dict[str, torch.Tensor] | None 
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(source / name, tmp / name)
-    if extra is not None:
-        save_file(extra, str(tmp / "optimizer.safetensors"))
-        (tmp / "trainer_state.json").write_text(json.dumps(state))
+    try:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(source / name, tmp / name)
+        if extra is not None:
+            save_file(extra, str(tmp / "optimizer.safetensors"))
+            (tmp / "trainer_state.json").write_text(json.dumps(state))
+    except BaseException:  # a failed or stopped save leaves no temporary folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = out.parent / f".{out.name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
@@ -198,11 +202,19 @@ def pretrain(world, out, s: PretrainSettings, quiet: bool = False, stop_after: i
     load_benchmark(world_files["bench.jsonl"])
     files.output_folder(out, [world], "--out")
     record = {**asdict(s), "world": {name: file_digest(f) for name, f in world_files.items()}}
+    with lock.hold(out):  # one run per --out
+        return _pretrain(world, out, s, quiet, stop_after, record, raw, tok, docs, world_files)
+
+
+def _pretrain(world: Path, out: Path, s: PretrainSettings, quiet: bool, stop_after, record: dict, raw: dict, tok,
+              docs, world_files: dict) -> Path:
     mine = checks.own_folder(out, record, stamp=SETTINGS_FILE)
     init, last = out / "init", out / "last"
-    checks.claim(out, record, SETTINGS_FILE)
-    if mine == "new" or not (init / "model.safetensors").is_file():
-        random_model(init, s, raw, world_files["tokenizer.json"])
+    interrupts.saved(out, lambda: saved_checkpoints(out, s.steps))
+    with interrupts.writing(out):
+        checks.claim(out, record, SETTINGS_FILE)
+        if mine == "new" or not (init / "model.safetensors").is_file():
+            random_model(init, s, raw, world_files["tokenizer.json"])
     resume = (last / "trainer_state.json").is_file()
     model = load_model(last if resume else init, device=s.device)
     model.requires_grad_(True)
@@ -217,9 +229,9 @@ def pretrain(world, out, s: PretrainSettings, quiet: bool = False, stop_after: i
         state = json.loads((last / "trainer_state.json").read_text())
         _load_optimizer_state(opt, params, load_file(str(last / "optimizer.safetensors"), device=str(s.device)))
         start = state["step"]
-        kept = [l for l in log.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= start] \
-            if log.exists() else []
-        log.write_text("".join(l + "\n" for l in kept))
+        kept = [l for l in log_lines(log) if json.loads(l)["step"] <= start]
+        with interrupts.writing(log):
+            files.write_whole(log, "".join(l + "\n" for l in kept))
     elif log.exists():
         log.unlink()
     order = batch_order(len(docs), s.batch_size, s.steps, s.seed)
@@ -242,22 +254,53 @@ def pretrain(world, out, s: PretrainSettings, quiet: bool = False, stop_after: i
         if done in saves:
             model.eval()
             row.update({k: round(v, 5) for k, v in bench_accuracy(model, tok, world / "bench.jsonl").items()})
-            _save(model, init, out / f"step-{done:06d}")
-            _save(model, init, last, _optimizer_state(opt, params), {"step": done})
+            with interrupts.writing(out):
+                _save(model, init, out / f"step-{done:06d}")
         if row is not None:
-            with open(log, "a") as f:
+            with interrupts.writing(log), open(log, "a") as f:
                 f.write(json.dumps(row) + "\n")
             if not quiet:
                 left = (time.time() - t0) / (done - start) * (s.steps - done)
                 print(f"[pretrain {done}/{s.steps}] " + " ".join(f"{k} {v}" for k, v in row.items() if k != "step")
                       + f" left ~{left:.0f} s", file=sys.stderr, flush=True)
+        if done in saves:  # after the log row: a resume keeps the rows up to its step and writes the rest
+            with interrupts.writing(out):
+                _save(model, init, last, _optimizer_state(opt, params), {"step": done})
+            interrupts.pause_point()
         if stop_after is not None and done >= stop_after:
             return last
     final = out / f"step-{s.steps:06d}"
     if not final.exists():
         model.eval()
-        _save(model, init, final)
+        with interrupts.writing(out):
+            _save(model, init, final)
     return final
+
+
+def log_lines(log: Path) -> list[str]:
+    """The whole rows of a run's log.jsonl; a last row cut short by a stop (written after the checkpoint a
+    resume starts from, so never one it keeps) is left out."""
+    if not log.exists():
+        return []
+    lines = [l for l in log.read_text(encoding="utf-8", errors="replace").split("\n") if l.strip()]
+    for n, line in enumerate(lines):
+        try:
+            json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            if n < len(lines) - 1:
+                raise ValueError(f"{log}:{n + 1}: a damaged row before the end of the log; remove the folder "
+                                 f"{log.parent} to start over") from None
+            return lines[:-1]
+    return lines
+
+
+def saved_checkpoints(out: Path, steps: int) -> str:
+    """What a stop now leaves in `out` (`interrupts.saved`)."""
+    try:
+        step = json.loads((out / "last" / "trainer_state.json").read_text())["step"]
+        return f"the checkpoints up to step {step} of {steps} (last/ resumes from it)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no checkpoint yet (only the settings and the initial model)"
 
 
 def checkpoints(run) -> list[tuple[int, Path]]:

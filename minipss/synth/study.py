@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .. import files
+from .. import files, interrupts, lock
 from ..method.benchmark import load_benchmark
 from ..method.open_questions import open_answers
 from ..method.pss import mcq_answers
@@ -179,7 +179,8 @@ def sample_bench(bench: Path, per_group: int, out: Path) -> Path:
             c = json.loads(line)
             groups.setdefault((c["tier"], c["category"]), []).append(line)
     lines = [g[i] for i in range(per_group) for g in groups.values() if i < len(g)]
-    files.write_whole(out, "".join(l + "\n" for l in lines))
+    with interrupts.writing(out):
+        files.write_whole(out, "".join(l + "\n" for l in lines))
     return out
 
 
@@ -214,8 +215,10 @@ def ablation(model_dir, bench: Path, out: Path, device: str) -> dict:
             answers = mcq_answers(model, tok, qs, "cloze", None if mask is None else mask.to(model.device), 64)
             right = sum(x == q.answer for x, q in zip(answers, qs))
             row[tier][name] = {"accuracy": right / len(qs), "correct": right, "n": len(qs)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    files.write_whole(out, json.dumps(row))
+    with interrupts.writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        files.write_whole(out, json.dumps(row))
+    interrupts.pause_point()
     return row
 
 
@@ -265,7 +268,9 @@ def finetune_row(base: Path, world: Path, sample: Path, work: Path, variant: str
     row = {"mcq": [sum(x) / len(x) for x in per_mcq], "open": [sum(x) / len(x) for x in per_open], "old_acc": old,
            "pss": p["pss"], "pss_matched": p["matched"]["pss"], "specific": specific(p),
            "concepts": [c.name for c in tuned]}
-    files.write_whole(saved, json.dumps(row))
+    with interrupts.writing(saved):
+        files.write_whole(saved, json.dumps(row))
+    interrupts.pause_point()
     return row
 
 
@@ -274,7 +279,16 @@ def finetune_row(base: Path, world: Path, sample: Path, work: Path, variant: str
 
 def run(a: StudySettings) -> dict:
     check(a)
-    out = checks.claim(a.out, record_of(a))
+    with lock.hold(a.out):  # one run per --out
+        checks.own_folder(a.out, record_of(a))  # again, now that no other run can change it
+        interrupts.saved(a.out, "every finished step (world, models and their checkpoints, PSS results, "
+                         "fine-tuning rows; the running step's own saved work)")
+        with interrupts.writing(a.out):
+            out = checks.claim(a.out, record_of(a))
+        return _run(a, out)
+
+
+def _run(a: StudySettings, out: Path) -> dict:
     t0 = time.time()
     studies = {x for x in a.studies.split(",") if x.strip()}
     sizes = sizes_of(a) if "size" in studies else [a.base]
@@ -290,7 +304,8 @@ def run(a: StudySettings) -> dict:
 
     world = out / "world"
     if not (world / "bench.jsonl").exists():
-        make_world(world, a.entities, a.world_seed)
+        with interrupts.writing(world):
+            make_world(world, a.entities, a.world_seed)
     sample = sample_bench(world / "bench.jsonl", a.per_group, out / "pss_sample.jsonl")
     knowledge = world_knowledge(world)
     report: dict = {"settings": {k: v for k, v in asdict(a).items()}, "world": knowledge,
@@ -342,9 +357,10 @@ def run(a: StudySettings) -> dict:
                         finetune_row(base_final, world, sample, work, variant, ft_seed, lr, a))
         report["finetune"] = finetune(before, rows)
     report["seconds"] = round(time.time() - t0, 1)
-    files.write_whole(out / "study.json", json.dumps(report, indent=1))
     text = markdown(report)
-    files.write_whole(out / "study.md", text)
+    with interrupts.writing(out):
+        files.write_whole(out / "study.json", json.dumps(report, indent=1))
+        files.write_whole(out / "study.md", text)
     try:
         figures = plots(report, out)
     except ModuleNotFoundError:

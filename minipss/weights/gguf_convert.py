@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import files
+from .. import files, interrupts
 from ..model.families import family_of_gguf
 from .gguf_tokenizer import adds_bos, build_tokenizer_json, metadata
 
@@ -190,6 +190,7 @@ def write_safetensors(path: Path, items, convert) -> None:
             if w.shape != item[2]:
                 raise ValueError(f"{item[0].name}: dequantized to {w.shape}, expected {item[2]}")
             f.write(w.astype("<f4", copy=False).tobytes())
+            interrupts.pause_point()  # a test may stop the conversion here, part-way
 
 
 def tokenizer_config(reader) -> dict:
@@ -231,4 +232,5 @@ def convert_gguf(gguf_path, out_dir) -> Path:
         for path in tmp.iterdir():
             path.chmod(0o644)
 
-    return files.new_folder(out_dir, write)
+    with interrupts.writing(out_dir):
+        return files.new_folder(out_dir, write)

