@@ -54,4 +54,4 @@ def test_the_check_sees_what_a_file_imports():
     file = PACKAGE / "method" / "pss.py"
     assert "model" in imports(file) and "run" not in imports(file)
     assert {"method", "model", "run"} <= imports(PACKAGE / "run" / "pipeline.py")
-    assert imports(PACKAGE / "weights" / "gguf_convert.py") == {"files", "model", "weights"}
+    assert imports(PACKAGE / "weights" / "gguf_convert.py") == {"files", "interrupts", "model", "weights"}

@@ -137,7 +137,7 @@ def test_mean_ablation_runs_and_differs_from_zero_masking(model_and_bench, tmp_p
     mean = run_pss(*model_and_bench, tmp_path / "m.json", Settings(ablation="mean", **kw), quiet=True)
     assert [c["by_ratio"] for c in mean["concepts"]] != [c["by_ratio"] for c in zero["concepts"]]
     fast = run_pss(*model_and_bench, tmp_path / "f.json", Settings(ablation="mean", engine=False, **kw), quiet=True)
-    assert [c["by_ratio"] for c in fast["concepts"]] == [c["by_ratio"] for c in mean["concepts"]]
+    assert strip_timing(fast)["concepts"] == strip_timing(mean)["concepts"]  # p(correct) to fp32 summation order
 
 
 def test_engine_groups_cover_every_concept_once_within_the_bound():

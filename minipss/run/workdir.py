@@ -18,15 +18,16 @@ from .fingerprint import differences, short
 
 def valid_record(row) -> bool:
     """One saved cell, whole: `{"key": str, "correct": [bool, ...], "run": str}` (the run's short id) and,
-    in cloze and logits modes, `"prob"`: p(correct) per question, as many numbers in [0, 1]."""
+    in cloze and logits modes, `"prob"`: p(correct) per question, numbers in [0, 1]."""
     return (isinstance(row, dict) and isinstance(row.get("key"), str) and isinstance(row.get("run"), str)
             and isinstance(row.get("correct"), list) and all(isinstance(x, bool) for x in row["correct"])
-            and valid_prob(row.get("prob"), len(row["correct"])))
+            and valid_prob(row.get("prob")))
 
 
-def valid_prob(prob, n: int) -> bool:
-    """A cell's graded outcome, when it has one: n probabilities in [0, 1]."""
-    return prob is None or (isinstance(prob, list) and len(prob) == n and all(
+def valid_prob(prob) -> bool:
+    """A cell's graded outcome, when it has one: probabilities in [0, 1] (a list of the wrong length is a
+    stale cell, recomputed by `WorkDir.keep_cells`, like a `correct` of the wrong length)."""
+    return prob is None or (isinstance(prob, list) and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in prob))
 
 
@@ -119,7 +120,8 @@ class WorkDir:
         those saved without the graded outcome (both recomputed): a result never mixes cells with and
         without it."""
         self.cells = {k: v for k, v in self.cells.items()
-                      if expected_length(k) == len(v) and (k in self.probs or not graded)}
+                      if expected_length(k) == len(v) and (len(self.probs.get(k, v)) == len(v))
+                      and (k in self.probs or not graded)}
         self.probs = {k: v for k, v in self.probs.items() if k in self.cells}
 
     def coefficients(self, compute, name: str = "coefficients", shape=None) -> torch.Tensor:
