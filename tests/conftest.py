@@ -17,6 +17,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """Every test starts with the thread count the session started with, whatever the test before it (or a
+    command it ran in-process, such as `study-synth --threads`) set."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def skip_unless_installed(name: str) -> None:
     """Skip unless the packages holding a real model's GGUF file (and gguf) are installed; never imports them."""
     pytest.importorskip("gguf")

@@ -55,7 +55,7 @@ def test_report_numbers_are_the_results_own_over_the_shared_ratios(study):
 
 
 def test_markdown_report_has_table_1_every_model_and_embeds_the_figures(study):
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason='drawing needs matplotlib: pip install "minipss[plot]"')
     models, _, out, _ = study
     text = (out / "study.md").read_text()
     assert "## Table 1" in text
@@ -116,7 +116,7 @@ def test_an_unknown_model_name_is_named(tmp_path, capsys):
 def test_figure_2_draws_a_point_outside_its_own_bootstrap_interval(study, tmp_path):
     """Model PSS is a ratio of means over all concepts, so it may lie outside the percentile interval of
     its bootstrap draws (it did on the real models); the figure must still be drawn."""
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason='drawing needs matplotlib: pip install "minipss[plot]"')
     from minipss.study.cross_model import plot
 
     _, _, out, _ = study

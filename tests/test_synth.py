@@ -92,13 +92,8 @@ def test_tokenizer_covers_the_world_and_splits_names(world):
 
 
 def test_generator_scales_to_thousands_of_entities_deterministically(tmp_path):
-    """2,004 evaluated entities (10,020 facts) in well under a minute, the same bytes for the same seed."""
-    import time
-
-    t0 = time.perf_counter()
+    """2,004 evaluated entities (10,020 facts), the same bytes for the same seed."""
     summary = make_world(tmp_path / "a", entities=2004, seed=7)
-    seconds = time.perf_counter() - t0
-    assert seconds < 60, seconds
     assert summary["concepts"] == 2004 and summary["facts"] == 10020 and summary["bits"] > 40_000
     make_world(tmp_path / "b", entities=2004, seed=7)
     for name in FILES:
@@ -123,7 +118,6 @@ def test_log_spaced_checkpoints():
 def test_pretrain_checkpoint_pss_end_to_end_and_resume(world, tmp_path):
     """World -> pretraining from random init -> HF checkpoints -> PSS, on a tiny model; an interrupted run
     resumed from `last/` ends bit-identical to an uninterrupted one."""
-    torch.set_num_threads(1)
     s = PretrainSettings(layers=2, hidden=32, heads=2, steps=30, lr=3e-3, warmup=3, batch_size=8, seq_len=64,
                          checkpoints=[10, 30], log_every=10)
     final = pretrain(world, tmp_path / "a", s, quiet=True)

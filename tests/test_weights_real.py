@@ -189,7 +189,7 @@ def test_weights_command_prints_the_folder_last_and_keeps_it(real):
     name, folder, _ = real
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     run = subprocess.run([sys.executable, "-m", "minipss.weights", name, "--out", str(folder)],
-                         cwd=REPO, capture_output=True, text=True, check=True)
+                         cwd=REPO, capture_output=True, text=True, check=True, timeout=600)
     assert run.stdout.strip().splitlines()[-1] == str(folder)
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
 
