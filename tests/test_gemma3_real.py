@@ -69,7 +69,6 @@ def test_quickstart_runs_the_default_job_on_the_real_model(gemma_dir, tmp_path, 
     assert result["settings"]["mode"] == "cloze" and result["settings"]["control"] is True
     assert result["settings"]["ratios"] == [0.01] and result["settings"]["concepts"] == 6
     assert all(set(c["control_by_ratio"]) == {"0.01"} for c in result["concepts"])
-    assert result["acc_before"] > 0.25  # the real model knows some of its own benchmark
     for name in ("fig2_accuracy_vs_pss.png", "fig3_pss_by_ratio.png", "fig5_pss_by_tier.png"):
         assert (out.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "the full version" in capsys.readouterr().out
