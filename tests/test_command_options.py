@@ -51,6 +51,17 @@ def test_sweep_is_pss_with_the_random_control_over_figure_3s_ratios(files, tmp_p
     assert swept["settings"] == by_hand["settings"]
 
 
+def test_sweep_takes_pss_options_and_one_mask_at_a_time_gives_the_engines_answers(files, tmp_path):
+    swept = pss(files, tmp_path / "sweep.json", "--mode", "cloze", "--ratios", "0.1,0.5", "--matched-control",
+                "--split-half", "--no-engine", "--device", "cpu", command="sweep")
+    engine = pss(files, tmp_path / "pss.json", "--mode", "cloze", "--ratios", "0.1,0.5", "--matched-control",
+                 "--split-half", "--control")
+    assert swept["settings"]["engine"] is False and engine["settings"]["engine"] is True
+    assert swept["settings"]["split_half"] and swept["settings"]["matched_control"]
+    assert swept["concepts"] == engine["concepts"] and swept["significance"] == engine["significance"]
+    assert all(set(c["matched_by_ratio"]) == {"0.1", "0.5"} for c in swept["concepts"])
+
+
 def test_zscore_locator_runs_and_neither_locator_resumes_the_other(files, tmp_path, capsys):
     zscore = pss(files, tmp_path / "z.json", "--mode", "cloze", "--ratios", "0.1,0.3", "--locator", "zscore")
     diff = pss(files, tmp_path / "d.json", "--mode", "cloze", "--ratios", "0.1,0.3")

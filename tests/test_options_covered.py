@@ -3,9 +3,9 @@
 fails here.
 
 Where a mention is looked for, stated once: a test file (any `tests/*.py`, helpers included) *runs* a
-command when the command's name is a string element of a list or tuple, or a positional string argument
-of a call (`["pss", "--model", ...]`, `run_minipss("sweep", ...)`, `[python, "-m", "minipss.weights",
-...]`), not a dictionary key or a subscript such as `result["pss"]`. An option of that command is
+command when the command's name is a string element of a list or tuple, or a string argument of a call
+(`["pss", "--model", ...]`, `run_minipss("sweep", ...)`, `run(..., command="sweep")`, `[python, "-m",
+"minipss.weights", ...]`), not a dictionary key or a subscript such as `result["pss"]`. An option of that command is
 *mentioned* when the same file holds the option string as a string constant of its own (`"--accum"`, or
 `"--accum=2"`); a pattern or message that merely contains it does not count."""
 
@@ -59,12 +59,13 @@ def command_options() -> dict[str, set[str]]:
 
 
 def strings_in(tree) -> tuple[set[str], set[str]]:
-    """(strings used as elements of a list/tuple or as positional call arguments, every string constant)."""
+    """(strings used as elements of a list/tuple or as call arguments, every string constant)."""
     elements, constants = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             constants.add(node.value)
-        items = node.elts if isinstance(node, (ast.List, ast.Tuple)) else node.args if isinstance(node, ast.Call) else []
+        items = (node.elts if isinstance(node, (ast.List, ast.Tuple)) else
+                 node.args + [k.value for k in node.keywords] if isinstance(node, ast.Call) else [])
         elements.update(i.value for i in items if isinstance(i, ast.Constant) and isinstance(i.value, str))
     return elements, constants
 
