@@ -61,7 +61,7 @@ def test_quickstart_runs_the_default_job_on_the_real_model(gemma_dir, tmp_path, 
 
     monkeypatch.chdir(gemma_dir.parent.parent)  # quickstart converts into (here: finds) weights/ of the cwd
     out = tmp_path / "q" / "result.json"
-    main(["quickstart", "--out", str(out), "--concepts", "6", "--ratios", "0.01", "--dtype", "float32", "--quiet"])
+    main(["quickstart", "--out", str(out), "--concepts", "6", "--ratios", "0.01", "--quiet"])  # --dtype auto, as a user
     result = json.loads(out.read_text())
     bench = minipss.benchmark_path("minispecwiki")
     first = [json.loads(line)["concept"] for line in bench.read_text().splitlines()[:6]]
