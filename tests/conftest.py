@@ -7,14 +7,29 @@ import pytest
 import torch
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` skip where no CUDA GPU is present."""
+    """Tests of a real model (marked `real_model`, or given the converted Gemma) are also `slow`: converting
+    and loading one takes most of a minute, so `-m "not slow"` downloads and converts nothing. Tests marked
+    `cuda` skip where no CUDA GPU is present."""
+    for item in items:
+        if item.get_closest_marker("real_model") or "gemma_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="no CUDA GPU")
     for item in items:
         if item.get_closest_marker("cuda"):
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """Every test starts with the thread count the session started with, whatever the test before it (or a
+    command it ran in-process, such as `study-synth --threads`) set."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def skip_unless_installed(name: str) -> None:

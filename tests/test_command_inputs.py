@@ -266,13 +266,14 @@ def test_study_inputs_and_outputs(env, tmp_path, capsys):
 
 
 def test_compare_inputs_and_outputs(env, tmp_path, capsys):
-    pytest.importorskip("matplotlib")
     result = env["result"]
     other = tmp_path / "other.json"
     other.write_text('{"pss": 1}')
     refused(capsys, ["compare", tmp_path / "none.json"], r"none.json: no such result file")
     refused(capsys, ["compare", result, other], r"other.json: not a minipss result \(missing acc_before",
             [other, result])
+    # --plots checks for matplotlib before its folder (so a missing library is said first)
+    pytest.importorskip("matplotlib", reason='--plots needs matplotlib: pip install "minipss[plot]"')
     refused(capsys, ["compare", result, "--plots", result], r"--plots .*result.json: is an existing file", [result])
     refused(capsys, ["compare", result, "--plots", env["root"]], r"--plots .*: holds the input .*result.json",
             [env["root"]])

@@ -120,7 +120,7 @@ def test_main_prints_the_table(tmp_path, results, capsys):
 # ---- figures ----
 
 def test_plot_writes_the_three_figures(tmp_path, results):
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason='drawing needs matplotlib: pip install "minipss[plot]"')
     paths = plot(results, tmp_path / "figs")
     assert [p.name for p in paths] == ["fig2_accuracy_vs_pss.png", "fig3_pss_by_ratio.png", "fig5_pss_by_tier.png"]
     for p in paths:

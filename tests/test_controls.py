@@ -1,6 +1,7 @@
 """The controls and tests that let a result decide: the magnitude-matched control, split-half locating,
 the zscore locator, the paired tests and the significance section of a result."""
 
+import itertools
 import json
 
 import pytest
@@ -165,11 +166,25 @@ def test_pss_with_every_control_and_split_half_through_the_cli(tmp_path):
     assert set(r["magnitude_median_by_ratio"]["0.25"]) == {"located", "random", "matched"}
     assert 0 <= r["matched_shared_by_ratio"]["0.25"] <= 1
     assert r["significance"]["0.05"]["matched"]["excess_drop"]["p_value"] is not None
-    # the section recomputes from the rows of the file
-    assert significance(r["concepts"], r["settings"]["ratios"]) == r["significance"]
-    d = [row["by_ratio"]["0.25"]["g_minus_c"] - row["matched_by_ratio"]["0.25"]["g_minus_c"] for row in r["concepts"]]
-    assert r["significance"]["0.25"]["matched"]["g_minus_c"]["difference"] == pytest.approx(sum(d) / len(d))
-    assert r["significance"]["0.25"]["matched"]["g_minus_c"]["p_value"] == pytest.approx(sign_flip_p(d))
+    # every test of the section, computed here from the file's rows: the mean difference, the exact
+    # sign-flip p-value over all 2^7 sign patterns, an interval inside the differences' range
+    for ratio in ("0.0", "0.05", "0.25"):
+        assert set(r["significance"][ratio]) == {"random", "matched"}
+        for kind, key in (("random", "control_by_ratio"), ("matched", "matched_by_ratio")):
+            tests = r["significance"][ratio][kind]
+            assert {"excess_drop", "g_minus_c", "concept_after", "general_after"} <= set(tests)
+            for measure, test in tests.items():
+                d = [row["by_ratio"][ratio][measure] - row[key][ratio][measure] for row in r["concepts"]
+                     if row["by_ratio"][ratio][measure] is not None and row[key][ratio][measure] is not None]
+                assert test["n"] == len(d) == 7, (ratio, kind, measure)
+                assert test["difference"] == pytest.approx(sum(d) / len(d), abs=1e-12)
+                observed = abs(sum(d)) / len(d)
+                extreme = [abs(sum(s * x for s, x in zip(signs, d))) / len(d) >= observed - 1e-12
+                           for signs in itertools.product((1, -1), repeat=len(d))]
+                assert test["p_value"] == pytest.approx(sum(extreme) / len(extreme)), (ratio, kind, measure)
+                lo, hi = test["ci95"]
+                assert min(d) - 1e-12 <= lo <= test["difference"] + 1e-12 and test["difference"] - 1e-12 <= hi <= max(d) + 1e-12
+    assert any(t["p_value"] < 1 for ratio in r["significance"].values() for kind in ratio.values() for t in kind.values())
     kinds = {line.split(",")[3] for line in out.with_suffix(".csv").read_text().splitlines()[1:]}
     assert kinds == {"located", "random", "matched"}
     # at ratio 0 nothing is masked: every cell is the unmasked accuracy, split or not

@@ -20,16 +20,23 @@ def test_experiment_writes_a_row_per_variant_with_every_metric(tmp_path):
     names = ";".join(f"Concept {i}" for i in range(7))
     main(["experiment", "--model", str(model), "--out", str(out), "--bench", str(bench), "--data", str(data),
           "--concepts", names, "--steps", "2", "--samples", "2", "--open-tokens", "3", "--skip-layers", "1",
-          "--ratios", "0.2", "--quiet"])
+          "--ratios", "0.2", "--mode", "logits", "--dtype", "float32", "--quiet"])
     table = json.loads((out / "table.json").read_text())["table"]
     assert list(table) == ["before", "FT-FV", "FT-PV", "FT-CV", "FT-RV"]
-    for row in table.values():
-        assert set(row) == set(METRICS)
-    # the untouched model's row: its own cloze accuracy on the concepts' questions, its own PSS run
     qs = [q for c in load_benchmark(bench) for q in c.mcq]
-    answers = mcq_answers(minipss.load_model(model), minipss.load_tokenizer(model), qs, "cloze")
-    assert table["before"]["mcq_acc"] == sum(a == q.answer for a, q in zip(answers, qs)) / len(qs)
-    assert table["before"]["pss"] == json.loads((out / "eval-before" / "pss.json").read_text())["pss"]
+    folders = {"before": model, **{f"FT-{v.upper()}": out / v for v in ("fv", "pv", "cv", "rv")}}
+    for name, folder in folders.items():
+        row = table[name]
+        assert set(row) == set(METRICS)
+        # each model's own logits-mode accuracy on the concepts' questions, computed here
+        answers = mcq_answers(minipss.load_model(folder), minipss.load_tokenizer(folder), qs, "logits")
+        assert row["mcq_acc"] == sum(a == q.answer for a, q in zip(answers, qs)) / len(qs), name
+        assert row["pss"] == json.loads((out / f"eval-{name}" / "pss.json").read_text())["pss"], name
+        assert 0 <= row["open_acc"] <= 1 and row["semantic_entropy"] >= 0, name
+    # one row's PSS against an independent `minipss pss` run of that model with the same settings
+    main(["pss", "--model", str(out / "pv"), "--bench", str(bench), "--out", str(tmp_path / "pv.json"),
+          "--mode", "logits", "--ratios", "0.2", "--skip-layers", "1", "--dtype", "float32", "--quiet"])
+    assert table["FT-PV"]["pss"] == json.loads((tmp_path / "pv.json").read_text())["pss"]
     assert (out / "table.md").read_text().count("\n") == 2 + 5
     for v in ("fv", "pv", "cv", "rv"):
         assert json.loads((out / v / "value_vectors.json").read_text())["variant"] == v

@@ -49,3 +49,26 @@ def test_bf16_agrees_with_fp32_on_the_real_model(real, gemma_dir):
     a, b = model(ids).logits[0, -1], low(ids).logits[0, -1].float()
     assert a.argmax() == b.argmax()
     assert ((a - b).abs().max() / a.std()).item() < 0.1
+
+
+def test_quickstart_runs_the_default_job_on_the_real_model(gemma_dir, tmp_path, monkeypatch, capsys):
+    """`minipss quickstart` to its end (its smallest size: 6 concepts, one ratio): cloze PSS with the random
+    control on the first concepts of the bundled benchmark, on the converted model under `weights/`, its
+    figures drawn beside the result."""
+    import json
+
+    from minipss.cli import main
+
+    monkeypatch.chdir(gemma_dir.parent.parent)  # quickstart converts into (here: finds) weights/ of the cwd
+    out = tmp_path / "q" / "result.json"
+    main(["quickstart", "--out", str(out), "--concepts", "6", "--ratios", "0.01", "--quiet"])  # --dtype auto, as a user
+    result = json.loads(out.read_text())
+    bench = minipss.benchmark_path("minispecwiki")
+    first = [json.loads(line)["concept"] for line in bench.read_text().splitlines()[:6]]
+    assert [c["concept"] for c in result["concepts"]] == first
+    assert result["settings"]["mode"] == "cloze" and result["settings"]["control"] is True
+    assert result["settings"]["ratios"] == [0.01] and result["settings"]["concepts"] == 6
+    assert all(set(c["control_by_ratio"]) == {"0.01"} for c in result["concepts"])
+    for name in ("fig2_accuracy_vs_pss.png", "fig3_pss_by_ratio.png", "fig5_pss_by_tier.png"):
+        assert (out.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "the full version" in capsys.readouterr().out

@@ -18,14 +18,6 @@ def strip(result):
     return result
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_gloo_processes_equal_one(tmp_path):
     model = make_tiny_model(tmp_path / "m")
@@ -34,10 +26,12 @@ def test_two_gloo_processes_equal_one(tmp_path):
             "--skip-layers", "1", "--control", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "minipss", *args, "--out", str(tmp_path / "one.json")],
-                   check=True, env=env, capture_output=True)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "minipss", *args, "--out", str(tmp_path / "two.json")],
-                         env=env, capture_output=True, text=True)
+                   check=True, env=env, capture_output=True, timeout=300)
+    # --standalone: the launcher's own store binds a free port itself (port 0), so no port is chosen
+    # here and then raced for
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "minipss", *args, "--out", str(tmp_path / "two.json")],
+                         env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     one, two_result = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert two_result["settings"]["processes"] == 2

@@ -55,7 +55,7 @@ def test_report_numbers_are_the_results_own_over_the_shared_ratios(study):
 
 
 def test_markdown_report_has_table_1_every_model_and_embeds_the_figures(study):
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason='drawing needs matplotlib: pip install "minipss[plot]"')
     models, _, out, _ = study
     text = (out / "study.md").read_text()
     assert "## Table 1" in text
@@ -116,7 +116,7 @@ def test_an_unknown_model_name_is_named(tmp_path, capsys):
 def test_figure_2_draws_a_point_outside_its_own_bootstrap_interval(study, tmp_path):
     """Model PSS is a ratio of means over all concepts, so it may lie outside the percentile interval of
     its bootstrap draws (it did on the real models); the figure must still be drawn."""
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason='drawing needs matplotlib: pip install "minipss[plot]"')
     from minipss.study.cross_model import plot
 
     _, _, out, _ = study
@@ -152,3 +152,21 @@ def test_study_with_both_controls_and_split_half_reports_the_tests(tmp_path):
     assert "## Located against the controls" in text and "matched: excess drop" in text
     assert "located vectors" in text and "folds away from 0" in text
     assert "## By popularity tier (Figure 5), at the shared ratios 10%, 50%" in text
+
+
+def test_study_options_reach_each_models_run(tmp_path):
+    """`--no-control`, `--locator` and `--mode` of `minipss study` give each model the run `minipss pss`
+    gives with the same options (and no random control)."""
+    model, other = make_tiny_model(tmp_path / "m0"), make_tiny_model(tmp_path / "m1", seed=1)
+    bench = make_bench(tmp_path / "bench.jsonl", n_concepts=7, n_mcq=2)
+    common = ["--bench", str(bench), "--ratios", "0.1,0.5", "--skip-layers", "1", "--dtype", "float32",
+              "--locator", "zscore", "--mode", "logits", "--quiet"]
+    main(["study", "--models", f"{model},{other}", "--out", str(tmp_path / "out"), "--concepts", "0", "--bootstrap", "20",
+          "--no-control", *common])
+    main(["pss", "--model", str(model), "--out", str(tmp_path / "pss.json"), *common])
+    got = json.loads((tmp_path / "out" / "m0" / "result.json").read_text())
+    want = json.loads((tmp_path / "pss.json").read_text())
+    assert got["settings"]["control"] is False and got["settings"]["locator"] == "zscore"
+    assert got["settings"]["mode"] == "logits"
+    assert all("control_by_ratio" not in c for c in got["concepts"])
+    assert got["concepts"] == want["concepts"] and got["pss"] == want["pss"]

@@ -129,7 +129,7 @@ def test_weights_command_is_idempotent_and_prints_path_last(gemma_dir):
     for _ in range(2):
         run = subprocess.run(
             [sys.executable, "-m", "minipss.weights", "gemma-3-270m", "--out", str(gemma_dir)],
-            cwd=REPO, capture_output=True, text=True, check=True,
+            cwd=REPO, capture_output=True, text=True, check=True, timeout=300,
         )  # fmt: skip
         assert run.stdout.strip().splitlines()[-1] == str(gemma_dir)
     assert {p.name: p.stat().st_mtime_ns for p in gemma_dir.iterdir()} == before
