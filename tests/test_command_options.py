@@ -58,8 +58,28 @@ def test_sweep_takes_pss_options_and_one_mask_at_a_time_gives_the_engines_answer
                  "--split-half", "--control")
     assert swept["settings"]["engine"] is False and engine["settings"]["engine"] is True
     assert swept["settings"]["split_half"] and swept["settings"]["matched_control"]
-    assert swept["concepts"] == engine["concepts"] and swept["significance"] == engine["significance"]
+    same = ("concepts", "significance")  # p(correct) to fp32 summation order (builders.strip_timing)
+    assert all(strip_timing(swept)[k] == strip_timing(engine)[k] for k in same)
     assert all(set(c["matched_by_ratio"]) == {"0.1", "0.5"} for c in swept["concepts"])
+
+
+def test_pseudo_control_runs_from_the_command_line_in_pss_and_sweep(files, tmp_path):
+    big = make_bench(tmp_path / "b.jsonl", n_concepts=12, n_mcq=2)  # a pseudo-concept needs 2 + 1 + 5 concepts
+    on = pss(files, tmp_path / "on.json", "--mode", "cloze", "--ratios", "0.1", "--pseudo-control", "--split-half",
+             bench=big)
+    off = pss(files, tmp_path / "off.json", "--mode", "cloze", "--ratios", "0.1", "--split-half", bench=big)
+    assert on["settings"]["pseudo_control"] and "pseudo" in on and "pseudo" not in off
+    # the control adds cells; the located ones are the same (p(correct) to fp32 summation order)
+    assert cells(strip_timing(on)) == cells(strip_timing(off))
+    assert all(len(c["pseudo_questions"]) == 2 for c in on["concepts"])
+    assert set(on["significance"]["0.1"]["pseudo"]) >= {"excess_drop", "prob_excess_drop", "prob_general_after"}
+    swept = pss(files, tmp_path / "sweep.json", "--mode", "logits", "--ratios", "0.1", "--pseudo-control",
+                command="sweep", bench=big)
+    assert "pseudo" in swept["significance"]["0.1"] and "random" in swept["significance"]["0.1"]
+    refused_small = make_bench(tmp_path / "small.jsonl", n_concepts=7, n_mcq=2)
+    with pytest.raises(SystemExit) as e:
+        pss(files, tmp_path / "small.json", "--pseudo-control", bench=refused_small)
+    assert e.value.code == 2 and not (tmp_path / "small.json").exists()
 
 
 def test_zscore_locator_runs_and_neither_locator_resumes_the_other(files, tmp_path, capsys):

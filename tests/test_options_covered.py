@@ -13,7 +13,6 @@ import argparse
 import ast
 from pathlib import Path
 
-import pytest
 
 TESTS = Path(__file__).resolve().parent
 WEIGHTS = "minipss.weights"  # the name `python -m minipss.weights` is run by

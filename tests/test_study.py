@@ -170,3 +170,16 @@ def test_study_options_reach_each_models_run(tmp_path):
     assert got["settings"]["mode"] == "logits"
     assert all("control_by_ratio" not in c for c in got["concepts"])
     assert got["concepts"] == want["concepts"] and got["pss"] == want["pss"]
+
+
+def test_study_pseudo_control_reaches_each_models_run_and_its_report(tmp_path):
+    model, other = make_tiny_model(tmp_path / "m0"), make_tiny_model(tmp_path / "m1", seed=1)
+    bench = make_bench(tmp_path / "bench.jsonl", n_concepts=9, n_mcq=2)
+    main(["study", "--models", f"{model},{other}", "--out", str(tmp_path / "out"), "--concepts", "0", "--bootstrap",
+          "20", "--bench", str(bench), "--ratios", "0.1", "--skip-layers", "1", "--dtype", "float32", "--mode",
+          "cloze", "--no-control", "--pseudo-control", "--quiet"])
+    got = json.loads((tmp_path / "out" / "m0" / "result.json").read_text())
+    assert got["settings"]["pseudo_control"] and all("pseudo_by_ratio" in c for c in got["concepts"])
+    report = (tmp_path / "out" / "study.md").read_text()
+    assert "| m0 | 10% (floored) | pseudo |" in report or "| m0 | 10% | pseudo |" in report
+    assert "mde80" in report
