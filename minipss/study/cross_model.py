@@ -151,9 +151,10 @@ def summarise(results: dict[str, dict], instruct: dict[str, bool | None], n_boot
             "pseudo_pss": pseudo and pseudo["pss"], "pseudo_excess_drop": pseudo and pseudo["excess"],
             "by_ratio": {k: {"pss": res["pss_by_ratio"][k], "g_minus_c": res["g_minus_c_by_ratio"][k],
                              "excess_drop": res["excess_by_ratio"][k],
-                             "concept_after": res["concept_after_by_ratio"][k],
-                             "general_after": res["general_after_by_ratio"][k],
-                             "floored": floored(res["general_after_by_ratio"][k]),
+                             # results made before these fields lack them
+                             "concept_after": res.get("concept_after_by_ratio", {}).get(k),
+                             "general_after": res.get("general_after_by_ratio", {}).get(k),
+                             "floored": floored(res.get("general_after_by_ratio", {}).get(k)),
                              **{f"{name}_{what}": res.get(name, {}).get(f"{key}_by_ratio", {}).get(k)
                                 for name in ("control", "matched", "pseudo")
                                 for what, key in (("pss", "pss"), ("g_minus_c", "g_minus_c"),
