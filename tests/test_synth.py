@@ -240,7 +240,8 @@ def test_quick_preset_end_to_end_with_its_premise(tmp_path):
     assert p["bits_per_parameter"] == pytest.approx(report["world"]["bits"] / p["parameters"])
     assert [float(r) for r in p["located_vs_matched"]] == quick.ratios
     for tier in ("high", "medium", "low"):
-        assert set(p["accuracy"][tier]) == {"before", "all_mlps_zeroed", "mlp_0_zeroed"}
+        layers = int(quick.base.split("x")[0])  # "LAYERSxHIDDEN": one ablation per layer, and all at once
+        assert set(p["accuracy"][tier]) == {"before", "all_mlps_zeroed", *(f"mlp_{l}_zeroed" for l in range(layers))}
         assert all(cell["n"] == quick.per_group * 2 * 10 for cell in p["accuracy"][tier].values())
     base = report["premise"][quick.base]["accuracy"]["high"]["before"]
     assert base["p_above_chance"] < 0.001  # the quick world is learned, not guessed
