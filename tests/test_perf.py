@@ -84,6 +84,7 @@ def test_the_usual_way_as_a_whole_job_finds_what_minipss_pss_finds(tmp_path, mod
     assert len({a for row in letters.values() for a in row}) > 1  # answers that differ between cells
 
 
+@pytest.mark.slow  # about 10-20 s on 2 cores: kept out of the fast tier, run in CI
 def test_end_to_end_times_both_jobs_as_processes(tmp_path, capsys):
     model = make_tiny_model(tmp_path / "m", layers=3, d_ff=32)
     main(["perf", "--end-to-end", "--model", str(model), "--modes", "logits", "--repeats", "2",

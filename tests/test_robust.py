@@ -280,6 +280,7 @@ def test_damaged_work_is_recomputed_to_the_uninterrupted_result(model_and_bench,
     assert strip_timing(again) == strip_timing(whole)
 
 
+@pytest.mark.slow  # about 10-20 s on 2 cores: kept out of the fast tier, run in CI
 def test_a_run_killed_twice_with_a_cut_line_between_resumes_to_the_uninterrupted_result(model_and_bench, tmp_path):
     model, bench = model_and_bench
     args = lambda out: ["pss", "--model", model, "--bench", bench, "--out", out, "--mode", "cloze",

@@ -181,6 +181,7 @@ def check_premise_against_its_runs(report, out, sizes, seeds, steps):
             assert min(per_concept) <= lo <= test["difference"] <= hi <= max(per_concept)
 
 
+@pytest.mark.slow  # about 10-20 s on 2 cores: kept out of the fast tier, run in CI
 def test_study_synth_smallest_run_and_rerun(tmp_path, tmp_path_factory):
     """Every study on the smallest sizes through the CLI; a rerun reuses every saved step."""
     from minipss.cli import main
