@@ -2,10 +2,11 @@
 against a value computed here by hand, or against an independent run that differs only by that option."""
 
 import json
+import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import minipss
 from builders import strip_timing
@@ -148,24 +149,43 @@ def test_cloze_mean_scores_an_option_by_its_mean_token_log_prob(files, tmp_path)
 
 
 def test_no_early_stop_decodes_every_row_to_its_end_with_the_same_answers(files, tmp_path, monkeypatch):
-    """Without early stop the decoding loop gets no stop rule (a row leaves only at EOS or after 30 tokens);
-    by default it gets one; the letters are the same."""
+    """Without early stop the decoding loop gets no stop rule and every row runs to EOS or 30 tokens; by
+    default a row leaves as soon as its letter is decided, so rows the model decides early decode fewer
+    tokens; the letters are the same."""
     from minipss.method import many_masks
+    from minipss.method.prompts import letter_decided
 
-    calls = []
+    calls, rows = [], []
     real = many_masks.decode
 
     def watched(*args, **kwargs):
         out, rest = real(*args, **kwargs)
         stop = args[9] if len(args) > 9 else kwargs.get("stop_when")
         calls.append(stop is None)
+        rows.extend(out)
         return out, rest
 
     monkeypatch.setattr(many_masks, "decode", watched)
+    # the tiny model with the head rows of " ", ".", A-D scaled up and EOS's zeroed: it writes letters and
+    # breaks between them
+    folder = tmp_path / "letters"
+    shutil.copytree(files["model"], folder)
+    tok = minipss.load_tokenizer(folder)
+    weights = load_file(folder / "model.safetensors")
+    head = weights["lm_head.weight"]
+    head[tok.encode(" ")] *= 9
+    head[tok.encode("ABCD.")] *= 6
+    head[tok.eos_ids] = 0  # rows run on rather than end at once
+    save_file(weights, folder / "model.safetensors")
+    files = {**files, "model": folder}
     full = pss(files, tmp_path / "full.json", "--mode", "generate", "--ratios", "0.3", "--no-early-stop")
-    full_calls, calls[:] = list(calls), []
+    full_calls, full_rows, calls[:], rows[:] = list(calls), list(rows), [], []
     early = pss(files, tmp_path / "early.json", "--mode", "generate", "--ratios", "0.3")
     assert full_calls and all(full_calls) and calls and not any(calls)
+    # the first prefix of each full row after which its letter can no longer change
+    decided = [next((j for j in range(1, len(r) + 1) if letter_decided(tok.decode(r[:j]))), len(r)) for r in full_rows]
+    assert sum(d < len(r) for d, r in zip(decided, full_rows)) >= 3  # rows the rule cuts short: it decides here
+    assert sorted(map(len, rows)) == sorted(decided)  # each row stopped exactly where its letter was decided
     assert full["settings"]["early_stop"] is False and early["settings"]["early_stop"] is True
     assert cells(full) == cells(early) and full["acc_before"] == early["acc_before"]
 
