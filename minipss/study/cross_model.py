@@ -222,6 +222,7 @@ def markdown(summary: dict, settings: dict, figures: list[Path]) -> str:
              f"first {settings['concepts'] or 'all'} concepts, skip {settings['skip_layers']} layers, seed {settings['seed']}, "
              f"{'with' if settings['control'] else 'without'} the random-vector control, "
              f"{'with' if settings.get('matched_control') else 'without'} the magnitude-matched control, "
+             f"{'with' if settings.get('pseudo_control') else 'without'} the pseudo-concept control, "
              f"locator {settings.get('locator', 'diff')}"
              f"{', split-half (located on one half of the questions, scored on the other)' if settings.get('split_half') else ''}. "
              "Every model is scored as plain text "
