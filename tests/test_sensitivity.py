@@ -12,11 +12,11 @@ from minipss.method import many_masks
 from minipss.method.benchmark import LETTERS, load_benchmark, unrelated_sets
 from minipss.method.controls import pseudo_concepts, random_ranking
 from minipss.method.pss import answer_of, mask_for, mcq_scores, p_correct
-from minipss.run.claims import floored, located_vs_control
+from minipss.run.claims import floored, located_vs_control, verdict, verdict_sentence
 from minipss.run.pipeline import measure, run_pss
 from minipss.run.report import significance, summary
 from minipss.run.settings import Settings
-from minipss.run.stats import mde, paired_test, pearson, smallest_p, spearman
+from minipss.run.stats import holm, mde, paired_test, pearson, smallest_p, spearman
 from minipss.run.workdir import Unsaved
 from tiny import make_bench, make_tiny_model
 
@@ -188,3 +188,53 @@ def test_floored_ratios_are_marked_in_the_result_and_its_summary(tiny, tmp_path)
     if r["floored_by_ratio"]["0.5"]:  # a random model sits at chance: the floor is named, absence never claimed
         assert "(floored)" in text and "cannot show" in text
         assert not any("no concept-specific difference" in line for line in text.splitlines())
+
+
+# ---- the one decision per result: every control beaten at a ratio above the floor, Holm across ratios ----
+
+def test_holm_by_hand():
+    # sorted: 0.01 x 4 = 0.04; 0.03 x 3 = 0.09; 0.04 x 2 = 0.08 -> 0.09 (never below an earlier one); 0.5 x 1
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm([0.3, 0.6]) == pytest.approx([0.6, 0.6]) and holm([]) == []
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_verdict_needs_every_control_beaten_above_the_floor_with_holm_across_ratios():
+    def t(d, p):
+        return {"difference": d, "p_value": p, "mde80": 0.03, "ci95": [d - 0.01, d + 0.01], "n": 90}
+
+    def by(*tests):  # random, matched, pseudo: (excess drop of accuracy, of p(correct))
+        return {kind: {"excess_drop": a, "prob_excess_drop": b} for kind, (a, b) in zip(("random", "matched", "pseudo"), tests)}
+
+    sig = {"0.0": by((t(0, 1), t(0, 1))),
+           "0.001": by((t(0.03, 0.001), t(0.02, 0.004)), (t(0.02, 0.02), t(0.02, 0.020)), (t(0.01, 0.3), t(0.02, 0.010))),
+           "0.003": by((t(0.03, 0.001), t(0.02, 0.001)), (t(0.02, 0.01), t(-0.01, 0.001)), (t(0.03, 0.01), t(0.02, 0.001))),
+           "0.01": by((t(0.05, 0.001), t(0.05, 0.001)), (t(0.05, 0.001), t(0.05, 0.001)), (t(0.05, 0.001), t(0.05, 0.001)))}
+    floors = {"0.0": False, "0.001": False, "0.003": False, "0.01": True}
+    graded = verdict(sig, floors, graded=True)
+    assert graded["measure"] == "prob_excess_drop" and graded["floored"] == ["0.01"]  # never tested: floored
+    assert list(graded["by_ratio"]) == ["0.001", "0.003"]  # ratio 0 masks nothing
+    first, second = graded["by_ratio"]["0.001"], graded["by_ratio"]["0.003"]
+    assert first["p_value"] == 0.020 and second["p_value"] == 0.001  # the largest p over the three controls
+    assert first["p_holm"] == pytest.approx(0.020) and second["p_holm"] == pytest.approx(0.002)
+    # 0.003 has the smaller p but one control (matched) is beaten the wrong way: not a detection there
+    assert not second["all_positive"] and not second["detected"] and first["detected"] and graded["detected"]
+    # on accuracy the pseudo control's p 0.3 decides 0.001, and 0.003 is all positive with largest p 0.01
+    plain = verdict(sig, floors, graded=False)
+    assert plain["by_ratio"]["0.001"]["p_value"] == 0.3 and plain["by_ratio"]["0.003"]["p_holm"] == pytest.approx(0.02)
+    assert [r for r, x in plain["by_ratio"].items() if x["detected"]] == ["0.003"]
+    # nothing above the floor: undecided, never "not detected"
+    undecided = verdict(sig, {k: True for k in sig}, graded=True)
+    assert undecided["detected"] is None and "undecided" in verdict_sentence(undecided)
+    # a null names its power; a detection names its ratio
+    assert "detected at 0.1%" in verdict_sentence(graded)
+    null = verdict({"0.001": sig["0.001"]}, floors, graded=False)
+    said = verdict_sentence(null)
+    assert null["detected"] is False and "not detected" in said and "0.030 or more at 0.1%" in said
+
+
+def test_a_result_carries_its_verdict_recomputed_from_its_own_tests(tiny, tmp_path):
+    r = run_pss(*tiny, tmp_path / "r.json", Settings(mode="cloze", ratios=[0.05, 0.5], skip_layers=1, control=True,
+                                                       matched_control=True, dtype="float32", concepts=6), quiet=True)
+    assert r["verdict"] == verdict(r["significance"], r["floored_by_ratio"], graded=True)
+    assert verdict_sentence(r["verdict"]) in summary(r)

@@ -5,7 +5,7 @@ accuracy on unrelated questions to chance (a floor), that a concept-specific dif
 
 from __future__ import annotations
 
-from .stats import ALPHA
+from .stats import ALPHA, holm
 
 CHANCE = 0.25  # four options
 FLOOR = 0.05  # General_after under the located vectors within this of chance (or below): floored
@@ -73,6 +73,56 @@ def located_vs_control(ratio, control: str, test: dict, measure: str = "excess_d
     power = (f"this test detects {mde:.3f} or more with 80% power" if mde is not None
              else "too few concepts to say what this test could detect")
     return f"At ratio {_pct(ratio)}, {null.format(name=name, on=ON.get(measure))} was detected (alpha {ALPHA}): {numbers}; {power}."
+
+
+def verdict(significance: dict, floored_by_ratio: dict, graded: bool) -> dict:
+    """The one decision a result makes on concept specificity (METHOD.md §9). Its measure is the excess drop
+    of p(correct) where the mode gives one (`graded`), else of accuracy. At each masked ratio that is not
+    floored, the located vectors must hurt their own concept more than every control that ran: each
+    difference positive, and the largest of the controls' p-values is that ratio's p (an
+    intersection-union test: level ALPHA with no correction). Across those ratios, Holm's step-down keeps
+    the chance of a false detection at most ALPHA. `detected` is None where no ratio could decide (every
+    one floored, or no control ran)."""
+    measure = "prob_excess_drop" if graded else "excess_drop"
+    by_ratio, floored_ratios = {}, []
+    for r, by in significance.items():
+        tests = [t[measure] for t in by.values() if t.get(measure, {}).get("p_value") is not None]
+        if float(r) == 0 or not tests:
+            continue
+        if floored_by_ratio.get(r):
+            floored_ratios.append(r)
+            continue
+        by_ratio[r] = {"controls": sorted(by), "p_value": max(t["p_value"] for t in tests),
+                       "all_positive": all(t["difference"] > 0 for t in tests),
+                       "smallest_difference": min(t["difference"] for t in tests),
+                       "mde80": max((t["mde80"] for t in tests if t.get("mde80") is not None), default=None)}
+    for r, p in zip(by_ratio, holm([v["p_value"] for v in by_ratio.values()])):
+        by_ratio[r]["p_holm"] = p
+        by_ratio[r]["detected"] = by_ratio[r]["all_positive"] and p < ALPHA
+    return {"measure": measure, "alpha": ALPHA, "by_ratio": by_ratio, "floored": floored_ratios,
+            "detected": any(v["detected"] for v in by_ratio.values()) if by_ratio else None}
+
+
+def verdict_sentence(v: dict) -> str:
+    """The decision of `verdict` in one sentence, with its numbers, its power, or the floor that blocks it."""
+    what, floors = MEASURES[v["measure"]], ", ".join(map(_pct, v["floored"]))
+    if v["detected"] is None:
+        return ("Concept specificity: undecided; " + (f"every masked ratio is floored ({floors})" if v["floored"]
+                                                      else "no control ran") + ".")
+    n = len(v["by_ratio"])
+    rule = f"alpha {v['alpha']}" + (f", Holm over {n} ratios" if n > 1 else "")
+    tested = [f"{_pct(r)}: smallest difference {x['smallest_difference']:+.3f}, largest p {x['p_value']:.2g}"
+              + (f", Holm p {x['p_holm']:.2g}" if n > 1 else "") for r, x in v["by_ratio"].items()]
+    floor = f"; floored, not tested: {floors}" if v["floored"] else ""
+    if v["detected"]:
+        at = ", ".join(_pct(r) for r, x in v["by_ratio"].items() if x["detected"])
+        return (f"Concept specificity: detected at {at}: the {what} under the located vectors exceeds every "
+                f"control's ({rule}; " + "; ".join(tested) + f"{floor}).")
+    power = ", ".join(f"{x['mde80']:.3f} or more at {_pct(r)}" for r, x in v["by_ratio"].items()
+                      if x["mde80"] is not None)
+    return (f"Concept specificity: not detected: the {what} under the located vectors is not shown to exceed "
+            f"every control's ({rule}; " + "; ".join(tested) + f"{floor}); with 80% power the least sensitive "
+            f"control's test alone detects {power}.")
 
 
 def grows_with_accuracy(what: str, rho: float | None, p: float | None, n: int, method: str = "Spearman",

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..interrupts import writing
 from ..method.benchmark import TIERS, Concept
 from ..method.pss import accuracy, concept_and_general, concept_cell, excess_drop, mean, model_pss
-from .claims import CHANCE, floored, located_vs_control
+from .claims import CHANCE, floored, located_vs_control, verdict, verdict_sentence
 from .stats import ALPHA, BOOTSTRAP, paired_test
 
 ROWS = {"located": "by_ratio", "random": "control_by_ratio", "matched": "matched_by_ratio",
@@ -164,6 +164,7 @@ def build_result(model: str, bench: str, settings: dict, concepts: list[Concept]
             result[SECTIONS[kind]] = summarise(rows, ratios, acc_before, ROWS[kind])
     result.update(magnitudes or {})
     result["significance"] = significance(rows, ratios)
+    result["verdict"] = verdict(result["significance"], result["floored_by_ratio"], graded)
     result["significance_test"] = {
         "difference": "mean over concepts of located minus control, per measure",
         "ci95": f"percentile bootstrap over concepts, {BOOTSTRAP} draws, seed 0",
@@ -172,7 +173,10 @@ def build_result(model: str, bench: str, settings: dict, concepts: list[Concept]
         "mde80": "smallest mean difference detected with 80% power at alpha, from the observed spread of the "
                  "per-concept differences (normal approximation)",
         "floored": "a ratio where General_after under the located vectors is within 0.05 of chance (0.25): "
-                   "there a concept-specific difference cannot show, and a null says nothing of its absence"}
+                   "there a concept-specific difference cannot show, and a null says nothing of its absence",
+        "verdict": "concept specificity decided once per result: at each ratio not floored, the excess drop "
+                   "(of p(correct) where graded) above every control that ran, p the largest of theirs; "
+                   "Holm across those ratios (METHOD.md §9)"}
     result["tiers"] = {}
     for tier in TIERS:
         group = [r for r in rows if r["tier"] == tier]
@@ -280,6 +284,8 @@ def summary(result: dict) -> str:
         lines += ["  " + located_vs_control(r, kind, t[measure], measure, result["general_after_by_ratio"].get(r))
                   for r, kind, t in tests
                   for measure in ("general_after", "excess_drop", "prob_excess_drop") if measure in t]
+    if result.get("verdict"):
+        lines += ["", verdict_sentence(result["verdict"])]
     lines.append("")
     lines.append("tier    concepts acc_before   PSS  excess_drop")
     for tier, t in result["tiers"].items():

@@ -5,7 +5,8 @@ and Spearman with a permutation p-value.
 Exact where the enumeration is small (2^n sign patterns for n <= 16 concepts, n! orderings for n <= 8
 models), else Monte Carlo with a seeded generator and p = (count + 1) / (draws + 1). The paired, two-sample
 and correlation tests are two-sided (a test with a direction reads the sign of the difference beside its
-p-value); `above_chance_p` alone is one-sided (is an accuracy above guessing?).
+p-value); `above_chance_p` alone is one-sided (is an accuracy above guessing?). `holm` adjusts a family of
+p-values so that the chance of any false rejection stays at most ALPHA.
 """
 
 from __future__ import annotations
@@ -191,3 +192,16 @@ def above_chance_p(correct: int, n: int, chance: float = 0.25) -> float:
     log = lambda k: (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
                      + k * math.log(chance) + (n - k) * math.log1p(-chance))
     return float(min(1.0, sum(math.exp(log(k)) for k in range(correct, n + 1))))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the given order: the i-th smallest p times (m - i + 1),
+    made non-decreasing along the sorted order and capped at 1. Rejecting where the adjusted p < ALPHA keeps
+    the chance of any false rejection among the m tests at most ALPHA."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [1.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted

@@ -39,7 +39,7 @@ from ..method.pss import mean, model_pss
 from ..model.families import read_config
 from ..model.fastest import resolve_dtype
 from ..run import checks
-from ..run.claims import FOLD_NOTE, floored, grows_with_accuracy, located_vs_control
+from ..run.claims import FOLD_NOTE, floored, grows_with_accuracy, located_vs_control, verdict, verdict_sentence
 from ..run.fingerprint import file_digest
 from ..run.options import dtype_option, numbers
 from ..run.pipeline import run_pss
@@ -160,7 +160,9 @@ def summarise(results: dict[str, dict], instruct: dict[str, bool | None], n_boot
                                 for what, key in (("pss", "pss"), ("g_minus_c", "g_minus_c"),
                                                   ("excess_drop", "excess"))}}
                          for k in own_ratios},
-            "tests": significance(rows, own_ratios),  # recomputed from the rows: older results lack them
+            "tests": (tests := significance(rows, own_ratios)),  # recomputed from the rows: older results lack them
+            "verdict": verdict(tests, {k: floored(res.get("general_after_by_ratio", {}).get(k)) for k in own_ratios},
+                               all("prob_excess_drop" in t for by in tests.values() for t in by.values()) and bool(tests)),
             "tiers": {t: {"concepts": len(group), **scores(group, ratios)}
                       for t in TIERS if (group := [r for r in rows if r["tier"] == t])},
             "warning": res.get("warning"),
@@ -196,6 +198,11 @@ def summarise(results: dict[str, dict], instruct: dict[str, bool | None], n_boot
 
 def _f(x, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _pv(p) -> str:
+    """A p-value to two significant digits (1e-05 stays 1e-05, not 0.000)."""
+    return "n/a" if p is None else f"{p:.2g}"
 
 
 def _ci(ci) -> str:
@@ -246,8 +253,8 @@ def markdown(summary: dict, settings: dict, figures: list[Path]) -> str:
     lines += ["## Accuracy against PSS and excess drop across models (Figure 2)", "",
               f"{len(models)} models; bootstrap over the {len(summary['shared_concepts'])} concepts all were scored on.", ""]
     lines += markdown_table(["accuracy before vs", "Pearson [bootstrap]", "p", "Spearman [bootstrap]", "p"],
-                            [[what.replace("_", " "), f"{_f(c['pearson'])}{_ci(c['pearson_ci'])}", _f(c.get("pearson_p")),
-                              f"{_f(c['spearman'])}{_ci(c['spearman_ci'])}", _f(c.get("spearman_p"))]
+                            [[what.replace("_", " "), f"{_f(c['pearson'])}{_ci(c['pearson_ci'])}", _pv(c.get("pearson_p")),
+                              f"{_f(c['spearman'])}{_ci(c['spearman_ci'])}", _pv(c.get("spearman_p"))]
                              for what, c in summary["accuracy_vs"].items()])
     lines += ["", "p: permutation test over the orderings of the models (exact up to 8 models).", ""]
     lines += [f"- {grows_with_accuracy(what, c['spearman'], c.get('spearman_p'), len(models), smallest=c.get('spearman_min_p'))}"
@@ -267,7 +274,7 @@ def markdown(summary: dict, settings: dict, figures: list[Path]) -> str:
                 tested = [t["excess_drop"], t.get("prob_excess_drop"), t.get("general_after")]
                 rows.append([label, _pct(k) + (" (floored)" if floored(general) else ""), kind, *(
                     v for x, power in zip(tested, (True, True, False))
-                    for v in ((f"{_f(x['difference'])}{_ci(x['ci95'])}", _f(x["p_value"]))
+                    for v in ((f"{_f(x['difference'])}{_ci(x['ci95'])}", _pv(x["p_value"]))
                               + ((_f(x.get("mde80")),) if power else ()) if x else ("-",) * (2 + power)))])
                 if float(k) > 0:  # at ratio 0 nothing is masked: nothing to say
                     sentences += [f"- {label}: {located_vs_control(k, kind, t[measure], measure, general)}"
@@ -275,6 +282,8 @@ def markdown(summary: dict, settings: dict, figures: list[Path]) -> str:
     lines += markdown_table(["model", "ratio", "control", "excess drop: difference", "p", "mde80",
                              "p(correct) excess drop: difference", "p", "mde80", "General_after: difference", "p"], rows)
     lines += ["", *sentences] if sentences else ["", "No control ran: nothing to test."]
+    lines += ["", "The decision on concept specificity, one per model (METHOD.md §9):", ""]
+    lines += [f"- {label}: {verdict_sentence(m['verdict'])}" for label, m in models.items() if m.get("verdict")]
 
     lines += ["", "## By mask ratio (Figure 3)", ""]
     lines += markdown_table(["model", "ratio", "PSS", "G - C", "excess drop", "random: PSS", "random: G - C",
