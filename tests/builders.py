@@ -24,11 +24,13 @@ class Near(float):
 
 
 def graded_near(value, graded: bool = False):
-    """`value` with every number under a graded-outcome key (`prob...`) made `Near`: p(correct) comes from
-    option scores whose fp32 sums depend on the batch a question was scored in, so a resumed or split run
-    agrees with an uninterrupted one to about 1e-5 there (fp32 log-prob sums), and exactly everywhere else."""
+    """`value` with every number under a graded-outcome key (`prob...`, and a `verdict` made on p(correct))
+    made `Near`: p(correct) comes from option scores whose fp32 sums depend on the batch a question was
+    scored in, so a resumed or split run agrees with an uninterrupted one to about 1e-5 there (fp32 log-prob
+    sums), and exactly everywhere else."""
     if isinstance(value, dict):
-        return {k: graded_near(v, graded or k.startswith("prob")) for k, v in value.items()}
+        return {k: graded_near(v, graded or k.startswith("prob") or (
+            k == "verdict" and isinstance(v, dict) and v.get("measure") == "prob_excess_drop")) for k, v in value.items()}
     if isinstance(value, list):
         return [graded_near(v, graded) for v in value]
     return Near(value) if graded and isinstance(value, float) else value
