@@ -48,6 +48,7 @@ def test_ratio_zero_changes_nothing(model_and_bench, tmp_path):
         assert (cell["concept_after"], cell["general_after"]) == (c["concept_before"], c["general_before"])
 
 
+@pytest.mark.slow  # about 10 s on 2 cores; test_interrupts stops the same command every way in the fast tier
 def test_killed_run_resumes_to_the_uninterrupted_result(model_and_bench, tmp_path):
     model, bench = model_and_bench
     args = lambda out, *extra: ["pss", "--model", model, "--bench", bench, "--out", out, "--mode", "cloze",

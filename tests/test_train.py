@@ -79,6 +79,7 @@ def test_checkpoint_reloads_to_identical_logits_here_and_in_transformers(model_d
         assert (hf(ids).logits - expect).abs().max() < 1e-5
 
 
+@pytest.mark.slow  # about 10 s on 2 cores; test_interrupts stops the same command every way in the fast tier
 def test_killed_training_resumes_to_the_uninterrupted_weights(model_data_bench, tmp_path):
     model_dir, data, _ = model_data_bench
     run_minipss(*train_args(model_dir, data, tmp_path / "a"), "--quiet")
