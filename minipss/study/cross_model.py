@@ -137,6 +137,9 @@ def summarise(results: dict[str, dict], instruct: dict[str, bool | None], n_boot
         matched = scores(rows, ratios, "matched_by_ratio") if all("matched_by_ratio" in r for r in rows) else None
         pseudo = scores(rows, ratios, "pseudo_by_ratio") if all("pseudo_by_ratio" in r for r in rows) else None
         own_ratios = sorted(res["pss_by_ratio"], key=float)
+        general = res.get("general_after_by_ratio", {})  # results made before these fields lack them
+        floors = {k: floored(general.get(k)) for k in own_ratios}
+        tests = significance(rows, own_ratios)  # recomputed from the rows: older results lack them
         models[label] = {
             "instruction_tuned": instruct.get(label),
             "concepts": len(rows),
@@ -151,18 +154,15 @@ def summarise(results: dict[str, dict], instruct: dict[str, bool | None], n_boot
             "pseudo_pss": pseudo and pseudo["pss"], "pseudo_excess_drop": pseudo and pseudo["excess"],
             "by_ratio": {k: {"pss": res["pss_by_ratio"][k], "g_minus_c": res["g_minus_c_by_ratio"][k],
                              "excess_drop": res["excess_by_ratio"][k],
-                             # results made before these fields lack them
                              "concept_after": res.get("concept_after_by_ratio", {}).get(k),
-                             "general_after": res.get("general_after_by_ratio", {}).get(k),
-                             "floored": floored(res.get("general_after_by_ratio", {}).get(k)),
+                             "general_after": general.get(k), "floored": floors[k],
                              **{f"{name}_{what}": res.get(name, {}).get(f"{key}_by_ratio", {}).get(k)
                                 for name in ("control", "matched", "pseudo")
                                 for what, key in (("pss", "pss"), ("g_minus_c", "g_minus_c"),
                                                   ("excess_drop", "excess"))}}
                          for k in own_ratios},
-            "tests": (tests := significance(rows, own_ratios)),  # recomputed from the rows: older results lack them
-            "verdict": verdict(tests, {k: floored(res.get("general_after_by_ratio", {}).get(k)) for k in own_ratios},
-                               all("prob_excess_drop" in t for by in tests.values() for t in by.values()) and bool(tests)),
+            "tests": tests,
+            "verdict": verdict(tests, floors, graded="prob_before" in res),  # graded as `build_result` decides
             "tiers": {t: {"concepts": len(group), **scores(group, ratios)}
                       for t in TIERS if (group := [r for r in rows if r["tier"] == t])},
             "warning": res.get("warning"),
