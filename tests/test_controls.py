@@ -12,13 +12,14 @@ import minipss
 from cli_process import run_minipss
 from minipss.cli import main
 from minipss.method.benchmark import load_benchmark, unrelated_sets
-from minipss.method.controls import ConceptStats, cell_masks, concept_orders, group_stats, split_half, unit_scores
+from minipss.method.controls import (ConceptStats, cell_masks, concept_orders, group_stats, halves_of, index_halves,
+                                     split_half, unit_scores)
 from minipss.method.pss import question_coefficients, top_k
 from minipss.method.prompts import coefficient_prompt
 from minipss.run.pipeline import run_pss
 from minipss.run.report import significance
 from minipss.run.settings import Settings
-from minipss.run.stats import (above_chance_p, bootstrap_ci, correlation_p, paired_test, pearson, sign_flip_p, spearman,
+from minipss.run.stats import (bootstrap_ci, correlation_p, paired_test, pearson, sign_flip_p, spearman,
                                two_sample_test)
 from tiny import make_bench, make_tiny_model
 
@@ -43,8 +44,9 @@ def skewed(tmp_path_factory):
     model, tok = minipss.load_model(folder), minipss.load_tokenizer(folder)
     per_question = question_coefficients(model, tok, [coefficient_prompt(q) for c in concepts for q in c.mcq])
     counts = [len(c.mcq) for c in concepts]
-    stats = ConceptStats(group_stats(per_question, counts, True), [[4, 2, 2]] * len(concepts),
-                         group_stats(per_question, counts, True, squares=True))
+    halves = [index_halves(n) for n in counts]
+    stats = ConceptStats(group_stats(per_question, halves, True), [[4, 2, 2]] * len(concepts),
+                         group_stats(per_question, halves, True, squares=True))
     return stats, unrelated_sets(concepts, 5, 0), counts
 
 
@@ -81,7 +83,7 @@ def test_matched_sets_nest_and_do_not_depend_on_the_largest_ratio(skewed):
 def test_split_half_never_scores_a_question_under_a_mask_located_on_it(skewed):
     stats, others, counts = skewed
     for i in range(len(others)):
-        halves = split_half(counts, i, others[i])
+        halves = split_half([index_halves(n) for n in counts], i, others[i])
         keys = [(j, k) for j in [i] + others[i] for k in range(counts[j])]
         for h in halves:
             assert not set(h["locate"]) & set(h["score"])
@@ -136,10 +138,6 @@ def test_two_sample_test_and_binomial_chance_by_hand():
     assert t["p_value"] == pytest.approx(1 / 3, abs=0.02)
     assert t["ci95"] == [pytest.approx(-3.0), pytest.approx(-1.0)]  # resampled means span 0..1 and 2..3
     assert two_sample_test([1.0], [])["p_value"] is None
-    # at least 3 right of 3 at chance 1/4: (1/4)^3; at least 0 of n: certain
-    assert above_chance_p(3, 3) == pytest.approx(1 / 64)
-    assert above_chance_p(0, 10) == pytest.approx(1.0)
-    assert above_chance_p(2, 3) == pytest.approx(3 * (1 / 16) * (3 / 4) + 1 / 64)
 
 
 def test_correlation_p_is_the_share_of_orderings_at_least_as_extreme():

@@ -1,7 +1,8 @@
 """The SpecWiki-style benchmark (§3.4): one JSON object per line, one line per concept.
 
     {"concept": ..., "tier": "high"|"medium"|"low", "category": ..., "popularity": optional,
-     "mcq": [{"question": ..., "options": {"A": ..., "B": ..., "C": ..., "D": ...}, "answer": "A"}, ...],
+     "mcq": [{"question": ..., "options": {"A": ..., "B": ..., "C": ..., "D": ...}, "answer": "A",
+              "fact": optional, the fact it asks (questions of one fact share a split-half)}, ...],
      "open": [{"question": ..., "answer": ...}, ...]}   # open is optional
 
 A bad file is rejected as a whole, naming the file, line and field at fault (METHOD.md §2).
@@ -37,6 +38,7 @@ class MCQ:
     question: str
     options: dict[str, str]  # letter -> text, letters in order
     answer: str  # a key of options
+    fact: str | None = None  # the fact it asks about: questions of one fact share a split-half (METHOD.md §4)
 
 
 @dataclass
@@ -80,7 +82,11 @@ def _mcq(raw, where: str) -> MCQ:
     if not isinstance(raw["answer"], str) or raw["answer"] not in options:
         raise BenchmarkError(f"{where}.answer: {raw['answer']!r} is not among the options {sorted(options)}")
     _text(raw["question"], f"{where}.question")
-    return MCQ(raw["question"], dict(options), raw["answer"])
+    fact = raw.get("fact")
+    if fact is not None and (isinstance(fact, bool) or not isinstance(fact, (str, int))):
+        raise BenchmarkError(f"{where}.fact: must be a string or an integer naming the fact the question asks "
+                             f"about, got {json.dumps(fact)[:60]}")
+    return MCQ(raw["question"], dict(options), raw["answer"], None if fact is None else str(fact))
 
 
 def _lines(path: Path):

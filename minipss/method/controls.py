@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .benchmark import Concept
+from .benchmark import MCQ, Concept
 from .pss import concept_means, locate, mask_for, ranking, top_k, unrelated_mean
 
 KINDS = ("located", "random", "matched")  # the located vectors, as many random ones, or as many magnitude-matched ones
@@ -49,33 +49,50 @@ def pseudo_concepts(concepts: list[Concept], others: list[list[int]], seed: int)
     return out
 
 
-def half_of(question: int) -> int:
-    """Split-half (METHOD.md §4): a concept's question k (its index in the concept's list) is in half k % 2."""
-    return question % 2
+def halves_of(questions: list[MCQ], by_fact: bool = True) -> list[int]:
+    """Split-half (METHOD.md §4): the half (0 or 1) of each of a concept's questions. Questions naming one
+    fact (`MCQ.fact`, e.g. two phrasings of it) share a half, so no answer is both located and scored; the
+    facts alternate, in the order they first appear (the f-th fact is in half f % 2). A question naming no
+    fact, or every question with `by_fact=False`, is a fact of its own: then question k is in half k % 2."""
+    order: dict = {}
+    return [order.setdefault(q.fact if by_fact and q.fact is not None else ("question", k), len(order)) % 2
+            for k, q in enumerate(questions)]
 
 
-def split_half(counts: list[int], i: int, others: list[int]) -> list[dict[str, list[tuple[int, int]]]]:
+def index_halves(n: int) -> list[int]:
+    """The halves of n questions that name no fact: question k in half k % 2 (`halves_of`)."""
+    return [k % 2 for k in range(n)]
+
+
+def split_half(halves: list[list[int]], i: int, others: list[int]) -> list[dict[str, list[tuple[int, int]]]]:
     """Per half h: the questions `(concept, index)` that locate concept i's mask (its own and its unrelated
-    concepts' questions of half h) and those that mask scores (the rest of them: the other half)."""
-    keys = [(j, k) for j in [i] + others for k in range(counts[j])]  # `questions_of`'s order
-    return [{"locate": [q for q in keys if half_of(q[1]) == h], "score": [q for q in keys if half_of(q[1]) != h]}
+    concepts' questions of half h, `halves[j][k]` the half of concept j's question k) and those that mask
+    scores (the rest of them: the other half)."""
+    keys = [(j, k) for j in [i] + others for k in range(len(halves[j]))]  # `questions_of`'s order
+    return [{"locate": [q for q in keys if halves[q[0]][q[1]] == h], "score": [q for q in keys if halves[q[0]][q[1]] != h]}
             for h in (0, 1)]
 
 
-def question_groups(n: int, split: bool) -> list[list[int]]:
-    """The groups of a concept's n questions whose coefficient means are kept: all of them, and with
-    split-half each half."""
-    return [list(range(n))] + ([[k for k in range(n) if half_of(k) == h] for h in (0, 1)] if split else [])
+def question_groups(halves: list[int], split: bool) -> list[list[int]]:
+    """The groups of a concept's questions (`halves`, one per question) whose coefficient means are kept:
+    all of them, and with split-half each half."""
+    n = len(halves)
+    return [list(range(n))] + ([[k for k in range(n) if halves[k] == h] for h in (0, 1)] if split else [])
 
 
 @dataclass
 class ConceptStats:
     """What locating reads per concept and group of its questions (`question_groups`): the mean of the
     per-question |m| `means` `[C, G, L, d_ff]`, with the zscore locator the mean of their squares
-    `squares` (same shape), and the group sizes `counts` `[C][G]`."""
+    `squares` (same shape), the group sizes `counts` `[C][G]`, and each question's half `halves` `[C][n]`
+    (`halves_of`; None: by index, `index_halves`)."""
     means: torch.Tensor
     counts: list[list[int]]
     squares: torch.Tensor | None = None
+    halves: list[list[int]] | None = None
+
+    def halves_of_all(self) -> list[list[int]]:
+        return self.halves if self.halves is not None else [index_halves(c[0]) for c in self.counts]
 
     @classmethod
     def whole(cls, means: torch.Tensor, counts: list[int]) -> "ConceptStats":
@@ -87,13 +104,13 @@ class ConceptStats:
         return unrelated_mean(values[:, group], [c[group] for c in self.counts], others)
 
 
-def group_stats(per_question: torch.Tensor, counts: list[int], split: bool, squares: bool = False) -> torch.Tensor:
-    """`[C, G, L, d_ff]`: per concept (its questions consecutive in `per_question`, `counts` of them) and
-    group of its questions (`question_groups`), m (`pss.concept_means`) of those questions, or the mean of
-    their squares."""
+def group_stats(per_question: torch.Tensor, halves: list[list[int]], split: bool, squares: bool = False) -> torch.Tensor:
+    """`[C, G, L, d_ff]`: per concept (its questions consecutive in `per_question`, one per entry of its
+    `halves`) and group of its questions (`question_groups`), m (`pss.concept_means`) of those questions, or
+    the mean of their squares."""
     rows = per_question.square() if squares else per_question
-    starts = [0, *itertools.accumulate(counts)][:-1]
-    groups = [question_groups(n, split) for n in counts]
+    starts = [0, *itertools.accumulate(map(len, halves))][:-1]
+    groups = [question_groups(h, split) for h in halves]
     return torch.stack([concept_means(rows[[s + k for s, g in zip(starts, groups) for k in g[h]]],
                                       [len(g[h]) for g in groups]) for h in range(len(groups[0]))], 1)
 
@@ -198,7 +215,8 @@ def cell_masks(i: int, cells: list[tuple[str, float]], stats: ConceptStats, othe
     counts = [c[0] for c in stats.counts]
     keys = [(j, k) for j in [i] + others for k in range(counts[j])]
     position = {key: p for p, key in enumerate(keys)}
-    halves = [(g + 1, [position[q] for q in part["score"]]) for g, part in enumerate(split_half(counts, i, others))]
+    halves = [(g + 1, [position[q] for q in part["score"]])
+              for g, part in enumerate(split_half(stats.halves_of_all(), i, others))]
     groups = halves if split else [(0, list(range(len(keys))))]
     d_ff = stats.means.shape[-1]
     k_max = max([top_k(d_ff, r) for kind, r in cells if kind == "matched"], default=0)

@@ -21,8 +21,8 @@ import torch
 from .. import interrupts, lock
 from ..method import many_masks
 from ..method.benchmark import Concept, load_benchmark, questions_of, unrelated_sets
-from ..method.controls import (KINDS, ConceptStats, cell_masks, group_stats, pseudo_concepts, question_groups,
-                               set_magnitudes)
+from ..method.controls import (KINDS, ConceptStats, cell_masks, group_stats, halves_of, pseudo_concepts,
+                               question_groups, set_magnitudes)
 from ..method.prompts import coefficient_prompt
 from ..method.pss import (answer_of, concept_means, letter_vocab, mcq_answers, mcq_scores, mean, p_correct,
                           question_coefficients)
@@ -74,10 +74,12 @@ def _run_pss(model_dir, bench: Path, out: Path, s: Settings, quiet: bool, report
     interrupts.saved(work_path, lambda: describe(work_path))
     concepts = load_benchmark(bench)[: s.concepts]
     others = unrelated_sets(concepts, s.n_unrelated, s.seed, s.unrelated)
-    few = [c for c in concepts if len(c.mcq) < 2]
+    few = [c for c in concepts if len(set(halves_of(c.mcq))) < 2]
     if s.split_half and few:
-        raise ValueError(f"{bench}:{few[0].line}: concept {few[0].name!r} has {len(few[0].mcq)} question; "
-                         "--split-half needs at least 2 per concept (one per half)")
+        raise ValueError(f"{bench}:{few[0].line}: concept {few[0].name!r} has {len(few[0].mcq)} question(s) "
+                         f"about {len({q.fact for q in few[0].mcq}) if len(few[0].mcq) > 1 else 1} fact; "
+                         "--split-half needs at least 2 per concept (one per half; questions of one fact stay "
+                         "in one half)")
     try:
         pseudo = pseudo_concepts(concepts, others, s.seed) if s.pseudo_control else None
     except ValueError as e:
@@ -171,14 +173,18 @@ def coefficients_step(model, tok, concepts, mine, s: Settings, work, shard, quie
     borrowed = [[concepts[j].mcq[k] for j, k in questions] for questions in pseudo]
     more, _ = question_stats(model, tok, borrowed, mine, s, work, shard, quiet, report_every, "pseudo_")
     squares = None if stats.squares is None else torch.cat([stats.squares, more.squares])
-    return ConceptStats(torch.cat([stats.means, more.means]), stats.counts + more.counts, squares), signed
+    return ConceptStats(torch.cat([stats.means, more.means]), stats.counts + more.counts, squares,
+                        stats.halves + more.halves), signed
 
 
 def question_stats(model, tok, questions, mine, s: Settings, work, shard, quiet=False,
                    report_every: float = REPORT_EVERY, prefix: str = ""):
     """`coefficients_step` for one list of question sets (`questions[i]`, the MCQs of concept i), saved in
-    `work` under names starting with `prefix`; the signed means only for the concepts themselves."""
+    `work` under names starting with `prefix`; the signed means only for the concepts themselves. A
+    pseudo-concept's questions come from different concepts, so each is a fact of its own
+    (`controls.halves_of`)."""
     counts = [len(qs) for qs in questions]
+    halves = [halves_of(qs, by_fact=not prefix) for qs in questions]
     per_question = {}
     label = "pseudo-concept coefficients" if prefix else "coefficients"
 
@@ -190,7 +196,7 @@ def question_stats(model, tok, questions, mine, s: Settings, work, shard, quiet=
                               "questions") as p:
                     per_question[absolute] = question_coefficients(model, tok, texts, s.token_rule, s.batch_size,
                                                                    absolute, p.add)
-            part = reduce(per_question[absolute], [counts[i] for i in mine])
+            part = reduce(per_question[absolute], [halves[i] for i in mine])
             parts = {i: part[n] for n, i in enumerate(mine)}
             for other in shard.gather(parts):
                 parts.update(other)
@@ -198,20 +204,21 @@ def question_stats(model, tok, questions, mine, s: Settings, work, shard, quiet=
         return compute
 
     C, L, d = len(questions), model.config.num_layers, model.config.intermediate_size
-    means = work.coefficients(gathered(concept_means), prefix + "coefficients", (C, L, d))[:, None]
+    means_of = lambda x, h: concept_means(x, [len(v) for v in h])
+    means = work.coefficients(gathered(means_of), prefix + "coefficients", (C, L, d))[:, None]
     if s.split_half:
-        halves = work.coefficients(gathered(lambda x, n: group_stats(x, n, True)[:, 1:]), prefix + "half_coefficients",
-                                   (C, 2, L, d))
-        means = torch.cat([means, halves], 1)
+        by_half = work.coefficients(gathered(lambda x, h: group_stats(x, h, True)[:, 1:]), prefix + "half_coefficients",
+                                    (C, 2, L, d))
+        means = torch.cat([means, by_half], 1)
     squares = None
     if s.locator == "zscore":
-        squares = work.coefficients(gathered(lambda x, n: group_stats(x, n, s.split_half, squares=True)),
+        squares = work.coefficients(gathered(lambda x, h: group_stats(x, h, s.split_half, squares=True)),
                                     prefix + "coefficient_squares", (C, means.shape[1], L, d))
-    stats = ConceptStats(means, [[len(g) for g in question_groups(n, s.split_half)] for n in counts], squares)
+    stats = ConceptStats(means, [[len(g) for g in question_groups(h, s.split_half)] for h in halves], squares, halves)
     signed = None
     per_question.clear()  # the |m| rows are no longer needed
     if s.ablation == "mean" and not prefix:
-        signed = work.coefficients(gathered(concept_means, False), "signed_means", (C, L, d))
+        signed = work.coefficients(gathered(means_of, False), "signed_means", (C, L, d))
     return stats, signed
 
 

@@ -221,7 +221,8 @@ def questions(rng: random.Random, e: Entity, values: dict, letters: list[int],
                 letters += rng.sample(range(4), 4)
             slot = letters.pop()
             opts = wrong[:slot] + [e.facts[a]] + wrong[slot:]
-            mcq.append({"question": ask.format(n=e.name), "options": dict(zip("ABCD", opts)), "answer": "ABCD"[slot]})
+            mcq.append({"question": ask.format(n=e.name), "options": dict(zip("ABCD", opts)), "answer": "ABCD"[slot],
+                        "fact": a})  # both phrasings of a fact share a split-half (METHOD.md §4)
         opens.append({"question": open_ask.format(n=e.name), "answer": e.facts[a]})
     return mcq, opens
 
@@ -324,8 +325,9 @@ def make_world(out, entities: int = 60, seed: int = 0, teach: int | None = None,
                 "world.json": json.dumps({"seed": seed, "entities": [e.__dict__ for e in world],
                                           "values": values}, indent=1) + "\n"}
     prompt_text = [FEW_SHOT, "Question: Answer: **Question:** **Options:** **Answer:** A B C D"]
-    tok = build_tokenizer(prompt_text + [contents[f] for f in ("train.jsonl", "new.jsonl")] +
-                          [json.dumps(json.loads(b), ensure_ascii=False) for b in bench + new_bench], names)
+    shown = lambda line: {**line, "mcq": [{k: v for k, v in q.items() if k != "fact"} for q in line["mcq"]]}
+    tok = build_tokenizer(prompt_text + [contents[f] for f in ("train.jsonl", "new.jsonl")] +  # no prompt shows "fact"
+                          [json.dumps(shown(json.loads(b)), ensure_ascii=False) for b in bench + new_bench], names)
     contents["tokenizer.json"] = tok.to_str()
     contents["card.md"] = card(world, values, seed, len(docs), len(new_docs), len(tuned), tok.get_vocab_size())
     contents[checks.STAMP] = json.dumps(record, sort_keys=True, indent=1)
