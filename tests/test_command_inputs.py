@@ -21,7 +21,7 @@ SYNTH = ["--entities", "6"]
 PRETRAIN = ["--layers", "1", "--hidden", "16", "--heads", "2", "--steps", "2", "--warmup", "1",
             "--batch-size", "2", "--seq-len", "16", "--log-every", "1", "--checkpoints", "2", "--quiet"]
 STUDY_SYNTH = ["--entities", "36", "--seeds", "0", "--sizes", "2x16", "--base", "2x16", "--steps", "2",
-               "--per-group", "2", "--ratios", "0.5", "--ft-steps", "1", "--threads", "1", "--quiet"]
+               "--per-group", "3", "--ratios", "0.5", "--ft-steps", "1", "--threads", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,9 @@ def test_pretrain_outputs(env, tmp_path, capsys):
     (["--entities", "5"], r"--entities 5: must be an integer >= 6"),
     (["--entities", "30"], r"--entities 30: the fine-tuning study needs 12 or more low-tier entities"),
     (["--preset", "huge"], r"argument --preset: invalid choice: 'huge'"),
-    (["--per-group", "1"], r"--per-group 1: must be an integer in \[2, 6\]"),
+    (["--per-group", "2"], r"--per-group 2: must be an integer in \[3, 6\]"),
+    (["--null-seeds", "-1"], r"--null-seeds -1: must be an integer >= 0"),
+    (["--calibration-draws", "0"], r"--calibration-draws 0: must be an integer >= 1"),
     (["--unrelated", "kind"], r"argument --unrelated: invalid choice: 'kind'"),
     (["--ft-seeds", ","], r"--ft-seeds: give at least one seed"),
     (["--seeds", ","], r"--seeds: give at least one seed"),

@@ -14,6 +14,7 @@ from minipss.run.pipeline import run_pss
 from minipss.run.settings import Settings
 from minipss.synth.pretrain import PretrainSettings, checkpoints, log_spaced, pretrain
 from minipss.synth.world import FT_DOCS, KINDS, TIER_DOCS, make_world
+from test_calibration import every_calibration_field
 
 FILES = ("train.jsonl", "bench.jsonl", "new.jsonl", "new_bench.jsonl", "world.json", "card.md", "tokenizer.json")
 
@@ -156,16 +157,22 @@ def test_mean_and_t_interval():
 
 def check_premise_against_its_runs(report, out, sizes, seeds, steps):
     """The premise section recomputed here from the saved per-seed runs: pooled accuracies, the exact
-    binomial tail above chance, and the located-minus-matched difference (seeds averaged per concept)."""
+    test above chance over entities, and the located-minus-matched difference (seeds averaged per concept)."""
     assert set(report["premise"]) == set(sizes)
     for size, p in report["premise"].items():
         ablations = [json.loads((out / "pss" / f"{size}-s{s}-ablation.json").read_text()) for s in seeds]
         for tier in ("high", "medium", "low"):
             for name, cell in p["accuracy"][tier].items():
                 right, n = sum(a[tier][name]["correct"] for a in ablations), sum(a[tier][name]["n"] for a in ablations)
-                tail = sum(math.comb(n, k) * 0.25 ** k * 0.75 ** (n - k) for k in range(right, n + 1))
                 assert cell["n"] == n and cell["accuracy"] == pytest.approx(right / n)
-                assert cell["p_above_chance"] == pytest.approx(min(1.0, tail), rel=1e-9, abs=1e-300)
+                # above chance counts entities: per entity its accuracy, seeds averaged, minus 0.25
+                per_entity = [sum(a[tier][name]["per_concept"][k] / a[tier][name]["questions"][k] for a in ablations)
+                              / len(ablations) - 0.25 for k in range(len(ablations[0][tier][name]["per_concept"]))]
+                test = cell["above_chance"]
+                assert test["n"] == len(per_entity) == n // (10 * len(seeds))
+                assert test["difference"] == pytest.approx(sum(per_entity) / len(per_entity))
+                lo, hi = test["ci95"]
+                assert min(per_entity) - 1e-12 <= lo <= test["difference"] <= hi <= max(per_entity) + 1e-12
         runs = [json.loads((out / "pss" / f"{size}-s{s}-step{steps}.json").read_text()) for s in seeds]
         for r, test in p["located_vs_matched"].items():
             per_concept = []
@@ -187,8 +194,9 @@ def test_study_synth_smallest_run_and_rerun(tmp_path, tmp_path_factory):
     from minipss.cli import main
 
     argv = ["study-synth", "--out", str(tmp_path), "--preset", "quick", "--entities", "36", "--seeds", "0,1",
-            "--sizes", "2x16,2x32", "--base", "2x32", "--steps", "8", "--per-group", "2", "--ratios", "0.1,0.5",
-            "--ft-seeds", "0,1", "--ft-lrs", "0.003", "--ft-steps", "2", "--threads", "1", "--world-seed", "5", "--quiet"]
+            "--sizes", "2x16,2x32", "--base", "2x32", "--steps", "8", "--per-group", "3", "--ratios", "0.1,0.5",
+            "--ft-seeds", "0,1", "--ft-lrs", "0.003,0.01", "--ft-steps", "2", "--threads", "1", "--world-seed", "5",
+            "--null-seeds", "1", "--calibration-draws", "4", "--quiet"]
     main(argv)
     worlds = tmp_path_factory.mktemp("worlds")
     for seed in (5, 0):  # the world is the one `minipss synth --seed 5` writes, not the default seed's
@@ -197,46 +205,64 @@ def test_study_synth_smallest_run_and_rerun(tmp_path, tmp_path_factory):
     assert world == (worlds / "5" / "bench.jsonl").read_bytes() and world != (worlds / "0" / "bench.jsonl").read_bytes()
     report = json.loads((tmp_path / "study.json").read_text())
     assert report["checkpoint_steps"] == [1, 2, 4, 6, 8]
-    assert list(report["emergence"]["rows"]) == ["1", "2", "4", "6", "8"]
+    assert list(report["emergence"]["rows"]) == ["4", "8"]  # half of training against the end
     assert list(report["size"]["rows"]) == ["2x16", "2x32"]
     check_premise_against_its_runs(report, tmp_path, ["2x16", "2x32"], [0, 1], 8)
     assert set(report["frequency"]["rows"]) == {"high", "medium", "low"}
-    ft = report["finetune"]["by_lr"]["0.003"]
-    assert list(ft["table"]) == ["FT-FV", "FT-PV", "FT-CV", "FT-RV"] and len(report["finetune"]["entities"]) == 12
+    every_calibration_field(report["calibration"], ["0.1", "0.5"], draws=4)
+    ft = report["finetune"]
+    assert list(ft["table"]) == ["FT-FV", "FT-PV", "FT-CV", "FT-RV"] and len(ft["entities"]) == 12
+    assert ft["tuning_entities"] == ft["entities"][::3] and not set(ft["tuning_entities"]) & set(ft["compared_entities"])
+    for name, by in ft["sweep"].items():  # the chosen rate is the one the tuning entities scored best at
+        assert set(by) == {"0.003", "0.01"} and by[ft["chosen_lr"][name]] == max(by.values())
+        assert ft["table"][name]["lr"] == ft["chosen_lr"][name]
     for claim in [*report["emergence"]["claims"], *report["size"]["claims"], *report["frequency"]["claims"],
                   *ft["claims"].values()]:
-        opening = ("Detected: ", "Not detected: ", "The opposite was detected, ")
+        opening = ("Detected: ", "Not detected: ", "The opposite was detected, ", "Not testable: ")
         assert claim["sentence"].startswith(opening), claim["sentence"]
-    pv = json.loads((tmp_path / "finetune" / "lr0.003" / "s0" / "FT-PV" / "model" / "value_vectors.json").read_text())
+    from minipss.run.stats import t_test
+    from minipss.synth.findings import model_measures
+
+    runs = lambda size, step: [model_measures(json.loads((tmp_path / "pss" / f"{size}-s{s}-step{step}.json").read_text()))
+                               for s in (0, 1)]
+    for claims, high, low, paired in ((report["size"]["claims"], runs("2x32", 8), runs("2x16", 8), False),
+                                      (report["emergence"]["claims"], runs("2x32", 8), runs("2x32", 4), True)):
+        for claim in claims:  # a test over the pretraining seeds, recomputed here from the saved runs
+            m = claim["measure"]
+            assert claim["test"] == t_test([x[m] for x in high], [x[m] for x in low], paired)
+    pv = json.loads((tmp_path / "finetune" / f"lr{ft['chosen_lr']['FT-PV']}" / "s0" / "FT-PV" / "model" /
+                     "value_vectors.json").read_text())
     assert all(len(cols) == 8 for cols in pv["layers"].values())  # ceil(128 / 16) located columns per layer
     text = (tmp_path / "study.md").read_text()
-    for title in ("## Premise", "## Emergence", "## Model size", "## Frequency", "## Fine-tuning"):
+    for title in ("## Premise", "## Calibration", "## Emergence", "## Model size", "## Frequency", "## Fine-tuning"):
         assert title in text
     before = {p: p.stat().st_mtime for p in tmp_path.rglob("model.safetensors")}
     main(argv)
     assert {p: p.stat().st_mtime for p in tmp_path.rglob("model.safetensors")} == before
     again = json.loads((tmp_path / "study.json").read_text())
-    assert {k: v for k, v in again.items() if k != "seconds"} == \
-        {k: v for k, v in report.items() if k != "seconds"}
+    timings = ("seconds", "seconds_by_part")
+    assert {k: v for k, v in again.items() if k not in timings} == {k: v for k, v in report.items() if k not in timings}
 
 
 @pytest.mark.slow
 def test_quick_preset_end_to_end_with_its_premise(tmp_path):
-    """`minipss study-synth --preset quick` on its base size (minutes on 2 cores): the preset's world,
-    training and PSS sample, study.json and study.md written, the premise well formed (accuracy per tier
-    before and with every MLP zeroed, the located-vs-matched paired test at every ratio), the world
-    learned. The other studies and sizes run the same code as `test_study_synth_smallest_run_and_rerun`,
-    on smaller models; `--studies frequency` leaves them out here (the preset's own sizes and fine-tuning
-    would take most of the time)."""
+    """`minipss study-synth --preset quick` on its base size and first seed (minutes on 2 cores): the
+    preset's world, training and PSS sample, study.json and study.md written, the premise well formed
+    (accuracy per tier before and with every MLP zeroed, the located-vs-matched paired test at every
+    ratio), the world learned, and the calibration with every field. The other studies and sizes run the
+    same code as `test_study_synth_smallest_run_and_rerun`, on smaller models."""
     from minipss.cli import main
     from minipss.synth.study import PRESETS, StudySettings
 
-    main(["study-synth", "--out", str(tmp_path), "--preset", "quick", "--studies", "frequency", "--quiet"])
+    main(["study-synth", "--out", str(tmp_path), "--preset", "quick", "--studies", "frequency,calibration",
+          "--seeds", "0", "--quiet"])
     report = json.loads((tmp_path / "study.json").read_text())
     quick = StudySettings(out="", **PRESETS["quick"])
     assert report["settings"]["preset"] == "quick" and report["settings"]["entities"] == quick.entities
     assert set(report["premise"]) == {quick.base} and set(report["frequency"]["rows"]) == {"high", "medium", "low"}
-    check_premise_against_its_runs(report, tmp_path, [quick.base], quick.seeds, quick.steps)
+    check_premise_against_its_runs(report, tmp_path, [quick.base], [0], quick.steps)
+    every_calibration_field(report["calibration"], [str(r) for r in quick.ratios], quick.calibration_draws)
+    assert report["calibration"]["design"]["models"] == {"trained": 1, "untrained": 1, "swapped": 1}
     p = report["premise"][quick.base]
     assert p["bits_per_parameter"] == pytest.approx(report["world"]["bits"] / p["parameters"])
     assert [float(r) for r in p["located_vs_matched"]] == quick.ratios
@@ -244,7 +270,7 @@ def test_quick_preset_end_to_end_with_its_premise(tmp_path):
         layers = int(quick.base.split("x")[0])  # "LAYERSxHIDDEN": one ablation per layer, and all at once
         assert set(p["accuracy"][tier]) == {"before", "all_mlps_zeroed", *(f"mlp_{l}_zeroed" for l in range(layers))}
         assert all(cell["n"] == quick.per_group * 2 * 10 for cell in p["accuracy"][tier].values())
-    base = report["premise"][quick.base]["accuracy"]["high"]["before"]
-    assert base["p_above_chance"] < 0.001  # the quick world is learned, not guessed
+    base = report["premise"][quick.base]["accuracy"]["high"]["before"]["above_chance"]
+    assert base["ci95"][0] > 0 and base["p_value"] < 0.01  # the quick world is learned, not guessed (10 entities)
     text = (tmp_path / "study.md").read_text()
     assert "## Premise" in text and "all MLPs zeroed" in text

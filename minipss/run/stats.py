@@ -5,8 +5,9 @@ and Spearman with a permutation p-value.
 Exact where the enumeration is small (2^n sign patterns for n <= 16 concepts, n! orderings for n <= 8
 models), else Monte Carlo with a seeded generator and p = (count + 1) / (draws + 1). The paired, two-sample
 and correlation tests are two-sided (a test with a direction reads the sign of the difference beside its
-p-value); `above_chance_p` alone is one-sided (is an accuracy above guessing?). `holm` adjusts a family of
-p-values so that the chance of any false rejection stays at most ALPHA.
+p-value). `holm` adjusts a family of p-values so that the chance of any false rejection stays at most ALPHA.
+For few units (pretraining seeds), Student's t in closed form (`t_test`); for a rate over draws, Wilson's
+interval (`rate_ci`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,22 @@ def sign_flip_p(differences, draws: int = DRAWS, seed: int = 0) -> float | None:
         signs = rng.choice((-1.0, 1.0), size=(min(10_000, draws - start), n))
         count += int((np.abs((signs * d).mean(1)) >= observed - TOLERANCE).sum())
     return (count + 1) / (draws + 1)
+
+
+def sign_flip_ps(columns, draws: int = DRAWS, seed: int = 0) -> list[float]:
+    """`sign_flip_p` of each column of `columns` (`[n pairs, k tests]`), all tests sharing the sign
+    patterns: equal, column by column, to `sign_flip_p(column, draws, seed)`, at the cost of one."""
+    x = np.asarray(columns, dtype=float)
+    n, k = x.shape
+    if n <= EXACT_SIGNS or not n:
+        return [sign_flip_p(x[:, j], draws, seed) for j in range(k)]
+    observed = np.abs(x.mean(0))
+    rng = np.random.default_rng(seed)
+    count = np.zeros(k, dtype=np.int64)
+    for start in range(0, draws, 10_000):
+        signs = rng.choice((-1.0, 1.0), size=(min(10_000, draws - start), n))
+        count += (np.abs(signs @ x / n) >= observed - TOLERANCE).sum(0)
+    return [float((c + 1) / (draws + 1)) for c in count]
 
 
 def mde(differences, alpha: float = ALPHA, power: float = POWER) -> float | None:
@@ -158,7 +175,7 @@ def smallest_p(xs, ys, method=pearson) -> float | None:
     return sum(r >= top - TOLERANCE for r in rs) / math.factorial(len(ys))
 
 
-# ---- two groups of different concepts, and accuracy against chance ------------------------------------
+# ---- two groups of different concepts ------------------------------------------------------------------
 
 
 def two_sample_test(a, b, n_boot: int = BOOTSTRAP, draws: int = DRAWS, seed: int = 0) -> dict:
@@ -184,16 +201,6 @@ def two_sample_test(a, b, n_boot: int = BOOTSTRAP, draws: int = DRAWS, seed: int
             "p_value": (count + 1) / (draws + 1), "n": [len(x), len(y)]}
 
 
-def above_chance_p(correct: int, n: int, chance: float = 0.25) -> float:
-    """One-sided exact binomial p-value of `correct` or more right out of `n` when each answer is right
-    with probability `chance` (is an accuracy above guessing?)."""
-    if n == 0:
-        return 1.0
-    log = lambda k: (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-                     + k * math.log(chance) + (n - k) * math.log1p(-chance))
-    return float(min(1.0, sum(math.exp(log(k)) for k in range(correct, n + 1))))
-
-
 def holm(p_values: list[float]) -> list[float]:
     """Holm's step-down adjusted p-values, in the given order: the i-th smallest p times (m - i + 1),
     made non-decreasing along the sorted order and capped at 1. Rejecting where the adjusted p < ALPHA keeps
@@ -205,3 +212,78 @@ def holm(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[i]))
         adjusted[i] = running
     return adjusted
+
+
+# ---- few units (pretraining seeds): Student's t, and a detection rate -------------------------------
+
+
+def t_two_sided_p(t: float, df: int) -> float:
+    """Two-sided p-value of Student's t with integer `df` degrees of freedom, in closed form
+    (Abramowitz & Stegun 26.7.3-4: P(|T| < t) as a finite series in theta = atan(|t| / sqrt(df)))."""
+    if df < 1:
+        raise ValueError(f"t test: {df} degrees of freedom")
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    if df % 2:  # odd: (2 / pi) (theta + sin cos (1 + 2/3 cos^2 + 2.4/3.5 cos^4 + ...)), df - 3 terms of two
+        term, total = 1.0, 1.0
+        for k in range(1, (df - 1) // 2):
+            term *= c2 * (2 * k) / (2 * k + 1)
+            total += term
+        inside = 2 / math.pi * (theta + (s * math.cos(theta) * total if df > 1 else 0.0))
+    else:  # even: sin (1 + 1/2 cos^2 + 1.3/2.4 cos^4 + ...)
+        term, total = 1.0, 1.0
+        for k in range(1, df // 2):
+            term *= c2 * (2 * k - 1) / (2 * k)
+            total += term
+        inside = s * total
+    return float(min(1.0, max(0.0, 1.0 - inside)))
+
+
+def t_quantile(df: int, p: float = 0.975) -> float:
+    """The p-quantile of Student's t with `df` degrees of freedom (bisection on `t_two_sided_p`)."""
+    lo, hi, target = 0.0, 1e3, 2 * (1 - p)
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_two_sided_p(mid, df) > target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def t_test(a, b, paired: bool) -> dict:
+    """Student's t test of mean(a) - mean(b) for few units, e.g. pretraining seeds (each seed one number):
+    `paired` (a[i] and b[i] from one seed: the differences' mean over their standard error, n - 1 degrees of
+    freedom; pairs where both are numbers) or two groups of different units (pooled variance, n_a + n_b - 2;
+    the numbers of each). The `difference`, its 95% t-interval `ci95`, the two-sided `p_value`, `t`, `df`
+    and `n`; None where too few units or no spread."""
+    if paired:
+        if len(a) != len(b):
+            raise ValueError(f"paired t test: {len(a)} values against {len(b)}")
+        d = [float(x) - float(y) for x, y in zip(a, b) if x is not None and y is not None]  # pairs with both
+        n, diff, df = len(d), (sum(d) / len(d) if d else None), len(d) - 1
+        se = math.sqrt(sum((x - diff) ** 2 for x in d) / (n - 1) / n) if n > 1 else None
+        size = n
+    else:
+        a, b = [float(x) for x in a if x is not None], [float(x) for x in b if x is not None]
+        n_a, n_b = len(a), len(b)
+        diff = sum(a) / n_a - sum(b) / n_b if n_a and n_b else None
+        df = n_a + n_b - 2
+        if n_a and n_b and df > 0:
+            ma, mb = sum(a) / n_a, sum(b) / n_b
+            pooled = (sum((x - ma) ** 2 for x in a) + sum((x - mb) ** 2 for x in b)) / df
+            se = math.sqrt(pooled * (1 / n_a + 1 / n_b))
+        else:
+            se = None
+        size = [n_a, n_b]
+    if diff is None or se is None or df < 1 or se == 0:
+        return {"difference": diff, "ci95": None, "p_value": None, "t": None, "df": df, "n": size}
+    t, half = diff / se, t_quantile(df) * se
+    return {"difference": diff, "ci95": [diff - half, diff + half], "p_value": t_two_sided_p(t, df), "t": t,
+            "df": df, "n": size}
+
+
+def rate_ci(hits: int, n: int, z: float = 1.959964) -> list[float] | None:
+    """Wilson's 95% score interval of a rate of `hits` out of `n` (a detection rate over draws)."""
+    if n == 0:
+        return None
+    p = hits / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]

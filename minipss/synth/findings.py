@@ -8,12 +8,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..run.claims import CHANCE
 from ..run.report import markdown_table
-from ..run.stats import ALPHA, above_chance_p, paired_test, two_sample_test
+from ..run.stats import ALPHA, paired_test, t_quantile, t_test, two_sample_test
 from .world import TIER_DOCS
 
 TIERS = tuple(TIER_DOCS)
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 # ---------------------------------------------------------------- per-concept measures and their tests
@@ -89,7 +89,7 @@ def mean_ci(values) -> tuple[float | None, float | None]:
     if len(xs) < 2:
         return m, None
     sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-    return m, T975.get(len(xs) - 1, 1.96) * sd / math.sqrt(len(xs))
+    return m, t_quantile(len(xs) - 1) * sd / math.sqrt(len(xs))
 
 
 def finding(claim: str, test: dict, what: str) -> str:
@@ -109,20 +109,29 @@ def finding(claim: str, test: dict, what: str) -> str:
     return f"Not detected: {claim} ({numbers}; alpha {ALPHA})."
 
 
+def above_chance(ablations: list[dict], tier: str, name: str) -> dict:
+    """Accuracy above chance counted over entities, not pooled questions (a tier's questions nest in its
+    entities): per entity its accuracy (seeds averaged) minus chance, their mean `difference`, bootstrap
+    `ci95` over entities (the interval "to chance" is read from), two-sided sign-flip `p_value`, `n` entities."""
+    per = [[c / q for c, q in zip(x[tier][name]["per_concept"], x[tier][name]["questions"])] for x in ablations]
+    values = seed_mean(per)
+    return paired_test(values, [CHANCE] * len(values))
+
+
 def premise(ablations: list[dict], results: list[dict], params: dict, knowledge: dict) -> dict:
     """Per size: parameters and bits per parameter; per tier, accuracy before and with all MLPs zeroed
-    (seeds pooled: right answers and n, with the exact binomial p that it is above chance); the
-    located-vs-matched test at each ratio, overall and per tier."""
+    (seeds pooled: accuracy and questions `n`) with its test against chance over entities (`above_chance`);
+    the located-vs-matched test at each ratio, overall and per tier."""
     acc: dict = {}
     for tier in TIERS:
         acc[tier] = {}
         for name in ablations[0][tier]:
             right = sum(x[tier][name]["correct"] for x in ablations)
             n = sum(x[tier][name]["n"] for x in ablations)
-            acc[tier][name] = {"accuracy": right / n, "n": n, "p_above_chance": above_chance_p(right, n)}
+            acc[tier][name] = {"accuracy": right / n, "n": n, "above_chance": above_chance(ablations, tier, name)}
     return {"parameters": params["all"], "mlp_parameters": params["mlp"],
             "bits_per_parameter": knowledge["bits"] / params["all"],
-            "bits_per_mlp_parameter": knowledge["bits"] / params["mlp"], "chance": 0.25, "accuracy": acc,
+            "bits_per_mlp_parameter": knowledge["bits"] / params["mlp"], "chance": CHANCE, "accuracy": acc,
             "located_vs_matched": located_vs_matched(results),
             "located_vs_matched_by_tier": {t: located_vs_matched(results, t) for t in TIERS}}
 
@@ -135,28 +144,55 @@ def model_row(results: list[dict]) -> dict:
     return {k: mean_ci([f(r) for r in results]) for k, f in pick.items()}
 
 
-def emergence(by_step: dict[int, list[dict]]) -> dict:
-    """Per checkpoint: model-level numbers and the excess beyond matched vectors; the claim (Figure 4):
-    the final checkpoint's per-concept excess beyond matched minus the earliest one's, paired."""
+def model_measures(result: dict) -> dict:
+    """One model's numbers for the tests over seeds: `specific`, the mean over concepts of the excess
+    beyond matched (`specific`); `headroom`, that divided by how far the sample's accuracy before masking
+    sits above chance (a model that knows little has little to lose: the excess cannot exceed it); `pss`,
+    the paper's PSS."""
+    spec = sum(specific(result)) / len(result["concepts"])
+    room = result["acc_before"] - CHANCE
+    return {"specific": spec, "headroom": spec / room if room > 0 else None, "pss": result["pss"]}
+
+
+SEED_MEASURES = {"specific": "excess beyond matched", "headroom": "excess beyond matched / (accuracy - chance)",
+                 "pss": "PSS"}
+
+
+def seed_claims(claim: str, what: str, paired: bool, high: list[dict], low: list[dict]) -> list[dict]:
+    """The claim tested over pretraining seeds on each measure (`model_measures`, one number per model):
+    Student's t, paired by seed or between two groups of models (`stats.t_test`), with its sentence."""
+    out = []
+    for measure, label in SEED_MEASURES.items():
+        t = t_test([model_measures(r)[measure] for r in high], [model_measures(r)[measure] for r in low], paired)
+        out.append({"measure": measure, "test": t, "sentence": finding(claim, t, f"{label}, {what}, over seeds")})
+    return out
+
+
+def emergence(by_step: dict[int, list[dict]], curves: dict) -> dict:
+    """Per checkpoint: model-level numbers, the per-seed measures and the excess beyond matched over
+    concepts; the claim (Figure 4): specialization at the end of training above that at the earlier
+    checkpoint, paired over pretraining seeds (both checkpoints have learned: their accuracy is in the rows)."""
     steps = sorted(by_step)
-    rows = {str(s): {**model_row(by_step[s]), "specific": paired_test(seed_mean([specific(r) for r in by_step[s]]),
-                                                                      [0.0] * len(by_step[s][0]["concepts"]))}
+    rows = {str(s): {**model_row(by_step[s]), "per_seed": [model_measures(r) for r in by_step[s]],
+                     "specific": paired_test(seed_mean([specific(r) for r in by_step[s]]),
+                                             [0.0] * len(by_step[s][0]["concepts"]))}
             for s in steps}
     first, last = steps[0], steps[-1]
-    return {"rows": rows, "first": first, "last": last, "claims": claims(
+    return {"rows": rows, "first": first, "last": last, "claims": seed_claims(
         f"specialization is higher at the end of training (step {last}) than at step {first}", "last minus first",
-        paired_test, by_step[last], by_step[first])}
+        True, by_step[last], by_step[first])}
 
 
 def size_study(finals: dict[str, list[dict]], prem: dict) -> dict:
-    """Per size: model-level numbers; the claim (Table 1): the largest size's per-concept excess beyond
-    matched minus the smallest's, paired over concepts."""
+    """Per size: model-level numbers and per-seed measures; the claim (Table 1): the largest size above
+    the smallest, a two-group t test over their pretraining seeds."""
     order = sorted(finals, key=lambda s: prem[s]["parameters"])
     small, large = order[0], order[-1]
-    return {"rows": {s: {**model_row(finals[s]), "parameters": prem[s]["parameters"]} for s in order},
-            "small": small, "large": large, "claims": claims(
+    return {"rows": {s: {**model_row(finals[s]), "parameters": prem[s]["parameters"],
+                         "per_seed": [model_measures(r) for r in finals[s]]} for s in order},
+            "small": small, "large": large, "claims": seed_claims(
                 f"specialization is higher in the larger model ({large}) than in the smaller ({small})",
-                "larger minus smaller", paired_test, finals[large], finals[small])}
+                "larger minus smaller", False, finals[large], finals[small])}
 
 
 def frequency(results: list[dict]) -> dict:
@@ -177,31 +213,40 @@ def frequency(results: list[dict]) -> dict:
         f"({TIER_DOCS['low']})", "high minus low tier (two-sample)", tier_test, results)}
 
 
-def finetune(before: dict, rows: dict) -> dict:
-    """Per learning rate and variant: means over seeds; the claims (Table 2): FT-PV against each other
-    variant on the fine-tuned entities' MCQ accuracy, paired over entities (seeds averaged)."""
-    out = {"before": {"mcq": mean_ci([sum(before["mcq"]) / len(before["mcq"])]),
-                      "open": mean_ci([sum(before["open"]) / len(before["open"])]),
-                      "old_acc": mean_ci([before["old_acc"]]), "pss": mean_ci([before["pss"]]),
-                      "pss_matched": mean_ci([before["pss_matched"]])},
-           "entities": before["concepts"], "by_lr": {}}
-    for lr, variants in rows.items():
-        table = {name: {"mcq": mean_ci([sum(r["mcq"]) / len(r["mcq"]) for r in rs]),
-                        "open": mean_ci([sum(r["open"]) / len(r["open"]) for r in rs]),
-                        "old_acc": mean_ci([r["old_acc"] for r in rs]),
-                        "forgetting": mean_ci([before["old_acc"] - r["old_acc"] for r in rs]),
-                        "pss": mean_ci([r["pss"] for r in rs]), "pss_matched": mean_ci([r["pss_matched"] for r in rs])}
-                 for name, rs in variants.items()}
-        pv = seed_mean([r["mcq"] for r in variants["FT-PV"]])
-        tests = {}
-        for name in ("FT-FV", "FT-CV", "FT-RV"):
-            test = paired_test(pv, seed_mean([r["mcq"] for r in variants[name]]))
-            tests[name] = {"test": test, "sentence": finding(
-                f"at lr {lr}, FT-PV teaches the fine-tuned entities more than {name}", test, "MCQ accuracy, PV minus")}
-        gain = paired_test(pv, before["mcq"])
-        tests["before"] = {"test": gain, "sentence": finding(f"at lr {lr}, FT-PV raises the fine-tuned entities' MCQ "
-                                                             "accuracy over the base model", gain, "PV minus before")}
-        out["by_lr"][lr] = {"table": table, "claims": tests}
+def pick_lr(rows: dict[str, dict], tuning: list[bool]) -> str:
+    """The learning rate (a key of `rows`, one fine-tuning row per rate) whose row gives the tuning
+    entities the best mean MCQ accuracy; the smaller rate on a tie."""
+    score = lambda lr: sum(x for x, t in zip(rows[lr]["mcq"], tuning) if t) / max(1, sum(tuning))
+    return max(sorted(rows, key=float), key=lambda lr: (score(lr), -float(lr)))
+
+
+def finetune(before: dict, swept: dict, chosen: dict, rows: dict, tuning: list[bool]) -> dict:
+    """Table 2 with each variant at its own learning rate: the sweep (per variant and rate, MCQ accuracy of
+    the tuning entities), the chosen rates, and on the other (compared) entities, per variant means over
+    fine-tuning seeds; the claims: FT-PV against each other variant and against the base model on those
+    entities' MCQ accuracy, paired over entities (seeds averaged)."""
+    keep = lambda xs, want=False: [x for x, t in zip(xs, tuning) if t == want]
+    mean = lambda xs: sum(xs) / len(xs)
+    out = {"before": {"mcq": mean_ci([mean(keep(before["mcq"]))]), "open": mean_ci([mean(keep(before["open"]))]),
+                      "old_acc": mean_ci([before["old_acc"]])},
+           "entities": before["concepts"], "tuning_entities": keep(before["concepts"], True),
+           "compared_entities": keep(before["concepts"]),
+           "sweep": {name: {lr: mean(keep(r["mcq"], True)) for lr, r in by.items()} for name, by in swept.items()},
+           "sweep_before": mean(keep(before["mcq"], True)), "chosen_lr": chosen, "table": {}, "claims": {}}
+    for name, rs in rows.items():
+        out["table"][name] = {"lr": chosen[name], "mcq": mean_ci([mean(keep(r["mcq"])) for r in rs]),
+                              "open": mean_ci([mean(keep(r["open"])) for r in rs]),
+                              "old_acc": mean_ci([r["old_acc"] for r in rs]),
+                              "forgetting": mean_ci([before["old_acc"] - r["old_acc"] for r in rs])}
+    pv = seed_mean([keep(r["mcq"]) for r in rows["FT-PV"]])
+    for name in ("FT-FV", "FT-CV", "FT-RV"):
+        test = paired_test(pv, seed_mean([keep(r["mcq"]) for r in rows[name]]))
+        out["claims"][name] = {"test": test, "sentence": finding(
+            f"FT-PV (lr {chosen['FT-PV']}) teaches the fine-tuned entities more than {name} (lr {chosen[name]})",
+            test, "MCQ accuracy, PV minus")}
+    gain = paired_test(pv, keep(before["mcq"]))
+    out["claims"]["before"] = {"test": gain, "sentence": finding(
+        "FT-PV raises the fine-tuned entities' MCQ accuracy over the base model", gain, "PV minus before")}
     return out
 
 
@@ -220,40 +265,91 @@ def fmt_test(t: dict) -> str:
     return f"{t['difference']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}], p = {t['p_value']:.2g}"
 
 
+def fmt_ci(t: dict) -> str:
+    """An interval alone, e.g. for accuracy minus chance."""
+    ci = t.get("ci95")
+    return "-" if t.get("difference") is None else f"{t['difference']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def pct(ratio) -> str:
+    return f"{float(ratio) * 100:g}%"
+
+
+def rate(x, ci) -> str:
+    return "-" if x is None else f"{x:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def calibration_lines(c: dict) -> list[str]:
+    """The calibration's tables: per ratio, control and measure, power and false-positive rate at the
+    real-model design, and power against the number of concepts; the decision's rates."""
+    d = c["design"]
+    lines = [f"Each draw is one real-model study: {d['concepts']} concepts ({d['per_tier']} per tier) of one model, "
+             f"drawn with replacement; {d['draws']} draws per condition; detected: p < {d['alpha']} with located "
+             f"above the control. Models: {', '.join(f'{k} {v}' for k, v in d['models'].items())}. Rates with "
+             "Wilson 95% intervals.", ""]
+    names = {"random": "uniform", "matched": "matched", "pseudo": "pseudo"}
+    measures = {"excess_drop": "accuracy", "prob_excess_drop": "p(correct)"}
+    sizes = list(next(iter(next(iter(c["by_ratio"].values())).values()))["excess_drop"]["power_by_concepts"])
+    lines += markdown_table(
+        ["ratio", "control", "measure", "effect", "power", "false positives (worst null)", "untrained", "swapped",
+         *(f"power, {n} concepts" for n in sizes)],
+        [[pct(r), names[ctl], measures[m], f"{x['effect']:+.3f}", rate(x["power"], x["power_ci95"]),
+          rate(x["false_positive_rate"], x["false_positive_ci95"]) + (f" ({x['false_positive_null']})"
+                                                                      if x["false_positive_null"] else ""),
+          *(f"{x['false_positive_by_null'][n]['rate']:.2f}" if n in x["false_positive_by_null"] else "-"
+            for n in ("untrained", "swapped")),
+          *(f"{x['power_by_concepts'][n]:.2f}" for n in sizes)]
+         for r, by in c["by_ratio"].items() for ctl, ms in by.items() for m, x in ms.items()])
+    dec = c["decision"]
+    lines += ["", "The decision (every control beaten at a ratio above the floor, Holm across ratios), how often it "
+              "detects: " + "; ".join(f"{name} {rate(v['rate'], v['ci95'])}" + (f" ({v['undecided']} of {v['draws']} "
+                                      "draws undecided: every ratio floored)" if v["undecided"] else "")
+                                      for name, v in dec.items() if name != "power_by_concepts")
+              + "; trained, by number of concepts: "
+              + ", ".join(f"{n}: {v:.2f}" for n, v in dec["power_by_concepts"].items()) + "."]
+    return lines
+
+
 def markdown(r: dict) -> str:
     st, w = r["settings"], r["world"]
     seeds = len(st["seeds"])
     lines = [f"World: {w['entities']} entities, {w['facts']} facts, {w['bits']:.0f} bits. Sizes LAYERSxHIDDEN "
              f"(d_ff 4 x hidden), {st['steps']} steps at batch {st['batch_size']}, {seeds} pretraining seed(s). "
-             f"PSS sample: {st['per_group']} concepts per tier and kind; cloze MCQ accuracy (chance 0.25); ratios "
-             f"{', '.join(f'{x * 100:g}%' for x in st['ratios'])} of every layer (first {st['skip_layers']} never "
-             f"masked); unrelated concepts drawn {st['unrelated']}. Tests over concepts, seeds averaged; "
-             f"± is a 95% t-interval over seeds.", "", "## Premise", ""]
+             f"PSS sample: {st['per_group']} concepts per tier and kind, the real-model protocol (cloze with "
+             f"p(correct), split-half by fact, uniform, matched and pseudo controls); ratios "
+             f"{', '.join(pct(x) for x in st['ratios'])} of every layer (first {st['skip_layers']} never "
+             f"masked); unrelated concepts drawn {st['unrelated']}. ± is a 95% t-interval over seeds.",
+             "", "## Premise", ""]
     lines += markdown_table(
-        ["size", "parameters", "bits / parameter", "tier", "acc before", "acc, all MLPs zeroed (p above chance)"],
+        ["size", "parameters", "bits / parameter", "tier", "acc before", "acc, all MLPs zeroed",
+         "all MLPs zeroed minus chance, over entities [95%]"],
         [[size, f"{p['parameters'] / 1e3:.0f}k", f"{p['bits_per_parameter']:.3f}", t,
-          f"{p['accuracy'][t]['before']['accuracy']:.3f}", f"{p['accuracy'][t]['all_mlps_zeroed']['accuracy']:.3f} "
-          f"(p = {p['accuracy'][t]['all_mlps_zeroed']['p_above_chance']:.2g})"]
+          f"{p['accuracy'][t]['before']['accuracy']:.3f}", f"{p['accuracy'][t]['all_mlps_zeroed']['accuracy']:.3f}",
+          fmt_test(p["accuracy"][t]["all_mlps_zeroed"]["above_chance"])]
          for size, p in r["premise"].items() for t in TIERS])
     ratios = list(next(iter(r["premise"].values()))["located_vs_matched"])
-    lines += ["", "Excess drop, located minus magnitude-matched random vectors [95% interval], paired over concepts:", ""]
-    lines += markdown_table(["size", *(f"{float(x) * 100:g}%" for x in ratios)],
+    lines += ["", "Excess drop, located minus magnitude-matched random vectors [95% interval], paired over concepts "
+              "(seeds averaged):", ""]
+    lines += markdown_table(["size", *(pct(x) for x in ratios)],
                             [[size, *map(fmt_test, p["located_vs_matched"].values())] for size, p in r["premise"].items()])
+    if r.get("calibration"):
+        lines += ["", "## Calibration: the real-model protocol where the truth is known", ""]
+        lines += calibration_lines(r["calibration"])
+    seed_table = lambda rows: markdown_table(
+        ["", "acc", "PSS located", "PSS matched", "excess beyond matched (per seed)", "headroom-normalised (per seed)"],
+        [[k, fmt(row["acc"]), fmt(row["pss"]), fmt(row["pss_matched"]),
+          " / ".join(f"{m['specific']:+.3f}" for m in row["per_seed"]),
+          " / ".join("-" if m["headroom"] is None else f"{m['headroom']:+.3f}" for m in row["per_seed"])]
+         for k, row in rows.items()])
     if r["emergence"]:
         e = r["emergence"]
-        lines += ["", f"## Emergence (Figure 4), {st['base']}", ""]
-        lines += markdown_table(["step", "acc", "PSS located", "PSS matched", "excess beyond matched [95%], p"],
-                                [[step, fmt(row["acc"]), fmt(row["pss"]), fmt(row["pss_matched"]), fmt_test(row["specific"])]
-                                 for step, row in e["rows"].items()])
+        lines += ["", f"## Emergence (Figure 4), {st['base']}: step {e['first']} against {e['last']}", ""]
+        lines += seed_table(e["rows"])
         lines += [""] + [f"- {c['sentence']}" for c in e["claims"]]
     if r["size"]:
         s = r["size"]
         lines += ["", "## Model size (Table 1)", ""]
-        lines += markdown_table(["size", "parameters", "acc", "PSS located", "PSS matched", "excess located",
-                                 "excess matched"],
-                                [[size, f"{row['parameters'] / 1e3:.0f}k", *map(fmt, (row["acc"], row["pss"],
-                                  row["pss_matched"], row["excess"], row["excess_matched"]))]
-                                 for size, row in s["rows"].items()])
+        lines += seed_table(s["rows"])
         lines += [""] + [f"- {c['sentence']}" for c in s["claims"]]
     if r["frequency"]:
         f = r["frequency"]
@@ -266,17 +362,25 @@ def markdown(r: dict) -> str:
         ft = r["finetune"]
         b = ft["before"]
         lines += ["", f"## Fine-tuning (Table 2), {st['base']}", "",
-                  f"New documents about {len(ft['entities'])} low-tier entities; {st['ft_steps']} steps, batch 8, "
-                  f"{len(st['ft_seeds'])} seed(s) per variant. Forgetting: MCQ accuracy lost on the sample's other "
-                  "entities.", ""]
+                  f"New documents about {len(ft['entities'])} low-tier entities; {st['ft_steps']} steps, batch 8. "
+                  f"Learning rates swept on {len(ft['tuning_entities'])} tuning entities (MCQ accuracy; "
+                  f"{ft['sweep_before']:.3f} before):", ""]
+        lrs = list(next(iter(ft["sweep"].values())))
+        lines += markdown_table(["variant", *(f"lr {lr}" for lr in lrs), "chosen"],
+                                [[name, *(f"{by[lr]:.3f}" for lr in lrs), ft["chosen_lr"][name]]
+                                 for name, by in ft["sweep"].items()])
+        lines += ["", f"At the chosen rates, on the {len(ft['compared_entities'])} other entities, "
+                  f"{len(st['ft_seeds'])} seed(s) per variant; forgetting: MCQ accuracy lost on the sample's "
+                  "other entities.", ""]
         lines += markdown_table(
-            ["lr", "model", "MCQ acc", "open acc", "acc, others", "forgetting", "PSS located", "PSS matched"],
-            [["-", "before", fmt(b["mcq"]), fmt(b["open"]), fmt(b["old_acc"]), "-", fmt(b["pss"]), fmt(b["pss_matched"])]]
-            + [[lr, name, *map(fmt, (row["mcq"], row["open"], row["old_acc"], row["forgetting"], row["pss"],
-                                     row["pss_matched"]))] for lr, by in ft["by_lr"].items() for name, row in by["table"].items()])
-        lines.append("")
-        for lr, by in ft["by_lr"].items():
-            lines += [f"- {c['sentence']}" for c in by["claims"].values()]
+            ["model", "lr", "MCQ acc", "open acc", "acc, others", "forgetting"],
+            [["before", "-", fmt(b["mcq"]), fmt(b["open"]), fmt(b["old_acc"]), "-"]]
+            + [[name, row["lr"], *map(fmt, (row["mcq"], row["open"], row["old_acc"], row["forgetting"]))]
+               for name, row in ft["table"].items()])
+        lines += [""] + [f"- {c['sentence']}" for c in ft["claims"].values()]
+    if r.get("seconds_by_part"):
+        lines += ["", "Time per part (this invocation): " + "; ".join(f"{k} {v:.0f} s" for k, v in r["seconds_by_part"].items())
+                  + "."]
     lines += ["", f"Wall time: {r['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 
@@ -334,14 +438,13 @@ def plots(r: dict, out: Path) -> list[Path]:
         ax[1].set_xlabel("step"), ax[1].legend(fontsize=7)
         save(fig, "emergence.png")
     if r["finetune"]:
-        by = r["finetune"]["by_lr"]
-        fig, axes = plt.subplots(1, len(by), figsize=(4.5 * len(by), 3.2), squeeze=False)
-        for ax, (lr, d) in zip(axes[0], by.items()):
-            names = list(d["table"])
-            for j, key in enumerate(("mcq", "open", "forgetting")):
-                ax.bar([i + 0.27 * j for i in range(len(names))], [d["table"][n][key][0] for n in names], 0.27,
-                       yerr=[d["table"][n][key][1] or 0 for n in names], capsize=2, label=key)
-            ax.set_xticks(range(len(names)), names, fontsize=7), ax.set_title(f"lr {lr}"), ax.legend(fontsize=7)
+        table = r["finetune"]["table"]
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        names = list(table)
+        for j, key in enumerate(("mcq", "open", "forgetting")):
+            ax.bar([i + 0.27 * j for i in range(len(names))], [table[n][key][0] for n in names], 0.27,
+                   yerr=[table[n][key][1] or 0 for n in names], capsize=2, label=key)
+        ax.set_xticks(range(len(names)), [f"{n}\nlr {table[n]['lr']}" for n in names], fontsize=7), ax.legend(fontsize=7)
         save(fig, "finetune.png")
     return paths
 
