@@ -191,3 +191,17 @@ def test_seed_level_test_equals_a_hand_computation():
     headroom = t_test([x / 0.5 for x in late], [x / 0.25 for x in early], paired=True)
     assert claims["headroom"]["test"]["difference"] == pytest.approx(headroom["difference"])
     assert claims["pss"]["sentence"].startswith("Not testable")  # no spread: nothing to test
+
+
+def test_a_study_folder_made_by_another_protocol_is_refused_not_mixed(tmp_path, capsys):
+    from minipss.cli import main
+    from minipss.synth.study import StudySettings, record_of
+
+    out = tmp_path / "s"
+    out.mkdir()
+    old = {k: v for k, v in record_of(StudySettings(out=str(out))).items() if k != "protocol"}
+    (out / "minipss.json").write_text(json.dumps(old))  # a study made before the real-model protocol
+    with pytest.raises(SystemExit) as stop:
+        main(["study-synth", "--out", str(out), "--quiet"])
+    assert stop.value.code == 2 and "protocol" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["minipss.json"]

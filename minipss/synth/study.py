@@ -161,8 +161,12 @@ def check(a: StudySettings) -> None:
     checks.own_folder(a.out, record_of(a))
 
 
+# how every PSS of the study is run (`pss_settings`): a folder made by another protocol is refused, not mixed
+PROTOCOL = "cloze + p(correct), split-half by fact, uniform + matched + pseudo controls"
+
+
 def record_of(a: StudySettings) -> dict:
-    return {"command": "study-synth", **{k: getattr(a, k) for k in RECORD}}
+    return {"command": "study-synth", "protocol": PROTOCOL, **{k: getattr(a, k) for k in RECORD}}
 
 
 # ---------------------------------------------------------------- steps, each saved as it finishes
