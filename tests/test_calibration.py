@@ -16,7 +16,7 @@ from minipss.synth.study import swapped_bench
 from minipss.synth.world import make_world
 
 CALIBRATION_FIELDS = ("power", "power_ci95", "false_positive_rate", "false_positive_ci95", "effect", "draws",
-                      "power_by_concepts")
+                      "power_by_concepts", "power_by_effect")
 
 
 def every_calibration_field(c: dict, ratios: list[str], draws: int) -> None:
@@ -122,6 +122,7 @@ def test_false_positive_rate_recomputes_from_the_saved_draws():
     every_calibration_field(c, ["0.01", "0.05"], 20)
     x = c["by_ratio"]["0.01"]["matched"]["prob_excess_drop"]
     assert x["power"] > 0.9 and x["power_by_concepts"]["525"] >= x["power_by_concepts"]["30"]
+    assert x["power_by_effect"]["0.25"] < x["power"]  # a quarter of the effect, same spread: seen less often
     all_concepts = [row["by_ratio"]["0.01"]["prob_excess_drop"] - row["matched_by_ratio"]["0.01"]["prob_excess_drop"]
                     for r in trained for row in r["concepts"]]
     assert x["effect"] == pytest.approx(sum(all_concepts) / len(all_concepts))

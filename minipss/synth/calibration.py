@@ -35,6 +35,7 @@ CONTROLS = ("random", "matched", "pseudo")
 MEASURES = ("excess_drop", "prob_excess_drop")
 DESIGN_CONCEPTS = 90  # the real-model study's concepts (10 questions each)
 POWER_CONCEPTS = (30, 90, 180, 525)  # power against the number of concepts (525: the paper's benchmark)
+EFFECT_SHARES = (0.25, 0.5)  # power at these shares of the trained models' effect (`shrunk`), 90 concepts
 NULLS = ("untrained", "swapped")
 SIGN_FLIPS = 10_000  # per test in a draw: p resolves to 1e-4, far finer than ALPHA needs
 
@@ -66,6 +67,13 @@ def one_draw(tables: list[dict], n: int, rng, sign_flips: int = SIGN_FLIPS) -> d
     floors = {r: floored(float(g[pick].mean())) for r, g in t["general_after"].items()}
     graded = all("prob_excess_drop" in ms for by in t["difference"].values() for ms in by.values())
     return {"tests": tests, "verdict": verdict(tests, floors, graded)["detected"]}
+
+
+def shrunk(tables: list[dict], share: float) -> list[dict]:
+    """The trained models with every concept's difference moved toward 0 by (1 - share) of its model's mean
+    difference: the same spread around an effect `share` times as large (power at a smaller effect)."""
+    return [{**t, "difference": {r: {c: {m: d - (1 - share) * d.mean() for m, d in ms.items()} for c, ms in by.items()}
+                                 for r, by in t["difference"].items()}} for t in tables]
 
 
 def draws_of(tables: list[dict], n: int, draws: int, seed: int, sign_flips: int = SIGN_FLIPS) -> dict:
@@ -102,12 +110,15 @@ def calibrate(conditions: dict[str, list[dict]], draws: int = 50, seed: int = 0,
     nulls in NULLS; each a list of results, one per model): per ratio, control and measure, `power` and
     `power_ci95` (trained), `false_positive_rate` and `false_positive_ci95` (the null with the higher
     rate, named in `false_positive_null`; each null's own under `false_positive_by_null`), `effect` (the
-    mean difference over every concept of every trained model), `draws`, and `power_by_concepts` (power at
-    30, 90, 180 and 525 concepts); the same for the verdict under `decision`; the per-draw p-values and
+    mean difference over every concept of every trained model), `draws`, `power_by_concepts` (power at
+    30, 90, 180 and 525 concepts) and `power_by_effect` (at 90 concepts, an effect a quarter and half as
+    large, `shrunk`); the same for the verdict under `decision`; the per-draw p-values and
     differences under `per_draw` (condition -> `draws_of`), from which every rate recomputes."""
     tables = {name: [concept_table(r) for r in results] for name, results in conditions.items() if results}
     per_draw = {name: draws_of(t, DESIGN_CONCEPTS, draws, seed + k, sign_flips) for k, (name, t) in enumerate(tables.items())}
     by_size = {n: draws_of(tables["trained"], n, draws, seed + 100 + n, sign_flips) for n in POWER_CONCEPTS}
+    by_share = {f: draws_of(shrunk(tables["trained"], f), DESIGN_CONCEPTS, draws, seed + 1000 + round(100 * f),
+                            sign_flips) for f in EFFECT_SHARES}
     by_ratio: dict = {}
     trained = per_draw["trained"]
     for r, by in trained["p_value"].items():
@@ -125,16 +136,19 @@ def calibrate(conditions: dict[str, list[dict]], draws: int = 50, seed: int = 0,
                     "draws": power["draws"],
                     "null_pools": [{"null": name, **pool_test(t, r, c, m, sign_flips)} for name in NULLS
                                    for t in tables.get(name, [])],
-                    "power_by_concepts": {str(n): rates(by_size[n], r, c, m)["rate"] for n in POWER_CONCEPTS}}
+                    "power_by_concepts": {str(n): rates(by_size[n], r, c, m)["rate"] for n in POWER_CONCEPTS},
+                    "power_by_effect": {str(f): rates(by_share[f], r, c, m)["rate"] for f in EFFECT_SHARES}}
     decision = {name: verdict_rate(d["verdict"]) for name, d in per_draw.items()}
     decision["power_by_concepts"] = {str(n): verdict_rate(d["verdict"])["rate"] for n, d in by_size.items()}
+    decision["power_by_effect"] = {str(f): verdict_rate(d["verdict"])["rate"] for f, d in by_share.items()}
     return {"design": {"concepts": DESIGN_CONCEPTS, "per_tier": DESIGN_CONCEPTS // len(TIERS),
                        "questions_per_concept": "as the benchmark (10 in the synthetic world)", "draws": draws,
                        "alpha": ALPHA, "sign_flips": sign_flips, "seed": seed,
                        "models": {name: len(t) for name, t in tables.items()},
                        "detected": "p < alpha and located minus control > 0"},
             "by_ratio": by_ratio, "decision": decision,
-            "per_draw": {**per_draw, **{f"trained_{n}_concepts": d for n, d in by_size.items()}}}
+            "per_draw": {**per_draw, **{f"trained_{n}_concepts": d for n, d in by_size.items()},
+                         **{f"trained_effect_x{f}": d for f, d in by_share.items()}}}
 
 
 def pool_test(table: dict, r: str, c: str, m: str, sign_flips: int = SIGN_FLIPS) -> dict:

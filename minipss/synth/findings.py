@@ -289,24 +289,28 @@ def calibration_lines(c: dict) -> list[str]:
              "Wilson 95% intervals.", ""]
     names = {"random": "uniform", "matched": "matched", "pseudo": "pseudo"}
     measures = {"excess_drop": "accuracy", "prob_excess_drop": "p(correct)"}
-    sizes = list(next(iter(next(iter(c["by_ratio"].values())).values()))["excess_drop"]["power_by_concepts"])
+    first = next(iter(next(iter(c["by_ratio"].values())).values()))["excess_drop"]
+    sizes, shares = list(first["power_by_concepts"]), list(first["power_by_effect"])
     lines += markdown_table(
         ["ratio", "control", "measure", "effect", "power", "false positives (worst null)", "untrained", "swapped",
-         *(f"power, {n} concepts" for n in sizes)],
+         *(f"power, {n} concepts" for n in sizes), *(f"power at {float(f):g} x effect" for f in shares)],
         [[pct(r), names[ctl], measures[m], f"{x['effect']:+.3f}", rate(x["power"], x["power_ci95"]),
           rate(x["false_positive_rate"], x["false_positive_ci95"]) + (f" ({x['false_positive_null']})"
                                                                       if x["false_positive_null"] else ""),
           *(f"{x['false_positive_by_null'][n]['rate']:.2f}" if n in x["false_positive_by_null"] else "-"
             for n in ("untrained", "swapped")),
-          *(f"{x['power_by_concepts'][n]:.2f}" for n in sizes)]
+          *(f"{x['power_by_concepts'][n]:.2f}" for n in sizes),
+          *(f"{x['power_by_effect'][f]:.2f} ({float(f) * x['effect']:+.3f})" for f in shares)]
          for r, by in c["by_ratio"].items() for ctl, ms in by.items() for m, x in ms.items()])
     dec = c["decision"]
     lines += ["", "The decision (every control beaten at a ratio above the floor, Holm across ratios), how often it "
               "detects: " + "; ".join(f"{name} {rate(v['rate'], v['ci95'])}" + (f" ({v['undecided']} of {v['draws']} "
                                       "draws undecided: every ratio floored)" if v["undecided"] else "")
-                                      for name, v in dec.items() if name != "power_by_concepts")
+                                      for name, v in dec.items() if not name.startswith("power_by"))
               + "; trained, by number of concepts: "
-              + ", ".join(f"{n}: {v:.2f}" for n, v in dec["power_by_concepts"].items()) + "."]
+              + ", ".join(f"{n}: {v:.2f}" for n, v in dec["power_by_concepts"].items())
+              + "; at a share of the trained effect: " + ", ".join(f"{f} x: {v:.2f}" for f, v in dec["power_by_effect"].items())
+              + "."]
     return lines
 
 
