@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..method.benchmark import TIERS
 from ..run.claims import floored, verdict
 from ..run.report import ROWS
 from ..run.stats import ALPHA, rate_ci, sign_flip_p, sign_flip_ps
-from ..method.benchmark import TIERS
 
 CONTROLS = ("random", "matched", "pseudo")
 MEASURES = ("excess_drop", "prob_excess_drop")
