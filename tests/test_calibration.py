@@ -137,6 +137,17 @@ def test_false_positive_rate_recomputes_from_the_saved_draws():
     assert again["per_draw"] == c["per_draw"]  # seeded
 
 
+def test_rate_interval_is_wilsons_and_reaches_its_ends():
+    from minipss.run.stats import rate_ci
+
+    assert rate_ci(50, 50)[1] == 1.0 and rate_ci(0, 50)[0] == 0.0 and rate_ci(0, 0) is None
+    lo, hi = rate_ci(25, 50)  # centre 0.5, half-width z sqrt(0.25 / 50 + z^2 / 10000) / (1 + z^2 / 50)
+    z = 1.959964
+    half = z * math.sqrt(0.25 / 50 + z * z / 10000) / (1 + z * z / 50)
+    assert (lo, hi) == (pytest.approx(0.5 - half), pytest.approx(0.5 + half))
+    assert rate_ci(50, 50)[0] == pytest.approx(50 / (50 + z * z))  # the lower end at all hits: n / (n + z^2)
+
+
 def test_shared_sign_patterns_give_each_test_its_own_p():
     import numpy as np
 

@@ -281,9 +281,10 @@ def t_test(a, b, paired: bool) -> dict:
 
 
 def rate_ci(hits: int, n: int, z: float = 1.959964) -> list[float] | None:
-    """Wilson's 95% score interval of a rate of `hits` out of `n` (a detection rate over draws)."""
+    """Wilson's 95% score interval of a rate of `hits` out of `n` (a detection rate over draws); it
+    reaches 0 and 1 exactly at 0 and n hits."""
     if n == 0:
         return None
     p = hits / n
     centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    return [0.0 if hits == 0 else max(0.0, centre - half), 1.0 if hits == n else min(1.0, centre + half)]
