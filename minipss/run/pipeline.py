@@ -77,9 +77,8 @@ def _run_pss(model_dir, bench: Path, out: Path, s: Settings, quiet: bool, report
     few = [c for c in concepts if len(set(halves_of(c.mcq))) < 2]
     if s.split_half and few:
         raise ValueError(f"{bench}:{few[0].line}: concept {few[0].name!r} has {len(few[0].mcq)} question(s) "
-                         f"about {len({q.fact for q in few[0].mcq}) if len(few[0].mcq) > 1 else 1} fact; "
-                         "--split-half needs at least 2 per concept (one per half; questions of one fact stay "
-                         "in one half)")
+                         "about one fact; --split-half needs at least 2 per concept (one per half; questions of "
+                         "one fact stay in one half)")
     try:
         pseudo = pseudo_concepts(concepts, others, s.seed) if s.pseudo_control else None
     except ValueError as e:

@@ -145,9 +145,10 @@ def model_row(results: list[dict]) -> dict:
 
 
 def model_measures(result: dict) -> dict:
-    """One model's numbers for the tests over seeds: `specific`, the mean over concepts of the excess
-    beyond matched (`specific`); `headroom`, that divided by how far the sample's accuracy before masking
-    sits above chance (a model that knows little has little to lose: the excess cannot exceed it); `pss`,
+    """One model's numbers for the tests over seeds (METHOD.md §9, "Few units"; synth README, "The tests
+    of the claims"): `specific`, the mean over concepts of the excess beyond matched (`specific`);
+    `headroom`, that divided by how far the sample's accuracy before masking sits above chance (a model
+    that knows little has little to lose: the excess cannot exceed it), None at or below chance; `pss`,
     the paper's PSS."""
     spec = sum(specific(result)) / len(result["concepts"])
     room = result["acc_before"] - CHANCE
